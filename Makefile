@@ -1,0 +1,36 @@
+# The two commands of the README. Each creates .venv when missing and installs the project with the
+# torch pin from constraints.txt applied to every install step.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MUJOCO_GL ?= disable
+PROFILE ?= quick
+
+.PHONY: install reproduce test test-slow bench clean-results
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m suite reproduce --profile $(PROFILE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m pytest -q -m bench -p no:randomly --benchmark-only --benchmark-columns=mean,stddev,rounds
+
+clean-results:
+	@echo "results/ holds stored runs; delete them by hand if you mean it (rm -r results/runs)."

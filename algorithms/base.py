@@ -1,0 +1,121 @@
+"""What every algorithm shares: the batch it sees, what it needs, and how it registers.
+
+An algorithm is a frozen config dataclass plus a pure loss (see `common.py`, `estep.py`, `mstep.py`
+and each method's file). `Method` is the thin adaptor a training loop holds: it owns the method's
+dual variables (as `nn.Parameter`s, optimised by the loop's dual optimiser) and maps a `Batch` onto
+the pure loss. A method file registers itself with `@register`, so adding an algorithm is one file.
+
+Shapes (STYLE): `B` contexts (bandit instance, state, prompt), `K` samples per context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+Metrics = dict[str, Tensor]
+
+
+@dataclass
+class Batch:
+    """The tensors a loss sees. Optional fields are `None` when the task does not provide them.
+
+    logp:      [B, K] log π_θ(y|x) of each sample under the current policy (differentiable).
+    score:     [B, K] reward, Q-value or advantage of each sample (higher is better).
+    mask:      [B, K] float {0, 1}: which samples are real (padding is 0).
+    logp_old:  [B, K] log-prob under the sampling (behaviour) policy, detached.
+    logp_ref:  [B, K] log-prob under the reference policy, detached.
+    label:     [B, K] float: +1 accepted, -1 rejected, 0 unlabelled.
+    kl_ref:    [B] closed-form KL(π_ref(·|x) ‖ π_θ(·|x)), differentiable in θ.
+    kl_old:    [B] closed-form KL(π_old(·|x) ‖ π_θ(·|x)), differentiable in θ.
+    value:     [B, K] value prediction V(x) of the current critic (differentiable), for methods with a critic.
+    value_old: [B, K] value prediction at sampling time (detached), for value clipping.
+    value_target: [B, K] regression target of the critic (returns), detached.
+    baseline:  [B] a per-context reward baseline supplied by the task (ReMax: reward of the greedy output).
+    """
+
+    logp: Tensor
+    score: Tensor
+    mask: Tensor
+    logp_old: Tensor | None = None
+    logp_ref: Tensor | None = None
+    label: Tensor | None = None
+    kl_ref: Tensor | None = None
+    kl_old: Tensor | None = None
+    value: Tensor | None = None
+    value_old: Tensor | None = None
+    value_target: Tensor | None = None
+    baseline: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm needs from a task's batch; the loop refuses combinations it cannot provide."""
+
+    min_samples: int = 1
+    """Smallest K (samples per context) the loss is defined for."""
+    labels: bool = False
+    """Accept/reject labels (`Batch.label`)."""
+    logp_old: bool = False
+    """Sampling-policy log-probs (`Batch.logp_old`)."""
+    logp_ref: bool = False
+    """Reference log-probs (`Batch.logp_ref`)."""
+    kl_ref: bool = False
+    """Closed-form KL to the reference (`Batch.kl_ref`)."""
+    kl_old: bool = False
+    """Closed-form KL to the sampling policy (`Batch.kl_old`)."""
+    values: bool = False
+    """A critic: `Batch.value`, `value_old`, `value_target`."""
+    baseline: bool = False
+    """A per-context reward baseline (`Batch.baseline`)."""
+
+    def missing(self, provides: "Needs") -> list[str]:
+        """Names of the needs that `provides` (what a task family offers) does not meet."""
+        out = []
+        for f in dataclasses.fields(self):
+            want, have = getattr(self, f.name), getattr(provides, f.name)
+            if f.name == "min_samples":
+                if have < want:
+                    out.append(f"min_samples={want} (task gives K={have})")
+            elif want and not have:
+                out.append(f.name)
+        return out
+
+
+class Method(nn.Module):
+    """Adaptor from a `Batch` to a pure loss; owns the method's duals (if any) as parameters."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    needs: ClassVar[Needs] = Needs()
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+
+    def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        return self.loss(batch)
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a `Method` available by its `name` to the suite."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"algorithm {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def dual_parameter(initial: float, floor: float = 1e-8) -> nn.Parameter:
+    """A raw parameter whose `softplus(raw) + floor` starts at `initial` (duals stay positive)."""
+    raw = torch.tensor(float(initial) - floor)
+    return nn.Parameter(torch.where(raw > 20, raw, torch.log(torch.expm1(raw))))

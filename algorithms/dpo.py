@@ -1,0 +1,60 @@
+"""DPO on the best and worst of K scored samples.
+
+Source: Rafailov et al. 2023 eq. 7; `papers/000_18d00f82fad2bd94.txt §5`; as a baseline in
+`papers/004_71574c67b927da2f.txt §5.1–5.2` ("uses the best and worst action samples among the 4"):
+
+    L = −E log σ( β [ (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)) ] )
+
+`log π` is the summed sequence log-probability (TRL convention); the token-averaged IPO variant lives
+in its own file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from algorithms.base import Batch, Method, Metrics, Needs, register
+from algorithms.config import check_positive, field
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = field(0.1, "inverse temperature β of the implicit reward; TRL default 0.1, PMPO's Gaussian control: 20")
+
+    def __post_init__(self):
+        check_positive(self, "beta")
+
+
+def dpo_loss(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Tensor, *, beta: float) -> tuple[Tensor, Metrics]:
+    """−log σ(β(Δ_w − Δ_l)), Δ = log π_θ − log π_ref, averaged over pairs.
+
+    Args: all [P] per pair (chosen w, rejected l); `logp_*` differentiable, `logp_ref_*` detached.
+    Returns: loss, metrics `policy/margin` (mean β(Δ_w − Δ_l)), `policy/accuracy` (fraction with margin > 0).
+    Deviations: none.
+    """
+    margin = beta * ((logp_w - logp_ref_w.detach()) - (logp_l - logp_ref_l.detach()))
+    loss = -F.logsigmoid(margin).mean()
+    return loss, {"policy/margin": margin.detach().mean(), "policy/accuracy": (margin.detach() > 0).float().mean()}
+
+
+def best_worst(score: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices [B] of the highest- and lowest-scoring valid sample of each context (ties: lower index)."""
+    hi = torch.where(mask > 0, score, torch.full_like(score, float("-inf")))
+    lo = torch.where(mask > 0, score, torch.full_like(score, float("inf")))
+    return hi.argmax(-1), lo.argmin(-1)
+
+
+@register
+class DPO(Method):
+    name = "dpo"
+    Config = DPOConfig
+    needs = Needs(min_samples=2, logp_ref=True)
+
+    def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
+        w, l = best_worst(batch.score, batch.mask)
+        pick = lambda x, i: x.gather(-1, i[:, None])[:, 0]  # noqa: E731
+        return dpo_loss(pick(batch.logp, w), pick(batch.logp, l), pick(batch.logp_ref, w), pick(batch.logp_ref, l), beta=self.cfg.beta)

@@ -1,0 +1,86 @@
+"""A question: its grid (tasks × variants × seeds × budget, per profile), its analysis and its claims."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from suite.claims import Claim, Verdict
+from tasks import RunSpec, check_compatible, get_task
+
+PROFILES = ("smoke", "quick", "paper")
+PROFILE_DOC = {
+    "smoke": "seconds per question; used by the tests",
+    "quick": "every question at reduced budget on a 2-core laptop (the default of `make reproduce`)",
+    "paper": "the papers' budgets, meant for a cluster",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One algorithm configuration in a question's grid, with the label the report uses."""
+
+    label: str
+    algo: str
+    algo_config: Any
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A profile's scale: seeds per variant and the training-loop settings that differ from defaults."""
+
+    seeds: int
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    variant: str
+    spec: RunSpec
+
+
+@dataclass
+class Analysis:
+    """What a question's analysis returns: one verdict per claim, figures (file name -> figure), tables."""
+
+    verdicts: list[Verdict]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Question:
+    """Subclasses set the class attributes and implement `variants` and `analyse`."""
+
+    name: str
+    title: str
+    description: str
+    claims: tuple[Claim, ...]
+    tasks: tuple[str, ...]
+    budgets: dict[str, Budget]
+
+    def variants(self) -> list[Variant]:
+        raise NotImplementedError
+
+    def analyse(self, runs: pd.DataFrame, rows: pd.DataFrame, rng: np.random.Generator) -> Analysis:
+        """Turn stored runs into verdicts. `runs`: one row per run with a `variant` column; `rows`: long metrics."""
+        raise NotImplementedError
+
+    def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
+        """Every run of this question at `profile`: tasks × variants × seeds, with the profile's budget."""
+        budget = self.budgets[profile]
+        n_seeds = budget.seeds if seeds is None else seeds
+        points = []
+        for task in self.tasks:
+            entry = get_task(task)
+            train = dataclasses.replace(entry.family.train_config(), **budget.train)
+            for v in self.variants():
+                check_compatible(task, v.algo)
+                for seed in range(n_seeds):
+                    points.append(GridPoint(v.label, RunSpec(task, entry.config, v.algo, v.algo_config, train, seed)))
+        return points

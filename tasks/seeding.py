@@ -1,0 +1,19 @@
+"""Explicit, named random streams: the task instance, the run and evaluation never share a generator."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named stream ("instance", "run", "eval", ...) of run seed `seed`."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(stream.encode())])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU torch generator for the named stream of `seed`."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream))
