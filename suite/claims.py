@@ -13,6 +13,8 @@ from typing import Literal
 
 Outcome = Literal["supported", "not supported", "inconclusive"]
 OUTCOMES: tuple[Outcome, ...] = ("supported", "not supported", "inconclusive")
+MIN_SEEDS = 5
+"""Fewer seeds than this in any cell of a claim's grid makes its verdict `inconclusive`, whatever the data say."""
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,13 @@ def within(ci: tuple[float, float, float], margin: float) -> Outcome:
     if lo > margin or hi < -margin:
         return "not supported"
     return "inconclusive"
+
+
+def require_seeds(verdict: Verdict, min_seeds_per_cell: int) -> Verdict:
+    """The seed-count rule applied to every verdict: below `MIN_SEEDS` per cell the outcome is `inconclusive`."""
+    if min_seeds_per_cell >= MIN_SEEDS or verdict.outcome == "inconclusive":
+        return verdict
+    verdict.summary = (f"only {min_seeds_per_cell} seeds per cell (at least {MIN_SEEDS} are needed for a verdict); "
+                       f"the data alone would say '{verdict.outcome}': {verdict.summary}")
+    verdict.outcome = "inconclusive"
+    return verdict

@@ -137,17 +137,33 @@ class Store:
             n += 1
         os.replace(path, archived)
 
-    def run_ids(self) -> list[str]:
-        """Ids of every current record (archived failures excluded)."""
+    def _record_files(self) -> list[Path]:
+        """Every current record file under `runs/` (archived failures and temporary files excluded)."""
         base = self.root / "runs"
         if not base.exists():
             return []
-        return sorted(p.stem for p in base.glob("*/*.json") if "." not in p.stem)
+        return sorted(p for p in base.glob("*/*.json") if "." not in p.stem)
+
+    def run_ids(self) -> list[str]:
+        """Ids of every current record (archived failures excluded)."""
+        return [p.stem for p in self._record_files() if p == self.path(p.stem)]
 
     def load(self, run_ids: Iterable[str] | None = None) -> Loaded:
-        """Load the given runs (default: all) as DataFrames; corrupt files go to `problems`, by path."""
-        ids = self.run_ids() if run_ids is None else list(run_ids)
+        """Load the given runs (default: all) as DataFrames; corrupt files go to `problems`, by path.
+
+        With no ids, every record file is looked at; one outside the folder its name belongs in
+        (`runs/<id[:2]>/`) is a problem too, since `read` would never find it.
+        """
         runs, frames, problems = [], [], []
+        if run_ids is None:
+            ids = []
+            for p in self._record_files():
+                if p == self.path(p.stem):
+                    ids.append(p.stem)
+                else:
+                    problems.append(CorruptRecord(p, f"misplaced: a record of this name belongs at {self.path(p.stem)}"))
+        else:
+            ids = list(run_ids)
         for run_id in ids:
             try:
                 record = self.read(run_id)

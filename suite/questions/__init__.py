@@ -1,0 +1,29 @@
+"""The static registry of questions and their claims. IDs are stable; grep finds every claim here."""
+
+from __future__ import annotations
+
+from algorithms.config import unknown
+from suite.claims import Claim
+from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
+from suite.questions.base import PROFILES, Question
+
+QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature())}
+CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
+
+
+def get_question(name: str) -> Question:
+    """A question by its name, or by the ID of one of its claims (`B3` -> `bandits-kl`)."""
+    if name in QUESTIONS:
+        return QUESTIONS[name]
+    if name.upper() in CLAIMS:
+        return CLAIMS[name.upper()][0]
+    raise unknown("question", name, [*QUESTIONS, *CLAIMS])
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise unknown("profile", profile, PROFILES)
+    return profile
+
+
+__all__ = ["CLAIMS", "PROFILES", "QUESTIONS", "Question", "check_profile", "get_question"]
