@@ -124,8 +124,10 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
 
     method = ALGORITHMS[spec.algo](spec.algo_config).to(dtype)
     duals = {name: p.detach()[None].repeat(n, *([1] * p.dim())).requires_grad_() for name, p in method.named_parameters()}
-    opt = torch.optim.Adam([mu, log_std], lr=loop.lr)
-    dual_opt = torch.optim.Adam(list(duals.values()), lr=loop.dual_lr) if duals else None
+    opt = torch.optim.Adam([mu, log_std], lr=loop.lr, foreach=True)
+    dual_opt = torch.optim.Adam(list(duals.values()), lr=loop.dual_lr, foreach=True) if duals else None
+    needs = method.needs
+    wanted = {"label": needs.labels, "logp_old": needs.logp_old, "logp_ref": needs.logp_ref, "kl_ref": needs.kl_ref, "kl_old": needs.kl_old}
 
     def per_seed(params: dict[str, Tensor], tensors: dict[str, Tensor]):
         return functional_call(method, params, (Batch(**tensors),))
@@ -156,8 +158,8 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
         logp = diag_gaussian_logp(y, mu[:, None, :], log_std[:, None, :])
         logp_ref = diag_gaussian_logp(y, mu_ref[:, None, :], log_std_ref[:, None, :])
         kl_ref = kl_diag_gaussian(mu_ref, log_std_ref, mu, log_std)  # [S]
-        tensors = dict(logp=logp[:, None], score=score[:, None], mask=mask[:, None], logp_old=logp_ref[:, None],
-                       logp_ref=logp_ref[:, None], label=label[:, None], kl_ref=kl_ref[:, None], kl_old=kl_ref[:, None])
+        optional = dict(logp_old=logp_ref[:, None], logp_ref=logp_ref[:, None], label=label[:, None], kl_ref=kl_ref[:, None], kl_old=kl_ref[:, None])
+        tensors = dict(logp=logp[:, None], score=score[:, None], mask=mask[:, None], **{k: v for k, v in optional.items() if wanted[k]})
         loss, metrics = batched_loss(duals, tensors)
 
         bad = ~torch.isfinite(loss) | ~torch.isfinite(kl_ref) | (kl_ref.detach() > loop.kl_limit)
