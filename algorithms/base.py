@@ -97,6 +97,11 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    @classmethod
+    def needs_for(cls, cfg: Any) -> Needs:
+        """What this configuration needs; methods whose needs depend on the config override this."""
+        return cls.needs
+
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         raise NotImplementedError
 

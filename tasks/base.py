@@ -83,12 +83,14 @@ def get_task(name: str) -> TaskEntry:
     return TASKS[name]
 
 
-def check_compatible(task: str, algo: str) -> None:
-    """Refuse an algorithm whose needs the task's family cannot provide (at config time)."""
+def check_compatible(task: str, algo: str, algo_config: Any = None) -> None:
+    """Refuse an algorithm (configuration) whose needs the task's family cannot provide (at config time)."""
     entry = get_task(task)
     if algo not in ALGORITHMS:
         raise unknown("algorithm", algo, ALGORITHMS)
-    missing = ALGORITHMS[algo].needs.missing(entry.family.provides)
+    cls = ALGORITHMS[algo]
+    needs = cls.needs if algo_config is None else cls.needs_for(algo_config)
+    missing = needs.missing(entry.family.provides)
     if missing:
         raise ConfigError(
             f"algorithm {algo!r} needs {', '.join(missing)}, which task {task!r} "

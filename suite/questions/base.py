@@ -80,7 +80,7 @@ class Question:
             entry = get_task(task)
             train = dataclasses.replace(entry.family.train_config(), **budget.train)
             for v in self.variants():
-                check_compatible(task, v.algo)
+                check_compatible(task, v.algo, v.algo_config)
                 for seed in range(n_seeds):
                     points.append(GridPoint(v.label, RunSpec(task, entry.config, v.algo, v.algo_config, train, seed)))
         return points
