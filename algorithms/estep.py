@@ -37,8 +37,10 @@ def temperature_loss(score: Tensor, mask: Tensor, eta: Tensor, epsilon: float, o
     a = score.detach()
     masked = torch.where(mask > 0, a / eta, torch.full_like(a, float("-inf")))
     if over == "batch":
-        n = mask.sum().clamp_min(1.0)
-        return eta * epsilon + eta * (torch.logsumexp(masked.reshape(-1), 0) - torch.log(n))
+        n = mask.sum()
+        lse = torch.logsumexp(masked.reshape(-1), 0)
+        # an empty batch leaves only η ε (never −inf)
+        return eta * epsilon + eta * torch.where(n > 0, lse - torch.log(n.clamp_min(1.0)), torch.zeros_like(lse))
     n = mask.sum(-1)
     has = (n > 0).to(a.dtype)
     lse = torch.logsumexp(masked, -1)

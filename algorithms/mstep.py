@@ -43,16 +43,17 @@ def kl_penalty(kl: Tensor, coef: float, context_mask: Tensor | None = None) -> T
     return coef * masked_mean(kl, mask)
 
 
-def kl_trust_region(kl: Tensor, alpha: Tensor, epsilon: float) -> tuple[Tensor, dict[str, Tensor]]:
+def kl_trust_region(kl: Tensor, alpha: Tensor, epsilon: float, context_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Lagrangian KL trust region with the stop-gradient decomposition (V-MPO eq. 5).
 
     Args:
         kl: [B] KL(π_old‖π_θ) (or to the target/reference), differentiable in θ.
         alpha: scalar Lagrange multiplier > 0 (softplus of a raw dual).
         epsilon: the trust-region bound ε_α.
+        context_mask: [B] float {0,1}: contexts that count in the mean (padding excluded); None = all.
 
     Returns: (loss, metrics) with loss = sg[α]·mean KL + α·(ε − sg[mean KL]).
     """
-    mean_kl = kl.mean()
+    mean_kl = kl.mean() if context_mask is None else masked_mean(kl, context_mask)
     loss = alpha.detach() * mean_kl + alpha * (epsilon - mean_kl.detach())
     return loss, {"dual/alpha": alpha.detach(), "kl/trust_region": mean_kl.detach()}

@@ -130,10 +130,10 @@ def cmd_run(args) -> int:
     return _report(args, question, profile, points, store)
 
 
-def _report(args, question, profile, points, store) -> int:
+def _report(args, question, profile, points, store, analysed=None) -> int:
     from suite import report
 
-    analysis, runs = report.analyse(question, points, store)
+    analysis, runs = analysed or report.analyse(question, points, store)
     out = _report_dir(args, question, points)
     path = report.write(question, analysis, runs, points, out, profile=profile, command=_command_line(args), overrides=args.overrides)
     if out.parent == Path(args.reports):
@@ -148,14 +148,16 @@ def cmd_report(args) -> int:
     from suite.questions import QUESTIONS
     from suite.store import Store
 
+    from suite import report
+
     store = Store(args.results)
     names = [args.question] if args.question else list(QUESTIONS)
-    for name in names:
-        question, profile, points = _plan(args, name)
-        _report(args, question, profile, points, store)
+    plans = [_plan(args, name) for name in names]
+    # every question is analysed before any report is written: a missing or corrupt run exits 2 having written nothing
+    analysed = [report.analyse(question, points, store) for question, _, points in plans]
+    for (question, profile, points), result in zip(plans, analysed):
+        _report(args, question, profile, points, store, analysed=result)
     if not args.question:
-        from suite import report
-
         report.write_index(Path(args.reports))
     return 0
 
@@ -210,6 +212,7 @@ def cmd_show(args) -> int:
 def cmd_list(args) -> int:
     import algorithms
     import tasks
+    from algorithms.base import Method
     from suite.questions import CLAIMS, PROFILES, QUESTIONS
     from suite.questions.base import PROFILE_DOC
 
@@ -232,7 +235,8 @@ def cmd_list(args) -> int:
     if what in ("all", "algorithms"):
         print("algorithms:")
         for name, cls in sorted(algorithms.REGISTRY.items()):
-            print(f"  {name:<22} {(cls.__module__ and sys.modules[cls.__module__].__doc__ or '').strip().splitlines()[0]}")
+            doc = cls.__doc__ if cls.__doc__ and cls.__doc__ is not Method.__doc__ else sys.modules[cls.__module__].__doc__
+            print(f"  {name:<22} {(doc or '').strip().splitlines()[0]}")
             if args.fields:
                 _fields(cls.Config(), prefix="algo.")
     if what in ("all", "profiles"):
