@@ -32,7 +32,7 @@ def spec_payload(spec: RunSpec) -> dict:
     return {
         "task": spec.task, "task_config": to_dict(spec.task_config),
         "algo": spec.algo, "algo_config": to_dict(spec.algo_config),
-        "train_config": to_dict(spec.train_config), "seed": spec.seed,
+        "train_loop": type(spec.train_config).__name__, "train_config": to_dict(spec.train_config), "seed": spec.seed,
     }
 
 

@@ -54,9 +54,14 @@ class Family:
 
     name: str
     train_config: type
-    provides: Needs
+    """The default training-loop config class (a family may accept several, one per loop it runs)."""
+    provides: Needs | Callable[[Any], Needs]
+    """What its batches carry: a `Needs`, or a function of the training-loop config when loops differ."""
     train: Callable[[list[RunSpec]], list[RunResult]]
     description: str
+
+    def provides_for(self, train_config: Any) -> Needs:
+        return self.provides(train_config) if callable(self.provides) else self.provides
 
 
 @dataclass(frozen=True)
@@ -83,14 +88,15 @@ def get_task(name: str) -> TaskEntry:
     return TASKS[name]
 
 
-def check_compatible(task: str, algo: str, algo_config: Any = None) -> None:
-    """Refuse an algorithm (configuration) whose needs the task's family cannot provide (at config time)."""
+def check_compatible(task: str, algo: str, algo_config: Any = None, train_config: Any = None) -> None:
+    """Refuse an algorithm (configuration) whose needs the task's training loop cannot provide (at config time)."""
     entry = get_task(task)
     if algo not in ALGORITHMS:
         raise unknown("algorithm", algo, ALGORITHMS)
     cls = ALGORITHMS[algo]
     needs = cls.needs if algo_config is None else cls.needs_for(algo_config)
-    missing = needs.missing(entry.family.provides)
+    loop = entry.family.train_config() if train_config is None else train_config
+    missing = needs.missing(entry.family.provides_for(loop))
     if missing:
         raise ConfigError(
             f"algorithm {algo!r} needs {', '.join(missing)}, which task {task!r} "

@@ -28,6 +28,8 @@ class Variant:
     label: str
     algo: str
     algo_config: Any
+    train_config: Any = None
+    """The training loop's config when it is not the family's default loop (e.g. actor-critic vs on-policy control)."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,13 @@ class Question:
         points = []
         for task in self.tasks:
             entry = get_task(task)
-            train = dataclasses.replace(entry.family.train_config(), **budget.train)
             for v in self.variants():
-                check_compatible(task, v.algo, v.algo_config)
+                base = entry.family.train_config() if v.train_config is None else v.train_config
+                unknown_keys = set(budget.train) - {f.name for f in dataclasses.fields(base)}
+                if unknown_keys:
+                    raise ValueError(f"{self.name}: budget keys {sorted(unknown_keys)} are not fields of {type(base).__name__}")
+                train = dataclasses.replace(base, **budget.train)
+                check_compatible(task, v.algo, v.algo_config, train)
                 for seed in range(n_seeds):
                     points.append(GridPoint(v.label, RunSpec(task, entry.config, v.algo, v.algo_config, train, seed)))
         return points
