@@ -154,29 +154,36 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
         fy = f(y)
         score = -fy
         mask = torch.ones_like(score)
-        label = 2.0 * top_k_mask(score, mask, k=loop.accept) - 1.0
         logp = diag_gaussian_logp(y, mu[:, None, :], log_std[:, None, :])
-        logp_ref = diag_gaussian_logp(y, mu_ref[:, None, :], log_std_ref[:, None, :])
         kl_ref = kl_diag_gaussian(mu_ref, log_std_ref, mu, log_std)  # [S]
-        optional = dict(logp_old=logp_ref[:, None], logp_ref=logp_ref[:, None], label=label[:, None], kl_ref=kl_ref[:, None], kl_old=kl_ref[:, None])
-        tensors = dict(logp=logp[:, None], score=score[:, None], mask=mask[:, None], **{k: v for k, v in optional.items() if wanted[k]})
+        tensors = dict(logp=logp[:, None], score=score[:, None], mask=mask[:, None])
+        if wanted["label"]:
+            tensors["label"] = (2.0 * top_k_mask(score, mask, k=loop.accept) - 1.0)[:, None]
+        if wanted["logp_ref"] or wanted["logp_old"]:
+            logp_ref = diag_gaussian_logp(y, mu_ref[:, None, :], log_std_ref[:, None, :])[:, None]
+            tensors.update({key: logp_ref for key in ("logp_ref", "logp_old") if wanted[key]})
+        tensors.update({key: kl_ref[:, None] for key in ("kl_ref", "kl_old") if wanted[key]})
         loss, metrics = batched_loss(duals, tensors)
 
         bad = ~torch.isfinite(loss) | ~torch.isfinite(kl_ref) | (kl_ref.detach() > loop.kl_limit)
-        for i in torch.nonzero(bad & alive).flatten().tolist():
-            reason = "non-finite loss" if not torch.isfinite(loss[i]) else f"KL(π_ref‖π_θ) = {kl_ref[i].item():.3g} > {loop.kl_limit:g}"
-            diverged[i] = {"step": step, "reason": reason}
-        alive &= ~bad
-        if not alive.any():
-            break
+        if bool((bad & alive).any()):
+            for i in torch.nonzero(bad & alive).flatten().tolist():
+                reason = "non-finite loss" if not torch.isfinite(loss[i]) else f"KL(π_ref‖π_θ) = {kl_ref[i].item():.3g} > {loop.kl_limit:g}"
+                diverged[i] = {"step": step, "reason": reason}
+            alive &= ~bad
+            if not alive.any():
+                break
 
         opt.zero_grad(set_to_none=True)
         if dual_opt:
             dual_opt.zero_grad(set_to_none=True)
-        torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
-        for p in [mu, log_std, *duals.values()]:
-            if p.grad is not None:  # a diverged seed's gradient is zeroed; the others are untouched
-                p.grad.mul_(alive.reshape(-1, *([1] * (p.dim() - 1)))).nan_to_num_(0.0)
+        if bool(alive.all()):
+            loss.sum().backward()
+        else:
+            torch.where(alive, loss, torch.zeros_like(loss)).sum().backward()
+            for p in [mu, log_std, *duals.values()]:
+                if p.grad is not None:  # a diverged seed's gradient is zeroed; the others are untouched
+                    p.grad.mul_(alive.reshape(-1, *([1] * (p.dim() - 1)))).nan_to_num_(0.0)
         opt.step()
         if dual_opt:
             dual_opt.step()
