@@ -57,6 +57,7 @@ def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be read
     os.replace(tmp, path)
 
 
@@ -64,6 +65,7 @@ def _save_figure(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     fig.savefig(tmp, format="png")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     import matplotlib.pyplot as plt
 

@@ -120,6 +120,7 @@ class Store:
             self._archive_failed(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{run_id}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes it 0600; a stored run is readable like any other file
             with os.fdopen(fd, "w") as fh:
                 json.dump(record, fh, separators=(",", ":"))
                 fh.flush()
