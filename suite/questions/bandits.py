@@ -22,7 +22,7 @@ from tasks.bandits import BanditConfig, BanditLoopConfig
 FUNCTIONS = ("sphere", "rosenbrock", "schwefel")
 BUDGETS = {
     "smoke": Budget(seeds=2, train=dict(steps=40, log_every=20)),
-    "quick": Budget(seeds=10, train=dict(steps=1500, log_every=50)),
+    "quick": Budget(seeds=10, train=dict(steps=1200, log_every=50)),
     "paper": Budget(seeds=20, train=dict(steps=20000, log_every=200)),
 }
 SUCCESS_DECADES = -1.0
@@ -257,7 +257,7 @@ class BanditsKL(Question):
 
 
 # ---------------------------------------------------------------------------------------------------------------- B4
-ETAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+ETAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def eta_label(eta: float) -> str:
