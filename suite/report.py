@@ -107,7 +107,7 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
 
     md = [f"# {question.title}", "", f"Question `{question.name}` — {question.description}", ""]
     md += ["| claim | verdict | summary |", "|---|---|---|"]
-    md += [f"| [{v.claim.id}](#{v.claim.id.lower()}) | {BADGE[v.outcome]} | {v.summary} |" for v in analysis.verdicts]
+    md += [f"| [{v.claim.id}](#{v.claim.id.lower()}) | {BADGE[v.outcome]} | {_cell(v.summary)} |" for v in analysis.verdicts]
     md += ["", f"Profile **{profile}** ({PROFILE_DOC[profile]}), {len(seeds)} seeds per variant, "
                f"{len(points)} runs ({', '.join(f'{n} {s}' for s, n in sorted(status.items()))}), "
                f"{wall / 60:.1f} CPU-minutes of training.", ""]
@@ -172,9 +172,9 @@ def write_index(reports_root: Path) -> Path:
             data, v = found[cid]
             commit = (data["commit"] or "unknown")[:7] + ("+dirty" if data["dirty"] else "")
             lines.append(f"| {cid} | [{data['question']}]({data['question']}/README.md#{cid.lower()}) | {BADGE[v['outcome']]} | "
-                         f"{c.statement} | {data['profile']} | `{commit}` |")
+                         f"{_cell(c.statement)} | {data['profile']} | `{commit}` |")
         else:
-            lines.append(f"| {cid} | {q.name} | not yet run | {c.statement} | — | — |")
+            lines.append(f"| {cid} | {q.name} | not yet run | {_cell(c.statement)} | — | — |")
     pending = [q for q in QUESTIONS if not (reports_root / q / "verdicts.json").exists()]
     if pending:
         lines += ["", f"Questions without a report yet: {', '.join(pending)}."]

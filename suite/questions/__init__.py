@@ -6,8 +6,9 @@ from algorithms.config import unknown
 from suite.claims import Claim
 from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
 from suite.questions.base import PROFILES, Question
+from suite.questions.theory import Theory
 
-QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature())}
+QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory())}
 CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
 
 
