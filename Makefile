@@ -1,5 +1,5 @@
 # The two commands of the README. Each creates .venv when missing and installs the project with the
-# torch pin from constraints.txt applied to every install step.
+# torch pin from .ci/constraints.txt applied to every install step.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,10 +12,10 @@ PROFILE ?= quick
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml constraints.txt
+$(STAMP): $(PY) pyproject.toml .ci/constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt torch
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c .ci/constraints.txt torch
+	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -247,3 +247,44 @@ def test_method_duals_are_softplus_parameters_starting_at_their_initial_value():
     assert F.softplus(m.eta_raw).item() == pytest.approx(0.5, rel=1e-6)
     assert F.softplus(m.alpha_raw).item() == pytest.approx(3.0, rel=1e-6)
     assert not hasattr(algorithms.REGISTRY["mpo"](MPOConfig(temperature="fixed")), "eta_raw")
+
+
+def test_dpo_method_invariant_to_sample_order_and_padding():
+    import algorithms
+    from algorithms.base import Batch
+
+    g = torch.Generator().manual_seed(3)
+    logp, logp_ref, score = (torch.randn(3, 4, generator=g, dtype=D) for _ in range(3))
+    method = algorithms.REGISTRY["dpo"](DPOConfig(beta=0.5))
+    base, _ = method(Batch(logp=logp, score=score, mask=torch.ones_like(score), logp_ref=logp_ref))
+    perm = torch.tensor([3, 1, 0, 2])
+    permuted, _ = method(Batch(logp=logp[:, perm], score=score[:, perm], mask=torch.ones_like(score), logp_ref=logp_ref[:, perm]))
+    # a padded fifth sample with the best score is ignored because its mask is 0
+    pad = lambda x, v: torch.cat([x, torch.full((3, 1), v, dtype=D)], -1)  # noqa: E731
+    padded, _ = method(Batch(logp=pad(logp, 9.0), score=pad(score, 1e9), mask=pad(torch.ones_like(score), 0.0), logp_ref=pad(logp_ref, 0.0)))
+    assert permuted.item() == pytest.approx(base.item(), rel=1e-12)
+    assert padded.item() == pytest.approx(base.item(), rel=1e-12)
+
+
+def test_mpo_invariant_to_sample_order_and_score_shift():
+    g = torch.Generator().manual_seed(4)
+    score, logp = torch.randn(2, 5, generator=g, dtype=D), torch.randn(2, 5, generator=g, dtype=D)
+    kl, eta, alpha = t([0.1, 0.2]), t(0.7), t(1.5)
+    mask = torch.ones_like(score)
+    a, _ = mpo_loss(score, mask, logp, kl, eta, alpha, epsilon_eta=0.1, epsilon_kl=0.1)
+    perm = torch.tensor([4, 2, 0, 1, 3])
+    b, _ = mpo_loss(score[:, perm], mask, logp[:, perm], kl, eta, alpha, epsilon_eta=0.1, epsilon_kl=0.1)
+    # softmax weights are invariant to a per-context shift of the scores; the temperature loss shifts by
+    # exactly the mean of the shifts, so subtract it
+    shift = t([[3.0], [-2.0]])
+    c, _ = mpo_loss(score + shift, mask, logp, kl, eta, alpha, epsilon_eta=0.1, epsilon_kl=0.1)
+    assert b.item() == pytest.approx(a.item(), rel=1e-12)
+    assert (c - shift.mean()).item() == pytest.approx(a.item(), rel=1e-12)
+
+
+def test_mpo_single_sample_per_context_is_finite_with_weight_one():
+    logp = t([[-1.3]], grad=True)
+    loss, m = mpo_loss(t([[5.0]]), t([[1.0]]), logp, t([0.0]), t(1.0), t(1.0), epsilon_eta=0.1, epsilon_kl=0.1)
+    (g,) = torch.autograd.grad(loss, logp)
+    assert torch.isfinite(loss) and g.item() == pytest.approx(-1.0)
+    assert m["weights/ess"].item() == pytest.approx(1.0)
