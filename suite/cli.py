@@ -231,7 +231,10 @@ def cmd_list(args) -> int:
             print(f"  {t.name:<22} family {t.family.name:<8} {t.description}")
             if args.fields:
                 _fields(t.config)
-                _fields(t.family.train_config(), prefix="train.")
+                try:
+                    _fields(t.family.train_config(), prefix="train.")
+                except ConfigError as exc:
+                    print(f"      (training loop: {exc})")
     if what in ("all", "algorithms"):
         print("algorithms:")
         for name, cls in sorted(algorithms.REGISTRY.items()):

@@ -337,6 +337,8 @@ def _loop(cfg) -> tuple:
 
 def default_loop():
     """An instance of the family's default training-loop config."""
+    if not _DEFAULT_LOOP:
+        raise ConfigError("no control training loop is registered (tasks/control_*.py register them).")
     return _DEFAULT_LOOP[0]()
 
 

@@ -1,0 +1,297 @@
+"""The command line (`suite.cli`): bad input exits 2 having written nothing; the smoke profile end to end.
+
+Bad-input cases call `suite.cli.main` in this process (each interpreter start costs seconds); the
+end-to-end run starts `python -m suite` in a subprocess once, as a user would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+from conftest import Dirs, run_cli_subprocess, snapshot
+
+from algorithms.pmpo import PMPOConfig
+from suite.questions import CLAIMS, QUESTIONS, get_question
+from suite.runner import make_record, run_id
+from suite.store import Store
+from tasks import RunResult
+from tasks.bandits import BanditConfig, BanditLoopConfig
+
+# --------------------------------------------------------------------------------------- bad input
+
+BAD_INPUT = [
+    # (arguments after the global options, what stderr must say, in order)
+    (["run", "bandit-pmpo"],
+     ["unknown question 'bandit-pmpo'", "Did you mean 'bandits-pmpo'?", "Allowed: bandits-pmpo, "]),
+    (["run", "B9"], ["unknown question 'B9'", "Allowed: ", "B1", "bandits-kl"]),
+    (["run", "B1", "--profile", "smok"], ["unknown profile 'smok'", "Did you mean 'smoke'?", "Allowed: smoke, "]),
+    (["reproduce", "--profile", "papr"], ["unknown profile 'papr'", "Did you mean 'paper'?", "Allowed: paper, "]),
+    (["run", "B1", "--profile", "smoke", "--set", "task.dimm=3"], ["'dimm'", "Did you mean 'dim'?", "Allowed: dim, "]),
+    (["run", "B1", "--profile", "smoke", "--set", "pmpo.beta=-1"], ["PMPOConfig.beta = -1.0 is invalid", "must be >= 0"]),
+    (["run", "B1", "--profile", "smoke", "--set", "algo.alpha=2"], ["PMPOConfig.alpha = 2.0 is invalid", "must lie in [0.0, 1.0]"]),
+    (["run", "B1", "--profile", "smoke", "--set", "train.steps=abc"],
+     ["BanditLoopConfig.steps = 'abc' is malformed", "expected a value of type int"]),
+    (["run", "B1", "--profile", "smoke", "--set", "mpo.temperature=fixd"],
+     ["MPOConfig.temperature 'fixd'", "Did you mean 'fixed'?", "Allowed: fixed, dual"]),
+    (["run", "B1", "--profile", "smoke", "--set", "train.steps"],
+     ["malformed override 'train.steps'", "expected section.field=value", "sections: task, train, algo"]),
+    (["run", "B1", "--profile", "smoke", "--set", "steps=3"], ["malformed override 'steps=3'", "expected section.field=value"]),
+    (["run", "B1", "--profile", "smoke", "--set", "trian.steps=3"],
+     ["unknown override section 'trian'", "Did you mean 'train'?", "Allowed: train, ", "pmpo"]),
+    (["run", "B1", "--profile", "smoke", "--seeds", "0"], ["argument --seeds", "0 must be >= 1"]),
+    (["run", "B1", "--profile", "smoke", "--seeds", "two"], ["argument --seeds", "'two' is not an integer"]),
+    (["run", "B1", "--profile", "smoke", "--workers", "0"], ["argument --workers", "0 must be >= 1"]),
+    (["report", "B1", "--profile", "smoke"], ["30 of 30 runs of question 'bandits-pmpo' are not in the store", "emrl run bandits-pmpo"]),
+    (["show", "0123abc"], ["no stored run has an id starting with '0123abc'"]),
+    (["list", "claimz"], ["argument what: invalid choice: 'claimz'", "claims"]),
+    (["frobnicate"], ["invalid choice: 'frobnicate'", "run"]),
+    ([], ["the following arguments are required"]),
+]
+
+
+def assert_in_order(text: str, parts: list[str]) -> None:
+    pos = 0
+    for part in parts:
+        i = text.find(part, pos)
+        assert i >= 0, f"{part!r} not found (in order) in: {text!r}"
+        pos = i + len(part)
+
+
+def assert_nothing_written(dirs: Dirs) -> None:
+    assert not dirs.results.exists(), sorted(map(str, dirs.results.rglob("*")))
+    assert not dirs.reports.exists(), sorted(map(str, dirs.reports.rglob("*")))
+
+
+@pytest.mark.parametrize("args, says", BAD_INPUT, ids=[" ".join(a) or "(none)" for a, _ in BAD_INPUT])
+def test_bad_input_exits_2_says_what_is_allowed_and_writes_nothing(cli, dirs, args, says):
+    result = cli(*dirs.options(), *args)
+    assert result.rc == 2
+    assert "emrl: error: " in result.err
+    assert_in_order(result.err, says)
+    assert result.out == ""
+    assert_nothing_written(dirs)
+
+
+def test_bad_input_leaves_an_existing_store_as_it_was(cli, dirs):
+    spec = get_question("bandits-pmpo").grid("smoke")[0].spec
+    prov = {"code": {"commit": None, "dirty": False}, "packages": {}}
+    Store(dirs.results).write(make_record(spec, RunResult("ok", [(0, "f", 1.0)]), "2026-01-01", 0.1, 1, prov))
+    before = snapshot(dirs.results)
+    for args, _ in BAD_INPUT:
+        assert cli(*dirs.options(), *args).rc == 2, args
+        assert snapshot(dirs.results) == before, args
+        assert not dirs.reports.exists(), args
+
+
+def test_corrupt_results_file_in_the_grid_stops_run_naming_the_file(cli, dirs):
+    points = get_question("bandits-pmpo").grid("smoke")
+    store = Store(dirs.results)
+    bad = store.path(run_id(points[7].spec))
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"schema": 1, "run_id": "trunc')
+    before = snapshot(dirs.results)
+
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert result.rc == 2
+    assert f"corrupt results file {bad}" in result.err and "not valid JSON" in result.err
+    assert "Move it aside" in result.err
+    assert snapshot(dirs.results) == before  # no run trained, the bad file untouched
+    assert not dirs.reports.exists()
+
+
+# --------------------------------------------------------------------------------------- help and list
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["run"], ["report"], ["reproduce"], ["show"]])
+def test_help_exits_0(cli, dirs, command):
+    result = cli(*command, "--help")
+    assert result.rc == 0
+    assert result.out.startswith("usage: emrl")
+    assert_nothing_written(dirs)
+
+
+def test_help_lists_every_subcommand(cli):
+    out = cli("--help").out
+    for command in ("list", "run", "report", "reproduce", "show"):
+        assert re.search(rf"^\s+{command}\s", out, re.M), command
+
+
+def test_list_names_every_question_claim_and_profile(cli, dirs):
+    result = cli(*dirs.options(), "list")
+    assert result.rc == 0 and result.err == ""
+    for name in QUESTIONS:
+        assert re.search(rf"^  {re.escape(name)}\s", result.out, re.M), name
+    for cid in CLAIMS:
+        assert re.search(rf"^  {cid}\s+\[", result.out, re.M), cid
+    for task in ("sphere", "rosenbrock", "schwefel"):
+        assert re.search(rf"^  {task}\s+family bandit", result.out, re.M), task
+    for profile in ("smoke", "quick", "paper"):
+        assert re.search(rf"^  {profile}\s", result.out, re.M), profile
+    assert re.search(r"^  pmpo\s", result.out, re.M)
+    assert_nothing_written(dirs)
+
+
+def _field_lines(cfg, prefix: str) -> list[str]:
+    return [f"      {prefix}{f.name} = {getattr(cfg, f.name)!r}  — {f.metadata['doc']}" for f in dataclasses.fields(cfg)]
+
+
+def test_list_algorithm_fields_shows_each_field_with_its_default_and_doc(cli):
+    result = cli("list", "algorithms", "--fields")
+    assert result.rc == 0, result.err
+    lines = result.out.splitlines()
+    assert "      algo.beta = 0.5  — " + PMPOConfig.__dataclass_fields__["beta"].metadata["doc"] in lines
+    assert set(_field_lines(PMPOConfig(), "algo.")) <= set(lines)
+
+
+def test_list_task_fields_shows_task_and_training_loop_fields(cli):
+    result = cli("list", "tasks", "--fields")
+    assert result.rc == 0, result.err
+    lines = result.out.splitlines()
+    assert set(_field_lines(BanditConfig(), "task.")) <= set(lines)
+    assert set(_field_lines(BanditLoopConfig(), "train.")) <= set(lines)
+
+
+# --------------------------------------------------------------------------------------- end to end
+
+
+def smoke_grid_ids() -> list[str]:
+    return sorted(run_id(p.spec) for p in get_question("bandits-pmpo").grid("smoke"))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`python -m suite run B1 --profile smoke` once, in a subprocess; the tests below read what it wrote."""
+    root = tmp_path_factory.mktemp("e2e")
+    dirs = Dirs(root / "results", root / "reports")
+    result = run_cli_subprocess(dirs, "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet", cwd=root)
+    assert result.rc == 0, result.out + result.err
+    return dirs, result
+
+
+def test_smoke_run_trains_the_grid_and_prints_verdicts(smoke):
+    dirs, result = smoke
+    assert "bandits-pmpo [smoke]: 30 runs, 0 already stored, trained: 30 ok" in result.out
+    assert re.search(r"^  B1: (supported|not supported|inconclusive) — ", result.out, re.M)
+    assert re.search(r"^  B2: (supported|not supported|inconclusive) — ", result.out, re.M)
+    assert f"report: {dirs.reports / 'bandits-pmpo' / 'README.md'}" in result.out
+    loaded = Store(dirs.results).load(smoke_grid_ids())
+    assert loaded.problems == [] and len(loaded.runs) == 30 and set(loaded.runs.status) == {"ok"}
+    assert sorted(loaded.runs.seed.unique()) == [0, 1]
+
+
+def test_smoke_report_has_verdicts_rule_profile_provenance_and_citation(smoke):
+    dirs, _ = smoke
+    folder = dirs.reports / "bandits-pmpo"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "learning_curves.png", "verdicts.json"]
+    readme = (folder / "README.md").read_text()
+    assert readme.startswith("# PMPO from accepted and/or rejected samples")
+    for cid in ("B1", "B2"):
+        assert f"## {cid}" in readme and f"[{cid}](#{cid.lower()})" in readme
+    assert re.search(r"\*\*Verdict: \S+ (supported|not supported|inconclusive)\*\*", readme)
+    assert readme.count("*Rule (fixed in code before the data):*") == 2
+    assert "Profile **smoke**" in readme and "2 seeds per variant" in readme and "30 runs (30 ok)" in readme
+    assert re.search(r"^- commit: `([0-9a-f]{12}|unknown)( \(dirty\))?`$", readme, re.M)
+    assert re.search(r"^- command: `emrl .*run B1 --profile smoke --workers 1 --quiet`$", readme, re.M)
+    assert "- overrides: none" in readme
+    assert "```bibtex\n@misc{emrl_bandits_pmpo_" in readme and "profile smoke" in readme
+    assert "![learning_curves.png](learning_curves.png)" in readme
+    assert (folder / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    verdicts = json.loads((folder / "verdicts.json").read_text())
+    assert verdicts["question"] == "bandits-pmpo" and verdicts["profile"] == "smoke" and verdicts["overrides"] == []
+    assert [v["claim"] for v in verdicts["verdicts"]] == ["B1", "B2"]
+    assert {v["outcome"] for v in verdicts["verdicts"]} <= {"supported", "not supported", "inconclusive"}
+
+
+def test_smoke_index_has_a_row_per_claim(smoke):
+    dirs, _ = smoke
+    index = (dirs.reports / "README.md").read_text()
+    rows = [line for line in index.splitlines() if line.startswith("| ") and not line.startswith("| claim ")]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == list(CLAIMS)
+    verdicts = {v["claim"]: v["outcome"] for v in json.loads((dirs.reports / "bandits-pmpo" / "verdicts.json").read_text())["verdicts"]}
+    for row in rows:
+        cid = row.split(" | ")[0].strip("| ")
+        if cid in verdicts:
+            assert f"[bandits-pmpo](bandits-pmpo/README.md#{cid.lower()})" in row and verdicts[cid] in row and "| smoke |" in row
+        else:
+            assert "not yet run" in row
+    assert f"Questions without a report yet: {', '.join(q for q in QUESTIONS if q != 'bandits-pmpo')}." in index
+
+
+def test_second_run_trains_nothing_and_keeps_every_record(smoke, cli):
+    dirs, _ = smoke
+    runs_before = snapshot(dirs.results / "runs")
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert result.rc == 0, result.err
+    assert "bandits-pmpo [smoke]: 30 runs, 30 already stored, trained: nothing new" in result.out
+    assert snapshot(dirs.results / "runs") == runs_before
+    # the report is regenerated from the same runs: same verdicts
+    assert re.search(r"^  B1: (supported|not supported|inconclusive) — ", result.out, re.M)
+
+
+def test_override_run_writes_its_report_under_results_ablations(smoke, cli):
+    dirs, _ = smoke
+    reports_before = snapshot(dirs.reports)
+    runs_before = snapshot(dirs.results / "runs")
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--set", "train.steps=20", "--workers", "1", "--quiet")
+    assert result.rc == 0, result.err
+    assert "30 runs, 0 already stored, trained: 30 ok" in result.out  # a changed config is a new run
+    ablations = list((dirs.results / "ablations").glob("bandits-pmpo-*"))
+    assert len(ablations) == 1 and re.fullmatch(r"bandits-pmpo-[0-9a-f]{8}", ablations[0].name)
+    readme = (ablations[0] / "README.md").read_text()
+    assert "- overrides: `train.steps=20`" in readme
+    assert json.loads((ablations[0] / "verdicts.json").read_text())["overrides"] == ["train.steps=20"]
+    assert f"report: {ablations[0] / 'README.md'}" in result.out
+    assert snapshot(dirs.reports) == reports_before  # the committed reports are untouched
+    runs_after = snapshot(dirs.results / "runs")
+    assert len(runs_after) == 60 and all(runs_after[k] == v for k, v in runs_before.items())
+
+    # `report` with the same overrides re-analyses into the same ablation folder, training nothing
+    again = cli(*dirs.options(), "report", "B1", "--profile", "smoke", "--set", "train.steps=20")
+    assert again.rc == 0, again.err
+    assert f"report: {ablations[0] / 'README.md'}" in again.out
+    assert snapshot(dirs.results / "runs") == runs_after and snapshot(dirs.reports) == reports_before
+
+
+def test_show_prints_the_config_of_a_run_by_prefix(smoke, cli):
+    dirs, _ = smoke
+    store = Store(dirs.results)
+    ids = store.run_ids()
+    rid = smoke_grid_ids()[0]  # a run of the canonical grid (40 steps), whatever else the store holds
+    prefix = next(rid[:n] for n in range(1, 17) if sum(i.startswith(rid[:n]) for i in ids) == 1)
+    record = store.read(rid)
+    result = cli(*dirs.options(), "show", prefix)
+    assert result.rc == 0, result.err
+    assert result.out.startswith(f"run {rid}  status: ok")
+    config = json.loads(result.out.split("config: ", 1)[1].split("\nlast logged values:", 1)[0])
+    assert config == record["config"]
+    assert "last logged values:" in result.out and re.search(r"^  f\s+\S+\s+\(step 40\)$", result.out, re.M)
+
+    ambiguous = next((rid[:n] for n in range(1, 3) if sum(i.startswith(rid[:n]) for i in ids) > 1), "")
+    result = cli(*dirs.options(), "show", ambiguous)
+    assert result.rc == 2 and "is ambiguous" in result.err
+
+
+def test_report_of_every_question_with_one_missing_exits_2_having_written_nothing(smoke, cli):
+    dirs, _ = smoke
+    before = snapshot(dirs.reports), snapshot(dirs.results)
+    result = cli(*dirs.options(), "report", "--profile", "smoke")  # only bandits-pmpo's runs are stored
+    assert result.rc == 2
+    assert "of 90 runs of question 'bandits-kl' are not in the store" in result.err
+    assert (snapshot(dirs.reports), snapshot(dirs.results)) == before  # not even bandits-pmpo's report was rewritten
+
+
+def test_report_of_one_question_rewrites_it_from_the_store(smoke, cli):
+    dirs, _ = smoke
+    runs_before = snapshot(dirs.results / "runs")
+    verdicts_before = json.loads((dirs.reports / "bandits-pmpo" / "verdicts.json").read_text())["verdicts"]
+    result = cli(*dirs.options(), "report", "bandits-pmpo", "--profile", "smoke")
+    assert result.rc == 0, result.err
+    assert f"report: {dirs.reports / 'bandits-pmpo' / 'README.md'}" in result.out
+    assert json.loads((dirs.reports / "bandits-pmpo" / "verdicts.json").read_text())["verdicts"] == verdicts_before
+    readme = (dirs.reports / "bandits-pmpo" / "README.md").read_text()
+    assert "- command: `emrl --results" in readme and "report bandits-pmpo --profile smoke`" in readme
+    assert snapshot(dirs.results / "runs") == runs_before
