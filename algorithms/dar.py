@@ -22,6 +22,7 @@ Variants:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -224,6 +225,13 @@ def topk_dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, l
 DAR_NEEDS = Needs(min_samples=2, logp_old=True, logp_ref=True)
 
 
+def _needs_for(cls, cfg: DARConfig) -> Needs:
+    """With baseline="none" the score is already an advantage and one sample per context suffices
+    (on-policy control, K = 1); the K-sample baseline needs K >= 2."""
+    needs = cls.needs
+    return needs if cfg.baseline == "context_mean" else dataclasses.replace(needs, min_samples=1)
+
+
 def _common(c: DARConfig) -> dict:
     return dict(weight_clip=c.weight_clip, baseline=c.baseline, advantage_norm=c.advantage_norm)
 
@@ -233,6 +241,7 @@ class DAR(Method):
     name = "dar"
     Config = DARConfig
     needs = DAR_NEEDS
+    needs_for = classmethod(_needs_for)
     GEMPI: ClassVar[GEMPIConfig] = DARConfig().to_gempi()
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
@@ -245,6 +254,7 @@ class ATDAR(Method):
     name = "at_dar"
     Config = ATDARConfig
     needs = DAR_NEEDS
+    needs_for = classmethod(_needs_for)
     GEMPI: ClassVar[GEMPIConfig] = ATDARConfig().to_gempi()
 
     def __init__(self, cfg: ATDARConfig):
@@ -264,6 +274,7 @@ class DARTR(Method):
     name = "dar_tr"
     Config = DARTRConfig
     needs = Needs(min_samples=2, logp_old=True, logp_ref=True, kl_old=True)
+    needs_for = classmethod(_needs_for)
     GEMPI: ClassVar[GEMPIConfig] = DARTRConfig().to_gempi()
 
     def __init__(self, cfg: DARTRConfig):
@@ -282,6 +293,7 @@ class TopKDAR(Method):
     name = "topk_dar"
     Config = TopKDARConfig
     needs = DAR_NEEDS
+    needs_for = classmethod(_needs_for)
     GEMPI: ClassVar[GEMPIConfig] = TopKDARConfig().to_gempi()
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:

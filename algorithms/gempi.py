@@ -585,7 +585,14 @@ class GEMPIMethod(Method):
             return torch.stack([F.softplus(r) + DUAL_FLOOR for r in self.lambda_raw])
         return torch.as_tensor(self.cfg.coefficients, dtype=dtype)
 
-    def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
+    def loss_decoupled(self, batch: Batch, kl_mean: Tensor, kl_cov: Tensor) -> tuple[Tensor, Metrics]:
+        """`loss` with a 2-part M-step KL (V-MPO's decoupled Gaussian mean / covariance KLs, [B] each,
+        from `vmpo.decoupled_gaussian_kl`), one multiplier and bound each (m_coef, m_epsilon of length 2)."""
+        if len(self.cfg.m_coef) != 2:
+            raise ValueError("loss_decoupled needs a 2-part M-step (len(m_coef) == 2)")
+        return self.loss(batch, kl_parts=(kl_mean, kl_cov))
+
+    def loss(self, batch: Batch, kl_parts: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Metrics]:
         cfg = self.cfg
         missing = cfg.needs().missing(Needs(min_samples=batch.logp.shape[-1], labels=batch.label is not None,
                                             logp_old=batch.logp_old is not None, logp_ref=batch.logp_ref is not None,
@@ -594,9 +601,11 @@ class GEMPIMethod(Method):
             raise ValueError(f"GEMPI tuple {cfg.as_tuple()} needs batch fields it lacks: {', '.join(missing)}")
         anchors = [None if a == "pi_t" else batch.logp_ref for a in cfg.anchors]
         kl = (batch.kl_old if cfg.m_kl == "old" else batch.kl_ref) if cfg.m_step != "none" else None
+        if kl_parts is not None:
+            kl = tuple(kl_parts)
         if cfg.m_step == "constraint":
-            if len(cfg.m_coef) != 1:
-                raise ValueError("a decoupled (2-part) M-step KL is not in Batch; call gempi_loss with kl=(kl_mean, kl_cov)")
+            if len(cfg.m_coef) != 1 and kl_parts is None:
+                raise ValueError("a decoupled (2-part) M-step KL is not in Batch; use loss_decoupled(batch, kl_mean, kl_cov)")
             m_coef: Any = [F.softplus(r) + DUAL_FLOOR for r in self.m_alpha_raw]
         elif cfg.m_step == "penalty":
             m_coef = cfg.m_coef[0]

@@ -23,7 +23,6 @@ not clipped to a domain (the Gaussian search is unbounded).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 

@@ -234,8 +234,6 @@ class DropoutGradientConfig:
     ps: tuple[float, ...] = field((0.1, 0.3, 0.5), "sweep of the dropout probability p")
 
     def __post_init__(self):
-        check_range(self, "hidden", 1, 14)
-    def __post_init__(self):
         check_positive(self, "obs_dim", "actions", "batch", "passes", "groups")
         check_range(self, "hidden", 1, 14)
         _check_sweep(self, "ps", 0.0, 0.9, at_least=1)
