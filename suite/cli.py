@@ -79,11 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line the reports record (also when main is called with an explicit argv)
+    # Artifacts that runs share (C6's offline dataset, `tasks/control_offline.py`) live under the results store;
+    # train functions see only run specs, so the store's root reaches them, and the spawned workers, by the environment.
+    previous = os.environ.get("EMRL_RESULTS")
+    os.environ["EMRL_RESULTS"] = str(args.results)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"emrl: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if previous is None:
+            os.environ.pop("EMRL_RESULTS", None)
+        else:
+            os.environ["EMRL_RESULTS"] = previous
 
 
 # ------------------------------------------------------------------------------------------------------- commands

@@ -22,15 +22,18 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "disable")
 
+import copy  # noqa: E402
 import math  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+from torch.func import functional_call, vmap  # noqa: E402
 
 from algorithms.common import diag_gaussian_logp, kl_categorical, kl_diag_gaussian  # noqa: E402
 from algorithms.config import ConfigError, check_positive, field, unknown  # noqa: E402
+from tasks.seeding import generator, stream_seed  # noqa: E402
 
 LISTED = ("cartpole-swingup", "walker-walk", "cheetah-run", "reacher-hard", "humanoid-stand", "humanoid-walk",
           "humanoid-run", "manipulator-bring_ball")
@@ -284,8 +287,6 @@ def make_policy(obs_dim: int, action_dim: int, cfg: PolicyConfig) -> nn.Module:
 def evaluate(policy: nn.Module, obs_norm: RunningNorm, name: str, episodes: int, seed: int,
              action_repeat: int = 1, time_limit: float | None = None) -> float:
     """Mean return of `episodes` deterministic-policy episodes on the "eval" seed stream of `seed`."""
-    from tasks.seeding import stream_seed
-
     env = VecEnv(name, [stream_seed(seed, f"eval/{i}") for i in range(episodes)], action_repeat, time_limit)
     returns: list[float] = []
     done = np.zeros(env.n, dtype=bool)
@@ -297,6 +298,182 @@ def evaluate(policy: nn.Module, obs_norm: RunningNorm, name: str, episodes: int,
         returns.extend(float(r) for r in ended_return[ended])
         done |= ended
     return float(np.mean(returns))
+
+
+# ------------------------------------------------------------------------------------------------ seeds in lockstep
+# The control loops train the S seeds of one grid cell together: their environments share one VecEnv, their
+# networks are stacked on a leading seed dimension (`Stacked`) and run by batched matrix products, and each seed
+# keeps its own normaliser statistics, gradient-norm clip, random streams and Adam state (Adam is elementwise),
+# so a seed's run is the one it would have alone (up to floating-point reassociation; tested).
+
+
+class StackedNorm:
+    """`tasks.dmc.RunningNorm` for S seeds at once: the same parallel-Welford update and ±clip, on [S, O] stats.
+
+    `update(x)` takes x [S, B, O] (each seed's batch); `__call__(x)` normalises x [S, ..., O] with each
+    seed's own statistics; `to_running_norm(s)` returns seed s's statistics as a RunningNorm (for
+    `evaluate`). Equal to S separate RunningNorms (tested).
+    """
+
+    def __init__(self, n_seeds: int, dim: int, clip: float, eps: float = 1e-8):
+        self.clip, self.eps = clip, eps
+        self.mean = torch.zeros(n_seeds, dim, dtype=torch.float64)
+        self.var = torch.ones(n_seeds, dim, dtype=torch.float64)
+        self.count = torch.full((n_seeds, 1), 1e-4, dtype=torch.float64)
+
+    def update(self, x: Tensor) -> None:
+        x = x.to(torch.float64)
+        b_mean, b_var, b_n = x.mean(1), x.var(1, unbiased=False), x.shape[1]
+        delta, total = b_mean - self.mean, self.count + b_n
+        self.mean += delta * b_n / total
+        self.var = (self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / total) / total
+        self.count = total
+
+    def __call__(self, x: Tensor) -> Tensor:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        mean, std = self.mean.to(x.dtype).reshape(shape), torch.sqrt(self.var.to(x.dtype) + self.eps).reshape(shape)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+    def one(self, s: int, x: Tensor) -> Tensor:
+        """x [..., O] normalised with seed s's statistics."""
+        mean, std = self.mean[s].to(x.dtype), torch.sqrt(self.var[s].to(x.dtype) + self.eps)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+    def to_running_norm(self, s: int) -> RunningNorm:
+        norm = RunningNorm(self.mean.shape[1], clip=self.clip, eps=self.eps)
+        norm.mean.copy_(self.mean[s])
+        norm.var.copy_(self.var[s])
+        norm.count.copy_(self.count[s, 0])
+        return norm
+
+def batched_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor):
+    """`module(x)` for S stacked copies at once: params [S, ...] (named as in `module`), x [S, B, in].
+
+    Written out for the loop's three module types (an `mlp` Sequential, `GaussianPolicy`, `BinnedPolicy`)
+    with batched matrix products, which is several times cheaper than `vmap(functional_call(...))`;
+    equal to each copy's own forward (tested). Any other module goes through vmap.
+    """
+    if isinstance(module, nn.Sequential):
+        return _batched_mlp(module, params, x, "")
+    if isinstance(module, GaussianPolicy):
+        out = _batched_mlp(module.net, params, x, "net.")
+        log_std = params["log_std"][:, None, :]
+        if module.state_dependent:
+            mean, raw = out.chunk(2, -1)
+            return mean, raw.clamp(-5.0, 2.0) + log_std
+        return out, log_std.expand_as(out)
+    if isinstance(module, BinnedPolicy):
+        return _batched_mlp(module.net, params, x, "net.").unflatten(-1, (module.action_dim, module.bins))
+    return vmap(lambda p, y: functional_call(module, p, (y,)))(params, x)
+
+
+def _batched_mlp(seq: nn.Sequential, params: dict[str, Tensor], x: Tensor, prefix: str) -> Tensor:
+    for i, layer in enumerate(seq):
+        if isinstance(layer, nn.Linear):
+            w, b = params[f"{prefix}{i}.weight"], params[f"{prefix}{i}.bias"]
+            x = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+        else:
+            x = layer(x)  # the activation, elementwise
+    return x
+
+
+class Stacked:
+    """S independent copies of a module, their parameters stacked on a leading seed dim [S, ...].
+
+    `forward(params, x)` runs every seed's copy on its own slice of x ([S, B, ...]) at once. Each copy
+    is initialised from its seed's "run/init" stream, so a seed starts the same whichever seeds share
+    its group.
+    """
+
+    def __init__(self, build, seeds: list[int]):
+        mods = []
+        for sd in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stream_seed(sd, "run/init"))
+                mods.append(build())
+        self.template = mods[0]
+        self.params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in mods]).requires_grad_()
+                       for k, _ in self.template.named_parameters()}
+
+    def forward(self, params: dict[str, Tensor], x: Tensor):
+        return batched_forward(self.template, params, x)
+
+    def copy_params(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.params.items()}
+
+    def module_of(self, s: int) -> nn.Module:
+        """A plain module holding seed s's parameters (for `evaluate`)."""
+        m = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for k, p in m.named_parameters():
+                p.copy_(self.params[k][s])
+        return m
+
+def clip_grad_norm_per_seed(params: list[Tensor], max_norm: float | None, alive: Tensor) -> Tensor:
+    """Zero dead seeds' gradients, then clip each seed's global gradient norm to `max_norm` (as
+    `torch.nn.utils.clip_grad_norm_` does for one model: coef = min(1, max_norm / (norm + 1e-6)); None: no
+    clip). Returns each seed's norm before clipping [S] (non-finite where its gradient is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    S = alive.shape[0]
+    norm = torch.stack([torch.linalg.vector_norm(g.reshape(S, -1), dim=1) for g in grads]).norm(dim=0)
+    coef = torch.ones_like(norm) if max_norm is None else (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    clean = bool(alive.all()) and bool(torch.isfinite(norm).all())
+    if not clean:
+        coef = torch.where(torch.isfinite(coef) & alive, coef, torch.zeros_like(coef))
+    torch._foreach_mul_(grads, [coef.reshape(-1, *([1] * (g.dim() - 1))) for g in grads])
+    if not clean:
+        for g in grads:
+            g.nan_to_num_(0.0)
+    return norm
+
+class _UniformRandom(nn.Module):
+    """A stand-in policy for `evaluate`: `mode` returns uniform actions in [-1, 1] from its own generator."""
+
+    def __init__(self, action_dim: int, seed: int):
+        super().__init__()
+        self.action_dim, self.gen = action_dim, generator(seed, "eval/random_actions")
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return obs
+
+    def mode(self, obs: Tensor) -> Tensor:
+        return torch.rand(obs.shape[0], self.action_dim, generator=self.gen) * 2.0 - 1.0
+
+
+def random_policy_return(task: str, task_config, episodes: int, seed: int) -> float:
+    """Mean return of a uniform-random policy over `episodes` episodes of the "eval" seed stream of `seed`."""
+    probe = VecEnv(task, [0], task_config.action_repeat, task_config.time_limit)
+    ident = RunningNorm(probe.obs_dim, clip=float("inf"))
+    ident.count.fill_(1.0)
+    return evaluate(_UniformRandom(probe.action_dim, seed), ident, task, episodes, seed, task_config.action_repeat,
+                    task_config.time_limit)
+
+@torch.no_grad()
+def evaluate_seeds(actor: Stacked, obs_norm, task: str, episodes: int, seeds: list[int], alive: Tensor | None = None,
+                   action_repeat: int = 1, time_limit: float | None = None) -> list[float]:
+    """`tasks.dmc.evaluate` for S stacked policies at once: each seed's mean return over `episodes` deterministic-policy
+    episodes on its own "eval" seed stream, the same episodes `evaluate` plays (equal up to floating-point reassociation
+    in the batched forward; tested). All S × episodes environments step in one VecEnv with one batched forward per step.
+
+    `obs_norm(x [S, E, O]) -> [S, E, O]` normalises with each seed's statistics; a seed with `alive` False acts with
+    zeros and gets NaN.
+    """
+    S = len(seeds)
+    env = VecEnv(task, [stream_seed(sd, f"eval/{i}") for sd in seeds for i in range(episodes)], action_repeat, time_limit)
+    pol = actor.template
+    live = torch.ones(S, dtype=torch.bool) if alive is None else alive
+    returns = np.full(S * episodes, np.nan)
+    done = np.zeros(S * episodes, dtype=bool)
+    while not done.all():
+        obs = obs_norm(torch.as_tensor(env.obs).view(S, episodes, -1))
+        action = pol.mode(actor.forward(actor.params, obs))
+        action = torch.where(live[:, None, None], action, torch.zeros_like(action))
+        _, _, term, trunc, _, ended_return = env.step(action.reshape(S * episodes, -1).numpy())
+        ended = (term | trunc) & ~done  # the env auto-resets: count each env's first episode only
+        returns[ended] = ended_return[ended]
+        done |= ended
+    means = returns.reshape(S, episodes).mean(1)
+    return [float(m) if bool(live[i]) else float("nan") for i, m in enumerate(means)]
 
 
 # ------------------------------------------------------------------------------------------------ task family

@@ -6,9 +6,13 @@ from algorithms.config import unknown
 from suite.claims import Claim
 from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
 from suite.questions.base import PROFILES, Question
+from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
+from suite.questions.control_onpolicy import ControlGEMPIVariants, ControlTemperature, ControlVMPOvsPPO
 from suite.questions.theory import Theory
 
-QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory())}
+QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory(),
+                                                         ControlVMPOvsPPO(), ControlTemperature(), ControlGEMPIVariants(),
+                                                         ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL())}
 CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
 
 

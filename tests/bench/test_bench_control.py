@@ -1,0 +1,94 @@
+"""`make bench`: emrl's on-policy control training against raw dm_control stepping, same task and machine.
+
+On cartpole-swingup (the cheapest listed task per step, so the hardest case for the loop's overhead),
+interleaved rounds time:
+  raw   — uniform-random actions stepped through a `VecEnv` of S × N environments (no learning);
+  PPO   — the on-policy loop training S seeds (S × N environments, MLP policies, CleanRL's 2048-step
+          rollouts, 10 epochs × 32 minibatches);
+  V-MPO — the same with V-MPO (n-step returns over 32-step unrolls, decoupled KL trust regions, target network
+          refreshed every 100 learner steps), as the control questions configure it.
+S = 5 seeds is the quick profile's group (the runner trains one grid cell's seeds together), N = 8.
+Training throughput is taken at steady state: the wall time of a run of 1 + R rollouts minus that of a
+1-rollout run (this cancels environment construction, the final evaluation and start-up) divided into
+the R × S × 2048 extra environment steps. The machine is noisy, so each throughput is the best of the
+rounds. Reported: training env-steps/s ÷ raw env-steps/s (target ≥ 0.5).
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import tasks
+from suite.questions.control_onpolicy import PPO, VMPO, VMPO_LOOP
+from tasks import RunSpec
+from tasks.control_onpolicy import OnPolicyConfig
+from tasks.dmc import VecEnv
+
+pytestmark = pytest.mark.bench
+TASK, SEEDS, ENVS, ROLLOUT, EXTRA, ROUNDS = "cartpole-swingup", 5, 8, 2048, 2, 2
+METHODS = {"ppo": (PPO, OnPolicyConfig()), "vmpo": (VMPO, VMPO_LOOP)}
+"""The configurations the control questions use (`suite/questions/control_onpolicy.py`), at CleanRL's rollout size."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def raw_steps_per_s(steps_per_env: int = ROLLOUT // ENVS) -> float:
+    env = VecEnv(TASK, list(range(SEEDS * ENVS)))
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (steps_per_env, env.n, env.action_dim)).astype(np.float32)
+    t0 = time.perf_counter()
+    for a in actions:
+        env.step(a)
+    return env.n * steps_per_env / (time.perf_counter() - t0)
+
+
+def train_seconds(algo: str, rollouts: int) -> float:
+    cfg, loop = METHODS[algo]
+    train = dataclasses.replace(loop, total_steps=rollouts * ROLLOUT, num_envs=ENVS, rollout=ROLLOUT, eval_every=10**9,
+                                eval_episodes=1)
+    specs = [RunSpec(TASK, tasks.TASKS[TASK].config, algo, cfg, train, s) for s in range(SEEDS)]
+    t0 = time.perf_counter()
+    results = tasks.TASKS[TASK].family.train(specs)
+    assert all(r.status == "ok" for r in results), [r.error for r in results]
+    return time.perf_counter() - t0
+
+
+def steady_state_steps_per_s(algo: str) -> float:
+    short, long = train_seconds(algo, 1), train_seconds(algo, 1 + EXTRA)
+    return EXTRA * ROLLOUT * SEEDS / (long - short)
+
+
+def test_bench_raw_stepping(benchmark):
+    benchmark.pedantic(raw_steps_per_s, rounds=3, iterations=1, warmup_rounds=1)
+
+
+def test_bench_ppo_training(benchmark):
+    benchmark.pedantic(train_seconds, args=("ppo", 2), rounds=2, iterations=1)
+
+
+def test_bench_ratio_training_vs_raw_stepping(benchmark):
+    """Interleaved rounds; reports best(training env-steps/s) / best(raw env-steps/s) for PPO and V-MPO."""
+    train_seconds("ppo", 1)  # warm-up: imports, first optimiser
+    raw, rates = [], {algo: [] for algo in METHODS}
+    for _ in range(ROUNDS):
+        raw.append(raw_steps_per_s())
+        for algo in METHODS:
+            rates[algo].append(steady_state_steps_per_s(algo))
+    best_raw = max(raw)
+    ratios = {algo: max(r) / best_raw for algo, r in rates.items()}
+    benchmark.extra_info.update(task=TASK, seeds=SEEDS, envs_per_seed=ENVS, raw_steps_per_s=best_raw,
+                                **{f"{a}_steps_per_s": max(r) for a, r in rates.items()}, **{f"{a}_ratio": v for a, v in ratios.items()})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\n{TASK}, {SEEDS} seeds x {ENVS} envs: raw stepping {best_raw:.0f} env-steps/s; "
+          + "; ".join(f"{a} training {max(rates[a]):.0f} env-steps/s = {ratios[a]:.2f}x raw" for a in METHODS)
+          + f" (steady state, best of {ROUNDS} interleaved rounds)")
+    assert min(ratios.values()) >= 0.5

@@ -1,0 +1,421 @@
+"""The actor-critic control loop (`tasks/control_ac.py`), the offline accept/reject loop (`tasks/control_offline.py`)
+and the verdict rules of their questions (`suite/questions/control_ac.py`: C1, C2, C3, C6, C7).
+
+Hand derivations are in the comments. Runs use 1-second cartpole episodes (100 steps) and tiny networks, so each
+end-to-end run takes about a second.
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from algorithms.common import diag_gaussian_logp, kl_diag_gaussian
+from algorithms.config import ConfigError
+from algorithms.dpo import DPOConfig
+from algorithms.mpo import MPOConfig
+from algorithms.pmpo import PMPOConfig
+from algorithms.ppo import PPOConfig
+from algorithms.sft import SFTConfig
+from algorithms.virel import VIRELConfig
+from tasks import RunSpec, check_compatible
+from tasks.control_ac import (ActorCriticConfig, Replay, accept_reject_labels, critic_target, policy_tensors, sample_k,
+                              train as train_ac)
+from tasks.control_offline import BUILDS, OfflineConfig, dataset_key, load_or_build, train as train_offline
+from tasks.dmc import BinnedPolicy, ControlConfig, GaussianPolicy, PolicyConfig, VecEnv
+
+TASK = "cartpole-swingup"
+SHORT = ControlConfig(time_limit=1.0)  # 100-step episodes
+TINY = ActorCriticConfig(total_steps=150, eval_every=150, eval_episodes=1, hidden=(8, 8), batch_size=8, learning_starts=50,
+                         updates_per_step=0.25, log_every=50, replay_size=1000, samples=4)
+
+
+def specs(algo, algo_cfg, loop, seeds=(0, 1)):
+    return [RunSpec(TASK, SHORT, algo, algo_cfg, loop, s) for s in seeds]
+
+
+def metrics_of(result) -> set[str]:
+    return {m for _, m, _ in result.rows}
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_config_refuses_bad_values_by_name():
+    with pytest.raises(ConfigError, match="accept"):
+        ActorCriticConfig(samples=4, accept=4)
+    with pytest.raises(ConfigError, match="policy"):
+        ActorCriticConfig(policy="beta")
+    with pytest.raises(ConfigError, match="num_envs"):
+        ActorCriticConfig(total_steps=1001, num_envs=2)
+    with pytest.raises(ConfigError, match="n_step"):
+        ActorCriticConfig(n_step=0)
+    with pytest.raises(ConfigError, match="label_fraction"):
+        OfflineConfig(label_fraction=0.0)
+    assert ActorCriticConfig().steps == ActorCriticConfig().total_steps  # the runner orders groups by it
+
+
+def test_budget_fields_shared_with_the_on_policy_loop():
+    from tasks.control_onpolicy import OnPolicyConfig
+
+    shared = {"total_steps", "num_envs", "eval_every", "eval_episodes", "policy", "hidden", "bins", "kl_limit"}
+    for cls in (ActorCriticConfig, OnPolicyConfig):
+        assert shared <= {f.name for f in dataclasses.fields(cls)}
+
+
+def test_algorithms_the_loop_cannot_serve_are_refused():
+    loop = dataclasses.replace(TINY)
+    check_compatible(TASK, "virel", VIRELConfig(), loop)  # a Q critic for VIREL
+    with pytest.raises(ConfigError, match="state-value critic"):
+        train_ac(specs("ppo", PPOConfig(), loop))
+    with pytest.raises(ConfigError, match="logp_ref"):  # the offline loop has no reference log-probs for DPO
+        check_compatible(TASK, "dpo", DPOConfig(), OfflineConfig())
+
+
+# ------------------------------------------------------------------------------------------------ labels and K-sample batches
+
+
+def test_top_two_of_four_are_accepted_by_q():
+    q = torch.tensor([[1.0, 4.0, 2.0, 3.0], [0.0, -1.0, 5.0, 5.0]])
+    # row 0: ranks 4 > 3 > 2 > 1 -> indices 1, 3 accepted; row 1: the tie 5 = 5 keeps both (2, 3), 0 and −1 rejected
+    assert accept_reject_labels(q, 2, "top").tolist() == [[-1, 1, -1, 1], [-1, -1, 1, 1]]
+    # best / worst only: best +1, worst −1, the middle two unlabelled
+    assert accept_reject_labels(q, 2, "best_worst").tolist() == [[-1, 1, 0, 0], [0, -1, 1, 0]]
+    ties = torch.zeros(1, 4)  # all equal: the lower index ranks higher, deterministically
+    assert accept_reject_labels(ties, 2, "top").tolist() == [[1, 1, -1, -1]]
+    assert accept_reject_labels(ties, 2, "best_worst").tolist() == [[1, 0, 0, -1]]
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binned"])
+def test_policy_tensors_shapes_labels_reference_and_closed_form_kl(kind):
+    S, B, K, O, A = 2, 3, 4, 5, 2
+    torch.manual_seed(0)
+    pol = (GaussianPolicy if kind == "gaussian" else BinnedPolicy)(O, A, PolicyConfig(kind=kind, hidden=(8,), state_dependent_std=True))
+    obs = torch.randn(S, B, O)
+    tgt = pol.detach(pol(obs))
+    with torch.no_grad():
+        for p in pol.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    cur = pol(obs)
+    w = torch.tensor([1.0, -0.5])
+    q_fn = lambda a: (a.clamp(-1, 1) * w).sum(-1)  # noqa: E731  a known Q: linear in the action
+    gens = [torch.Generator().manual_seed(s) for s in range(S)]
+    t = policy_tensors(pol, tgt, cur, q_fn, gens, K, 2, "top")
+    assert t["actions"].shape == (S, B, K, A)
+    for key in ("score", "label", "logp", "logp_ref"):
+        assert t[key].shape == (S, B, K)
+    assert t["kl"].shape == (S, B)
+    assert torch.equal(t["score"], q_fn(t["actions"]))
+    top2 = t["score"].argsort(-1, descending=True)[..., :2]
+    accepted = torch.zeros(S, B, K).scatter_(-1, top2, 1.0)
+    assert torch.equal(t["label"], 2 * accepted - 1)  # exactly the two highest Q per state are +1
+    assert t["logp"].requires_grad and not t["logp_ref"].requires_grad and t["kl"].requires_grad
+    if kind == "gaussian":
+        ref = diag_gaussian_logp(t["actions"], tgt[0].unsqueeze(-2), tgt[1].unsqueeze(-2))
+        assert torch.allclose(t["logp_ref"], ref)
+        assert torch.allclose(t["kl"], kl_diag_gaussian(tgt[0], tgt[1], cur[0], cur[1]))
+    else:  # the samples are bin values; KL(Cat_tgt ‖ Cat_θ) summed over dims, by hand from the probabilities
+        pt, pc = torch.softmax(tgt, -1), torch.softmax(cur.detach(), -1)
+        assert torch.allclose(t["kl"].detach(), (pt * (pt.log() - pc.log())).sum((-1, -2)), atol=1e-6)
+        assert set(t["actions"].unique().tolist()) <= set(torch.linspace(-1, 1, 11).tolist())
+    # KL(π_tgt ‖ π_tgt) = 0 and a Monte-Carlo estimate E_tgt[log π_tgt − log π_θ] agrees with the closed form
+    same = policy_tensors(pol, tgt, pol.detach(tgt) if kind == "binned" else tuple(x.clone() for x in tgt), q_fn, gens, K, 2, "top")
+    assert same["kl"].abs().max() < 1e-6
+    many = policy_tensors(pol, tgt, cur, q_fn, [torch.Generator().manual_seed(9)] * S, 20000, 2, "top")
+    mc = (many["logp_ref"] - many["logp"]).mean(-1)
+    assert torch.allclose(mc.detach(), many["kl"].detach(), atol=0.05, rtol=0.05)
+
+
+def test_sample_k_uses_each_seeds_own_generator():
+    pol = GaussianPolicy(3, 2, PolicyConfig(hidden=(4,)))
+    params = pol(torch.zeros(2, 5, 3))
+    a = sample_k(pol, params, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 4)
+    b = sample_k(pol, params, [torch.Generator().manual_seed(7), torch.Generator().manual_seed(2)], 4)
+    assert a.shape == (2, 5, 4, 2)
+    assert not torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # seed 1's draws do not depend on seed 0's stream
+
+
+# ------------------------------------------------------------------------------------------------ replay and the critic's target
+
+
+def _fill(replay, rewards, terminated, truncated, stride=1):
+    for t, (r, te, tr) in enumerate(zip(rewards, terminated, truncated)):
+        n = stride
+        obs = torch.full((1, n, 1), float(t))
+        replay.add(obs, torch.zeros(1, n, 1), torch.full((1, n), float(r)), torch.full((1, n), bool(te)),
+                   torch.full((1, n), bool(tr)), obs + 0.5)
+
+
+def test_nstep_returns_stop_at_episode_ends_and_bootstrap_truncations():
+    g = 0.5
+    replay = Replay(1, 100, 1, 1)
+    # steps 0..4 with rewards 1..5; the episode is cut by the time limit after step 2 (truncated)
+    _fill(replay, [1, 2, 3, 4, 5], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0])
+    out = replay.nstep(torch.tensor([[0, 1, 2, 3, 4]]), 3, g)
+    # from 0: 1 + ½·2 + ¼·3 = 2.75, stops at the truncation: D = γ³ (bootstrapped), s' = next_obs of step 2
+    # from 1: 2 + ½·3 = 3.5, D = γ²;  from 2: 3, D = γ;  from 3: 4 + ½·5 = 6.5 (step 4 is the newest), D = γ²;  from 4: 5, D = γ
+    assert out["reward"].tolist() == [[2.75, 3.5, 3.0, 6.5, 5.0]]
+    assert out["discount"].tolist() == [[0.125, 0.25, 0.5, 0.25, 0.5]]
+    assert out["next_obs"][0, :, 0].tolist() == [2.5, 2.5, 2.5, 4.5, 4.5]
+    # the same data with a termination after step 2: no bootstrap (D = 0) for every return that reaches it
+    term = Replay(1, 100, 1, 1)
+    _fill(term, [1, 2, 3, 4, 5], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0])
+    out = term.nstep(torch.tensor([[0, 2, 3]]), 3, g)
+    assert out["reward"].tolist() == [[2.75, 3.0, 6.5]] and out["discount"].tolist() == [[0.0, 0.0, 0.25]]
+    # y = R + D · mean_j Q(s', a'_j): a truncation bootstraps, a termination does not
+    next_q = torch.tensor([[2.0, 4.0]])
+    assert critic_target(torch.tensor([1.0]), torch.tensor([0.99]), next_q).item() == pytest.approx(1 + 0.99 * 3)
+    assert critic_target(torch.tensor([1.0]), torch.tensor([0.0]), next_q).item() == 1.0
+
+
+def test_nstep_follows_each_env_through_the_interleaved_buffer():
+    replay = Replay(1, 100, 1, 1, stride=2)
+    # two envs write alternately: env 0 gets rewards 1, 2, 3; env 1 gets 10, 20, 30
+    for r0, r1 in ((1, 10), (2, 20), (3, 30)):
+        replay.add(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), torch.tensor([[float(r0), float(r1)]]), torch.zeros(1, 2, dtype=torch.bool),
+                   torch.zeros(1, 2, dtype=torch.bool), torch.zeros(1, 2, 1))
+    out = replay.nstep(torch.tensor([[0, 1]]), 3, 1.0)
+    assert out["reward"].tolist() == [[6.0, 60.0]]
+
+
+def test_a_time_limit_truncation_stores_the_final_observation_and_keeps_its_discount():
+    env = VecEnv(TASK, [3], time_limit=0.05)  # 5-step episodes, all cut by the time limit
+    replay = Replay(1, 100, env.obs_dim, env.action_dim)
+    finals, resets = [], []
+    for _ in range(5):
+        obs = torch.from_numpy(env.obs).view(1, 1, -1)
+        nxt, reward, term, trunc, final_obs, _ = env.step(np.zeros((1, 1), dtype=np.float32))
+        replay.add(obs, torch.zeros(1, 1, 1), torch.from_numpy(reward).view(1, 1), torch.from_numpy(term).view(1, 1),
+                   torch.from_numpy(trunc).view(1, 1), torch.from_numpy(final_obs).view(1, 1, -1))
+        finals.append(final_obs[0].copy())
+        resets.append(nxt[0].copy())
+    assert trunc[0] and not term[0]
+    out = replay.nstep(torch.tensor([[4]]), 1, 0.99)
+    assert out["discount"].item() == pytest.approx(0.99)  # bootstrapped, not terminal
+    assert np.allclose(out["next_obs"][0, 0].numpy(), finals[-1])  # the cut episode's last observation ...
+    assert not np.allclose(finals[-1], resets[-1])  # ... not the first observation of the next episode
+
+
+# ------------------------------------------------------------------------------------------------ end-to-end runs
+
+
+@pytest.mark.parametrize("algo,cfg,loop,keys", [
+    ("mpo", MPOConfig(), dataclasses.replace(TINY, samples=20), {"dual/eta", "dual/alpha", "weights/ess"}),
+    ("pmpo", PMPOConfig(alpha=0.5, beta=0.5), TINY, {"policy/logp_accept", "policy/logp_reject", "kl/ref"}),
+    ("pmpo", PMPOConfig(alpha=1.0, beta=0.0), TINY, {"policy/logp_accept"}),
+    ("pmpo", PMPOConfig(alpha=0.0, beta=2.0), dataclasses.replace(TINY, policy="binned"), {"policy/logp_reject"}),
+    ("dpo", DPOConfig(beta=20.0), TINY, {"policy/margin", "policy/accuracy"}),
+    ("dpo", DPOConfig(beta=1.0), dataclasses.replace(TINY, policy="binned", labels="best_worst"), {"policy/margin"}),
+    ("virel", VIRELConfig(), TINY, {"dual/epsilon", "value/residual", "policy/q"}),
+], ids=["mpo", "pmpo-ar", "pmpo-a", "pmpo-r-binned", "dpo-gaussian", "dpo-binned", "virel"])
+def test_every_method_runs_end_to_end_and_logs_its_metrics(algo, cfg, loop, keys):
+    results = train_ac(specs(algo, cfg, loop))
+    assert [r.status for r in results] == ["ok", "ok"], [r.diverged or r.error for r in results]
+    for r in results:
+        m = metrics_of(r)
+        assert keys | {"eval/return", "train/episode_return", "loss/critic", "value/q", "update/kl_target"} <= m
+        evals = [(s, v) for s, k, v in r.rows if k == "eval/return"]
+        assert evals[-1][0] == loop.total_steps and 0.0 <= evals[-1][1] <= 100.0  # 100-step episodes, rewards in [0, 1]
+
+
+def test_same_seed_gives_the_same_rows_and_seeds_differ():
+    a = train_ac(specs("pmpo", PMPOConfig(), TINY, seeds=(4, 5)))
+    b = train_ac(specs("pmpo", PMPOConfig(), TINY, seeds=(4, 5)))
+    assert a[0].rows == b[0].rows and a[1].rows == b[1].rows
+    assert a[0].rows != a[1].rows
+
+
+def test_divergence_is_recorded_with_step_and_reason():
+    loop = dataclasses.replace(TINY, kl_limit=1e-12)
+    results = train_ac(specs("pmpo", PMPOConfig(alpha=0.0, beta=0.0), loop))
+    for r in results:
+        assert r.status == "diverged" and "KL" in r.diverged["reason"] and r.diverged["step"] >= TINY.learning_starts
+
+
+def test_batched_evaluation_plays_the_episodes_of_dmc_evaluate():
+    from tasks.dmc import Stacked, StackedNorm, evaluate, evaluate_seeds, make_policy
+
+    env = VecEnv(TASK, [0], time_limit=1.0)
+    seeds = [3, 8]
+    actor = Stacked(lambda: make_policy(env.obs_dim, env.action_dim, PolicyConfig(hidden=(8,), state_dependent_std=True)), seeds)
+    norm = StackedNorm(2, env.obs_dim, 10.0)
+    norm.update(torch.randn(2, 50, env.obs_dim))
+    batched = evaluate_seeds(actor, norm, TASK, 3, seeds, time_limit=1.0)
+    alone = [evaluate(actor.module_of(i), norm.to_running_norm(i), TASK, 3, sd, time_limit=1.0) for i, sd in enumerate(seeds)]
+    assert np.allclose(batched, alone, atol=1e-3)
+    dead = evaluate_seeds(actor, norm, TASK, 3, seeds, alive=torch.tensor([True, False]), time_limit=1.0)
+    assert dead[0] == pytest.approx(batched[0]) and math.isnan(dead[1])
+
+
+def test_random_baseline_is_one_evaluation_at_step_zero():
+    results = train_ac(specs("mpo", MPOConfig(), dataclasses.replace(TINY, random_baseline=True)))
+    assert all(r.rows[0][:2] == (0, "eval/return") and len(r.rows) == 1 for r in results)
+    assert results[0].rows != results[1].rows  # each seed evaluates its own episodes
+
+
+# ------------------------------------------------------------------------------------------------ offline accept/reject
+
+BEHAVIOUR = dataclasses.replace(TINY, samples=20, total_steps=300, eval_every=300, log_every=300)
+OFFLINE = OfflineConfig(steps=30, batch_size=16, hidden=(8, 8), eval_every=30, eval_episodes=1, log_every=10, random_episodes=2,
+                        final_episodes=1, value_rounds=1, value_epochs=1, value_hidden=(8, 8), behaviour=BEHAVIOUR,
+                        label_fraction=0.5)
+
+
+def test_offline_dataset_is_built_once_labelled_by_advantage_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMRL_RESULTS", str(tmp_path))
+    n_builds = len(BUILDS)
+    data, path = load_or_build(TASK, SHORT, OFFLINE)
+    key = dataset_key(TASK, SHORT, OFFLINE)
+    assert path == tmp_path / "artifacts" / key and (path / "dataset.pt").is_file()
+    assert len(BUILDS) == n_builds + 1 and BUILDS[-1] == key
+    meta = json.loads((path / "meta.json").read_text())
+    # 2 random + 3 behaviour-run episodes (300 steps of 100) + 1 final = 6 episodes; the first half labelled
+    assert meta["episodes"] == 6 and meta["labelled_episodes"] == 3 and meta["transitions"] == 600
+    assert data["source"].tolist() == [0, 0, 1, 1, 1, 2]
+    labelled = data["episode"] < 3
+    assert torch.equal(data["label"] != 0, labelled)
+    assert torch.equal(data["label"][labelled] > 0, data["advantage"][labelled] > 0)  # accept ⇔ positive advantage
+    # a second call, and a learner run, load the stored artifact: nothing is rebuilt
+    mtime = (path / "dataset.pt").stat().st_mtime_ns
+    again, _ = load_or_build(TASK, SHORT, OFFLINE)
+    assert len(BUILDS) == n_builds + 1 and (path / "dataset.pt").stat().st_mtime_ns == mtime
+    assert torch.equal(again["label"], data["label"])
+    # learner-only fields do not change the key; dataset fields do
+    assert dataset_key(TASK, SHORT, dataclasses.replace(OFFLINE, steps=99, learn_on="all")) == key
+    assert dataset_key(TASK, SHORT, dataclasses.replace(OFFLINE, random_episodes=3)) != key
+
+
+@pytest.fixture(scope="module")
+def shared_results(tmp_path_factory):
+    """One results root for the learner tests, so that they build the dataset once between them."""
+    return tmp_path_factory.mktemp("offline-results")
+
+
+@pytest.mark.parametrize("algo,cfg,loop", [
+    ("sft", SFTConfig(), dataclasses.replace(OFFLINE, learn_on="all")),
+    ("pmpo", PMPOConfig(alpha=0.5, beta=1.0), OFFLINE),
+    ("pmpo", PMPOConfig(alpha=0.0, beta=2.0), dataclasses.replace(OFFLINE, policy="binned")),
+], ids=["bc", "accept-reject-bc", "reject-bc-binned"])
+def test_offline_learners_run_end_to_end(shared_results, monkeypatch, algo, cfg, loop):
+    monkeypatch.setenv("EMRL_RESULTS", str(shared_results))
+    results = train_offline(specs(algo, cfg, loop))
+    assert [r.status for r in results] == ["ok", "ok"]
+    for r in results:
+        m = metrics_of(r)
+        assert {"eval/return", "data/accept_fraction", "data/random_return_mean", "policy/bc_nll"} <= m
+    assert results[0].rows != results[1].rows
+    assert train_offline(specs(algo, cfg, loop))[0].rows == results[0].rows  # deterministic, on the reused dataset
+
+
+# ------------------------------------------------------------------------------------------------ verdict rules on made-up scores
+
+
+def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str, list[float]]] | None = None):
+    """runs/rows DataFrames as the store gives them, with made-up final returns per variant (5 seeds each)."""
+    runs, rows = [], []
+    for p in question.grid("quick"):
+        rid = f"{p.variant}/{p.spec.seed}"
+        runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "status": "ok"})
+        value = finals[p.variant][p.spec.seed]
+        for step, frac in ((1000, 0.5), (5000, 1.0)):
+            rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "eval/return", "value": frac * value})
+            rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "train/episode_return", "value": frac * value})
+        for metric, per_variant in (extra or {}).items():
+            if p.variant in per_variant:
+                rows.append({"run_id": rid, "seed": p.spec.seed, "step": 0, "metric": metric, "value": per_variant[p.variant][p.spec.seed]})
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def _verdict(question, finals, extra=None):
+    runs, rows = _frames(question, finals, extra)
+    return question.analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+
+
+def around(x, spread=2.0):
+    return [x - 2 * spread, x - spread, x, x + spread, x + 2 * spread]
+
+
+def test_c1_rule():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlPMPO
+
+    q = ControlPMPO()
+    labels = [v.label for v in q.variants()]
+    finals = {v: around(300.0) for v in labels}
+    finals[RANDOM_LABEL] = around(25.0, 1.0)
+    assert _verdict(q, finals).outcome == "supported"  # every PMPO equal to MPO, MPO learns
+    finals["PMPO-R (binned)"] = around(50.0)  # far below MPO − 20%
+    assert _verdict(q, finals).outcome == "not supported"
+    low = {v: around(30.0) for v in labels}  # nothing learns: no comparison can decide
+    assert _verdict(q, low).outcome == "inconclusive"
+
+
+def test_c3_rule_mirrors_the_paper_prediction():
+    from suite.questions.control_ac import ALPHAS, BETAS, RANDOM_LABEL, ControlPMPOKL, c3_prediction, cell_label
+
+    q = ControlPMPOKL()
+    finals = {RANDOM_LABEL: around(25.0, 1.0)}
+    for a in ALPHAS:
+        for b in BETAS:
+            finals[cell_label(a, b)] = around(300.0 if c3_prediction(a, b) == "learns" else 10.0)
+    finals[cell_label(0.5, 0.0)] = around(150.0)  # learns, but worse than at β ≥ 1
+    finals[cell_label(0.5, 0.5)] = around(200.0)
+    assert _verdict(q, finals).outcome == "supported"
+    finals[cell_label(0.0, 0.0)] = around(300.0)  # reject-only without KL learns: contradicts the claim
+    assert _verdict(q, finals).outcome == "not supported"
+
+
+def test_c6_rule_and_paper_numbers():
+    from suite.questions.control_ac import PAPER_TABLE1, ControlOffline
+
+    q = ControlOffline()
+    verdict = _verdict(q, {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()})
+    assert verdict.outcome == "supported" and "93" in verdict.paper
+    reversed_ = {v: around(300.0 - float(x) * 3) for v, x in PAPER_TABLE1.items()}
+    assert _verdict(q, reversed_).outcome == "not supported"
+
+
+def test_c2_and_c7_rules():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlDPO, ControlVIREL
+
+    finals = {"DPO β=1 (binned)": around(200.0), "PMPO-AR (binned)": around(200.0), "DPO β=20 (Gaussian)": around(150.0),
+              "DPO β=1 (Gaussian)": around(10.0), "PMPO-AR (Gaussian)": around(250.0), RANDOM_LABEL: around(25.0, 1.0)}
+    assert _verdict(ControlDPO(), finals).outcome == "supported"
+    finals["DPO β=1 (Gaussian)"] = around(300.0)  # the small β does better: 'needs a very large β' is contradicted
+    assert _verdict(ControlDPO(), finals).outcome == "not supported"
+    c7 = {"VIREL": around(200.0), "AWR": around(100.0), "V-MPO": around(300.0), RANDOM_LABEL: around(25.0, 1.0)}
+    assert _verdict(ControlVIREL(), c7).outcome == "supported"
+    c7["VIREL"] = around(20.0)
+    assert _verdict(ControlVIREL(), c7).outcome == "not supported"
+
+
+def test_questions_are_registered_with_their_claims_and_grids():
+    from suite.questions import CLAIMS
+
+    for cid, name in (("C1", "control-pmpo"), ("C2", "control-dpo"), ("C3", "control-pmpo-kl"), ("C6", "control-offline"),
+                      ("C7", "control-virel")):
+        q, claim = CLAIMS[cid]
+        assert q.name == name and claim.deviations
+        quick = q.grid("quick")
+        assert min(pd.Series([p.variant for p in quick]).value_counts()) >= 5  # ≥ 5 seeds per learning result
+        assert {p.spec.task for p in q.grid("smoke")} == {TASK}
+        assert all(p.spec.task_config.time_limit == 1.0 for p in q.grid("smoke"))
+
+
+def test_offline_question_end_to_end_at_smoke(dirs, cli, monkeypatch):
+    """`emrl run C6 --profile smoke`: the dataset artifact lands under the results root named by EMRL_RESULTS, the report
+    shows the paper's Table 1 beside ours, and a second run trains nothing and builds nothing."""
+    monkeypatch.setenv("EMRL_RESULTS", str(dirs.results))
+    result = cli(*dirs.options(), "run", "C6", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert result.rc == 0, result.err
+    assert "C6:" in result.out
+    arts = [p for p in (dirs.results / "artifacts").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(arts) == 1 and (arts[0] / "meta.json").is_file()
+    report = (dirs.reports / "control-offline" / "README.md").read_text()
+    assert "Beside the paper's Table 1" in report and "| Accept+Reject+BC | 93 |" in report
+    n_builds = len(BUILDS)
+    again = cli(*dirs.options(), "run", "C6", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert again.rc == 0 and "10 already stored" in again.out and len(BUILDS) == n_builds

@@ -1,0 +1,303 @@
+"""The on-policy control loop: environments, return computation, distributions, end-to-end runs, determinism."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, Normal, kl_divergence
+
+import tasks
+from algorithms.awr import AWRConfig
+from algorithms.config import ConfigError
+from algorithms.dar import ATDARConfig, DARConfig, DARTRConfig, TopKDARConfig
+from algorithms.pmpo import PMPOConfig
+from algorithms.ppo import PPOConfig
+from algorithms.vmpo import VMPOConfig
+from suite.questions.control_onpolicy import fixed_eta
+from tasks import RunSpec
+from tasks.control_onpolicy import OnPolicyConfig, RewardScaler, advantages_and_targets, next_values
+from tasks.dmc import (LISTED, BinnedPolicy, ControlConfig, GaussianPolicy, PolicyConfig, RunningNorm, Stacked, StackedNorm, VecEnv,
+                       clip_grad_norm_per_seed, make_policy, mlp, random_policy_return)
+
+CARTPOLE = "cartpole-swingup"
+SHORT = ControlConfig(time_limit=0.5)  # 50-step cartpole episodes: truncations happen inside every rollout
+TINY = dict(total_steps=256, num_envs=2, rollout=128, minibatches=4, epochs=2, eval_every=256, eval_episodes=1)
+
+
+def _run(algo, cfg, seeds=(0,), task=CARTPOLE, task_config=SHORT, **loop):
+    train = OnPolicyConfig(**{**TINY, **loop})
+    specs = [RunSpec(task, task_config, algo, cfg, train, s) for s in seeds]
+    return tasks.TASKS[task].family.train(specs)
+
+
+def _metric(result, name):
+    return [(s, v) for s, m, v in result.rows if m == name]
+
+
+# ------------------------------------------------------------------------------------------------ environments
+
+
+@pytest.mark.parametrize("name", LISTED)
+def test_every_listed_task_constructs_and_steps(name):
+    env = VecEnv(name, [0, 1])
+    assert env.obs.shape == (2, env.obs_dim) and env.action_dim >= 1
+    obs, reward, term, trunc, final_obs, ended = env.step(np.zeros((2, env.action_dim), dtype=np.float32))
+    assert obs.shape == (2, env.obs_dim) and final_obs.shape == obs.shape
+    assert np.isfinite(obs).all() and np.isfinite(reward).all() and (reward >= 0).all()
+    assert not (term | trunc).any() and np.isnan(ended).all()
+
+
+def test_listed_tasks_are_registered_with_the_onpolicy_loop_as_default():
+    for name in LISTED:
+        entry = tasks.TASKS[name]
+        assert entry.family.name == "control"
+        assert isinstance(entry.family.train_config(), OnPolicyConfig)
+    tasks.check_compatible(CARTPOLE, "vmpo", VMPOConfig(), OnPolicyConfig())
+    with pytest.raises(ConfigError, match="labels"):  # PMPO needs accept/reject labels, which K = 1 rollouts lack
+        tasks.check_compatible(CARTPOLE, "pmpo", PMPOConfig(), OnPolicyConfig())
+
+
+def test_config_refuses_inconsistent_sizes():
+    with pytest.raises(ConfigError, match="num_envs"):
+        OnPolicyConfig(rollout=100, num_envs=8)
+    with pytest.raises(ConfigError, match="unroll"):
+        OnPolicyConfig(returns="nstep", unroll=100)  # must divide 2048 / 8 = 256
+    with pytest.raises(ConfigError, match="returns"):
+        OnPolicyConfig(returns="td")
+    assert OnPolicyConfig(total_steps=4096).steps == 4096
+
+
+# ------------------------------------------------------------------------------------------------ returns and bootstrapping
+
+
+def _two_env_rollout():
+    """T = 3 steps, N = 2 envs, every reward 1. Env 0 is *truncated* (time limit) after t = 1, env 1 *terminated*
+    after t = 1; both start a new episode at t = 2. V(s_t) = 1 everywhere, V(s_3) = 4, and the final observation
+    of env 0's cut episode has V = 5 (the reset observation that follows has V = 1)."""
+    reward = torch.ones(3, 2)
+    value = torch.ones(3, 2)
+    last_value = torch.tensor([4.0, 4.0])
+    terminated = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    truncated = torch.tensor([[False, False], [True, False], [False, False]])
+    final_value = torch.zeros(3, 2)
+    final_value[1, 0] = 5.0
+    return reward, value, last_value, terminated, truncated, final_value
+
+
+def test_next_values_use_the_final_observation_after_a_truncation():
+    reward, value, last_value, terminated, truncated, final_value = _two_env_rollout()
+    nv = next_values(value, last_value, truncated, final_value)
+    # inside an episode V(s_{t+1}); after env 0's truncation V(final obs) = 5, not the reset obs (1); at the end V(s_T) = 4
+    assert nv.tolist() == [[1.0, 1.0], [5.0, 1.0], [4.0, 4.0]]
+
+
+def test_nstep_returns_bootstrap_a_truncation_but_not_a_termination():
+    reward, value, last_value, terminated, truncated, final_value = _two_env_rollout()
+    nv = next_values(value, last_value, truncated, final_value)
+    adv, target = advantages_and_targets(reward, value, nv, terminated, truncated.float(), returns="nstep", gamma=0.5,
+                                         gae_lambda=0.95, unroll=None)
+    # env 0 (truncated after t=1): G_1 = 1 + 0.5·5 = 3.5, G_0 = 1 + 0.5·3.5 = 2.75; new episode: G_2 = 1 + 0.5·4 = 3
+    # env 1 (terminated after t=1): G_1 = 1 (no bootstrap), G_0 = 1 + 0.5·1 = 1.5; G_2 = 3
+    assert target.tolist() == [[2.75, 1.5], [3.5, 1.0], [3.0, 3.0]]
+    assert torch.equal(adv, target - value)
+
+
+def test_gae_bootstraps_a_truncation_but_not_a_termination():
+    reward, value, last_value, terminated, truncated, final_value = _two_env_rollout()
+    nv = next_values(value, last_value, truncated, final_value)
+    adv, target = advantages_and_targets(reward, value, nv, terminated, truncated.float(), returns="gae", gamma=0.5,
+                                         gae_lambda=0.5, unroll=None)
+    # δ_t = r + γ(1 − term)V' − V. env 0: δ = [1 + .5·1 − 1, 1 + .5·5 − 1, 1 + .5·4 − 1] = [.5, 2.5, 2]
+    # A_2 = 2; A_1 = 2.5 (the truncation cuts the sum); A_0 = .5 + .25·2.5 = 1.125
+    # env 1: δ = [.5, 1 − 1, 2] = [.5, 0, 2]; A_2 = 2; A_1 = 0; A_0 = .5 + .25·0 = .5
+    assert adv.tolist() == [[1.125, 0.5], [2.5, 0.0], [2.0, 2.0]]
+    assert torch.equal(target, adv + value)
+
+
+def test_nstep_unroll_bootstraps_at_each_unroll_end():
+    # one env, 4 steps, unroll 2: G_1 = r_1 + γ V(s_2), G_0 = r_0 + γ G_1; G_3 = r_3 + γ V(s_4), G_2 = r_2 + γ G_3
+    reward, value = torch.ones(4, 1), torch.tensor([[0.0], [0.0], [2.0], [0.0]])
+    nv = next_values(value, torch.tensor([6.0]), torch.zeros(4, 1, dtype=torch.bool), torch.zeros(4, 1))
+    _, target = advantages_and_targets(reward, value, nv, torch.zeros(4, 1), torch.zeros(4, 1), returns="nstep", gamma=0.5,
+                                       gae_lambda=0.95, unroll=2)
+    assert target[:, 0].tolist() == [1 + 0.5 * (1 + 0.5 * 2.0), 1 + 0.5 * 2.0, 1 + 0.5 * (1 + 0.5 * 6.0), 1 + 0.5 * 6.0]
+
+
+def test_truncated_episodes_inside_a_run_are_counted_and_logged():
+    res = _run("ppo", PPOConfig())[0]  # 50-step episodes, 2 envs, 256 steps: every env ends 2 episodes per rollout
+    assert res.status == "ok"
+    returns = _metric(res, "train/episode_return")
+    assert len(returns) == 2 and all(0 <= v <= 50 for _, v in returns)
+
+
+# ------------------------------------------------------------------------------------------------ distributions
+
+
+def test_gaussian_log_prob_and_kl_match_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, log_std = torch.randn(5, 3, generator=g), 0.3 * torch.randn(5, 3, generator=g)
+    mu2, log_std2 = torch.randn(5, 3, generator=g), 0.3 * torch.randn(5, 3, generator=g)
+    a = torch.randn(5, 3, generator=g)
+    p, q = Normal(mu, log_std.exp()), Normal(mu2, log_std2.exp())
+    torch.testing.assert_close(GaussianPolicy.log_prob((mu, log_std), a), p.log_prob(a).sum(-1))
+    torch.testing.assert_close(GaussianPolicy.kl((mu, log_std), (mu2, log_std2)), kl_divergence(p, q).sum(-1))
+    torch.testing.assert_close(GaussianPolicy.entropy((mu, log_std)), p.entropy().sum(-1))
+
+
+def test_binned_log_prob_and_kl_match_torch_distributions():
+    pol = BinnedPolicy(4, 2, PolicyConfig(kind="binned", bins=5))
+    g = torch.Generator().manual_seed(1)
+    logits, logits2 = torch.randn(6, 2, 5, generator=g), torch.randn(6, 2, 5, generator=g)
+    a = pol.sample(logits, generator=g)
+    assert set(a.unique().tolist()) <= set(torch.linspace(-1, 1, 5).tolist())
+    idx = torch.round((a + 1) * 2).long()  # bins at -1, -.5, 0, .5, 1
+    torch.testing.assert_close(pol.log_prob(logits, a), Categorical(logits=logits).log_prob(idx).sum(-1))
+    torch.testing.assert_close(pol.kl(logits, logits2),
+                               kl_divergence(Categorical(logits=logits), Categorical(logits=logits2)).sum(-1))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binned"])
+def test_batched_forward_equals_each_seeds_own_module(kind):
+    cfg = PolicyConfig(kind=kind, bins=7)
+    actor = Stacked(lambda: make_policy(5, 3, cfg), [0, 1, 2])
+    critic = Stacked(lambda: mlp([5, 64, 64, 1]), [0, 1, 2])
+    x = torch.randn(3, 4, 5)
+    out, v = actor.forward(actor.params, x), critic.forward(critic.params, x)
+    for s in range(3):
+        mine = actor.module_of(s)(x[s])
+        for a, b in zip(out if kind == "gaussian" else (out,), mine if kind == "gaussian" else (mine,)):
+            torch.testing.assert_close(a[s], b)
+        torch.testing.assert_close(v[s], critic.module_of(s)(x[s]))
+    # each seed is initialised from its own stream: the same whichever seeds share its group
+    alone = Stacked(lambda: make_policy(5, 3, cfg), [2])
+    for k in actor.params:
+        assert torch.equal(actor.params[k][2], alone.params[k][0])
+
+
+def test_stacked_norm_equals_separate_running_norms():
+    g = torch.Generator().manual_seed(2)
+    stacked, separate = StackedNorm(2, 3, clip=10.0), [RunningNorm(3), RunningNorm(3)]
+    for _ in range(4):
+        x = 5 * torch.randn(2, 6, 3, generator=g, dtype=torch.float64).float() + 2
+        stacked.update(x)
+        for s in range(2):
+            separate[s].update(x[s])
+    y = torch.randn(2, 7, 3, generator=g)
+    z = stacked(y)
+    for s in range(2):
+        torch.testing.assert_close(z[s], separate[s](y[s]))
+        torch.testing.assert_close(stacked.one(s, y[s]), separate[s](y[s]))
+        torch.testing.assert_close(stacked.to_running_norm(s)(y[s]), separate[s](y[s]))
+
+
+def test_per_seed_gradient_clipping_equals_clip_grad_norm_of_each_seed():
+    g = torch.Generator().manual_seed(3)
+    grads = [torch.randn(3, 4, 5, generator=g), torch.randn(3, 5, generator=g)]
+    params = [torch.zeros_like(x, requires_grad=True) for x in grads]
+    for p, x in zip(params, grads):
+        p.grad = x.clone()
+    norms = clip_grad_norm_per_seed(params, 0.5, torch.ones(3, dtype=torch.bool))
+    for s in range(3):
+        single = [torch.zeros_like(x[s], requires_grad=True) for x in grads]
+        for p, x in zip(single, grads):
+            p.grad = x[s].clone()
+        total = torch.nn.utils.clip_grad_norm_(single, 0.5)
+        torch.testing.assert_close(norms[s], total)
+        for p, q in zip(params, single):
+            torch.testing.assert_close(p.grad[s], q.grad)
+
+
+def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
+    sc = RewardScaler(1, gamma=0.0, clip=10.0)  # γ = 0: the "return" is the reward itself
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        out = sc(rng.normal(0.0, 3.0, size=1), np.zeros(1, dtype=bool))
+    assert math.sqrt(sc.var) == pytest.approx(3.0, rel=0.1)
+    assert abs(out[0]) <= 10.0
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+METHODS = {
+    "ppo": (PPOConfig(), {}, "ratio/clipfrac"),
+    "vmpo": (VMPOConfig(kl_split="decoupled"), dict(returns="nstep", target_period=3), "dual/eta"),
+    "awr": (AWRConfig(), {}, "weights/ess"),
+    "dar": (DARConfig(baseline="none"), {}, "weights/ess"),
+}
+
+
+@pytest.mark.parametrize("algo", list(METHODS))
+def test_short_run_of_each_method_finishes_and_logs_its_metrics(algo):
+    cfg, loop, key = METHODS[algo]
+    res = _run(algo, cfg, seeds=(0, 1) if algo == "ppo" else (0,), **loop)
+    for r in res:
+        assert r.status == "ok", r.error
+        names = {m for _, m, _ in r.rows}
+        assert {"eval/return", "update/kl", "update/grad_norm", key} <= names
+        assert all(math.isfinite(v) for _, _, v in r.rows)
+        assert [s for s, _ in _metric(r, "eval/return")] == [256]
+    if len(res) == 2:
+        assert res[0].rows != res[1].rows  # seeds differ
+
+
+@pytest.mark.parametrize("algo,cfg", [("at_dar", ATDARConfig(baseline="none", dual_over="batch")),
+                                      ("dar_tr", DARTRConfig(baseline="none")), ("topk_dar", TopKDARConfig(baseline="none")),
+                                      ("gempi", fixed_eta(0.1))])
+def test_gempi_variants_run_with_a_lagged_reference(algo, cfg):
+    res = _run(algo, cfg, reference="lagged", ref_period=1, **({"returns": "nstep"} if algo == "gempi" else {}))[0]
+    assert res.status == "ok", res.error
+    assert _metric(res, "weights/ess")
+
+
+def test_binned_policy_runs_and_decoupled_vmpo_refuses_it():
+    res = _run("vmpo", VMPOConfig(kl_split="joint"), policy="binned", bins=5, returns="nstep")[0]
+    assert res.status == "ok", res.error
+    with pytest.raises(ConfigError, match="gaussian"):
+        _run("vmpo", VMPOConfig(kl_split="decoupled"), policy="binned")
+
+
+def test_same_config_and_seed_give_identical_rows():
+    a = _run("vmpo", VMPOConfig(kl_split="decoupled"), seeds=(3, 4), returns="nstep", target_period=5, total_steps=128)
+    b = _run("vmpo", VMPOConfig(kl_split="decoupled"), seeds=(3, 4), returns="nstep", target_period=5, total_steps=128)
+    assert [r.rows for r in a] == [r.rows for r in b]
+
+
+def test_divergence_is_recorded_with_step_and_reason():
+    res = _run("ppo", PPOConfig(), seeds=(0, 1), kl_limit=1e-9, total_steps=128)
+    for r in res:
+        assert r.status == "diverged"
+        assert r.diverged["step"] == 128 and "KL" in r.diverged["reason"]
+        assert not _metric(r, "eval/return")  # nothing logged after the divergence
+
+
+def test_random_baseline_evaluates_uniform_actions_on_the_eval_stream():
+    res = _run("ppo", PPOConfig(), seeds=(0, 1), random_baseline=True)
+    assert [r.rows[0][:2] for r in res] == [(0, "eval/return"), (0, "eval/return")]
+    assert res[0].rows[0][2] == random_policy_return(CARTPOLE, SHORT, 1, 0)
+    assert 0 < res[0].rows[0][2] < 50
+
+
+# ------------------------------------------------------------------------------------------------ the questions, end to end
+
+
+def test_control_questions_run_at_smoke_and_write_reports(cli, dirs):
+    """C4, C5, C8 through the CLI at the smoke profile: every run stored, a report per question with its figures; C5's
+    adaptive-η runs are C4's V-MPO cartpole runs (same configuration), so C5 finds them stored."""
+    out = {}
+    for claim in ("C4", "C5", "C8"):
+        result = cli(*dirs.options(), "run", claim, "--profile", "smoke", "--workers", "1", "--quiet")
+        assert result.rc == 0, result.err
+        out[claim] = result.out
+        assert re.search(rf"^  {claim}: (supported|not supported|inconclusive) — ", result.out, re.M), result.out
+    assert "2 already stored" in out["C5"]
+    for name, figures in (("control-vmpo-ppo", ("learning_curves.png", "per_update_kl.png", "final_returns.png")),
+                          ("control-temperature", ("temperature_sweep.png", "learning_curves.png")),
+                          ("control-gempi-variants", ("learning_curves.png", "differences.png"))):
+        folder = dirs.reports / name
+        text = (folder / "README.md").read_text()
+        assert "Deviations from the paper" in text and "## Cite this report" in text
+        assert all((folder / f).stat().st_size > 0 for f in figures)
+    c4 = (dirs.reports / "control-vmpo-ppo" / "README.md").read_text()
+    assert "random policy" in c4 and "CleanRL PPO on walker-walk at 8M steps, 10 seeds: 392.5 ± 56.3" in c4
