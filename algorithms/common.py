@@ -37,7 +37,7 @@ def top_k_mask(score: Tensor, mask: Tensor, k: int | None = None, frac: float | 
     masked = torch.where(fmask > 0, flat, torch.full_like(flat, NEG_INF))
     # rank by score (descending), stable so the lower index wins ties
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(flat.shape[-1], device=flat.device).expand_as(order))
+    ranks = order.argsort(dim=-1)  # the inverse permutation; unlike an in-place scatter it has a vmap batching rule
     keep = (ranks.to(flat.dtype) < kk).to(flat.dtype) * fmask
     return keep.reshape(score.shape)
 

@@ -54,7 +54,6 @@ synchronous acting and learning at a fixed ratio (`updates_per_step`) instead of
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -287,9 +286,7 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
     if cfg.random_baseline:
         return [RunResult(status="ok", rows=[(0, "eval/return", random_policy_return(s.task, s.task_config, cfg.eval_episodes,
                                                                                      s.seed))]) for s in specs]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        return _train_group(specs)
+    return _train_group(specs)
 
 
 def _check_algorithm(spec: RunSpec, cfg: ActorCriticConfig):

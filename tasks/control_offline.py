@@ -56,7 +56,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -358,9 +357,7 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
         raise ConfigError(f"algorithm {spec0.algo!r} needs {', '.join(missing)}, which the offline loop does not provide.")
     data, path = load_or_build(spec0.task, spec0.task_config, cfg)
     meta = json.loads((path / "meta.json").read_text())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        return _learn(specs, data, meta)
+    return _learn(specs, data, meta)
 
 
 DATA_ROWS = ("random_return_mean", "behaviour_run_return_mean", "final_policy_return_mean", "accept_fraction", "episodes",

@@ -59,7 +59,6 @@ its own streams, duals, Adam state and gradient-norm clip, so its run is the one
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -259,10 +258,7 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
     if cfg.random_baseline:
         return [RunResult(status="ok", rows=[(0, "eval/return", random_policy_return(s.task, s.task_config, cfg.eval_episodes,
                                                                                      s.seed))]) for s in specs]
-    with warnings.catch_warnings():
-        # vmap falls back to a loop for top-k's scatter_ (V-MPO, Top-k DAR): slower, not wrong
-        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        return _train_group(specs)
+    return _train_group(specs)
 
 
 def _train_group(specs: list[RunSpec]) -> list[RunResult]:
