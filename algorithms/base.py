@@ -36,6 +36,8 @@ class Batch:
     value_old: [B, K] value prediction at sampling time (detached), for value clipping.
     value_target: [B, K] regression target of the critic (returns), detached.
     baseline:  [B] a per-context reward baseline supplied by the task (ReMax: reward of the greedy output).
+    entropy:   [B, K] entropy S(π_θ(·|x)) of the current policy at each sample's context (differentiable), for
+               entropy bonuses (PPO's c_2).
     """
 
     logp: Tensor
@@ -50,6 +52,7 @@ class Batch:
     value_old: Tensor | None = None
     value_target: Tensor | None = None
     baseline: Tensor | None = None
+    entropy: Tensor | None = None
 
 
 @dataclass(frozen=True)

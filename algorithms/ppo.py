@@ -237,8 +237,8 @@ class PPO(Method):
     """PPO on a `Batch` whose `score` holds the advantages (the loop computes them, e.g. with `gae`).
 
     Each of the K samples of a context is one action (T = 1), so `ratio_level` only matters for
-    token-level tensors fed to `ppo_loss` directly. `Batch` has no entropy field: with ent_coef > 0 the
-    adaptor reads `batch.entropy` if a task sets it and refuses otherwise.
+    token-level tensors fed to `ppo_loss` directly. With ent_coef > 0 it needs `Batch.entropy` and refuses a batch
+    without it.
     """
 
     name = "ppo"
@@ -247,7 +247,7 @@ class PPO(Method):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         c = self.cfg
-        entropy = getattr(batch, "entropy", None)
+        entropy = batch.entropy
         return ppo_loss(batch.logp[..., None], batch.logp_old[..., None], batch.score, batch.mask[..., None],
                         clip_eps=c.clip_eps, ratio_level=c.ratio_level, reduction=c.reduction,
                         advantage_norm=c.advantage_norm, value=batch.value, value_old=batch.value_old,

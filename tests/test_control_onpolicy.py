@@ -220,17 +220,18 @@ def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
 
 # ------------------------------------------------------------------------------------------------ end to end
 
-METHODS = {
-    "ppo": (PPOConfig(), {}, "ratio/clipfrac"),
-    "vmpo": (VMPOConfig(kl_split="decoupled"), dict(returns="nstep", target_period=3), "dual/eta"),
-    "awr": (AWRConfig(), {}, "weights/ess"),
-    "dar": (DARConfig(baseline="none"), {}, "weights/ess"),
+METHODS = {  # label: (algorithm, its config, loop fields, a metric it must log)
+    "ppo": ("ppo", PPOConfig(), {}, "ratio/clipfrac"),
+    "ppo+entropy": ("ppo", PPOConfig(ent_coef=0.01), {}, "policy/entropy"),
+    "vmpo": ("vmpo", VMPOConfig(kl_split="decoupled"), dict(returns="nstep", target_period=3), "dual/eta"),
+    "awr": ("awr", AWRConfig(), {}, "weights/ess"),
+    "dar": ("dar", DARConfig(baseline="none"), {}, "weights/ess"),
 }
 
 
-@pytest.mark.parametrize("algo", list(METHODS))
-def test_short_run_of_each_method_finishes_and_logs_its_metrics(algo):
-    cfg, loop, key = METHODS[algo]
+@pytest.mark.parametrize("label", list(METHODS))
+def test_short_run_of_each_method_finishes_and_logs_its_metrics(label):
+    algo, cfg, loop, key = METHODS[label]
     res = _run(algo, cfg, seeds=(0, 1) if algo == "ppo" else (0,), **loop)
     for r in res:
         assert r.status == "ok", r.error

@@ -126,6 +126,22 @@ def test_full_loss_combines_terms_and_entropy_bonus():
         ppo_loss(logp, old, adv, mask, ent_coef=0.01, **common)
 
 
+def test_method_reads_the_entropy_bonus_from_the_batch():
+    g = torch.Generator().manual_seed(1)
+    logp = 0.1 * torch.randn(4, 1, generator=g, dtype=D)
+    batch = Batch(logp=logp, score=torch.randn(4, 1, generator=g, dtype=D), mask=torch.ones(4, 1, dtype=D),
+                  logp_old=torch.zeros_like(logp), value=torch.zeros(4, 1, dtype=D), value_old=torch.zeros(4, 1, dtype=D),
+                  value_target=torch.zeros(4, 1, dtype=D))
+    method = REGISTRY["ppo"](PPOConfig(ent_coef=0.01))
+    with pytest.raises(ValueError, match="entropy"):
+        method.loss(batch)
+    batch.entropy = torch.full((4, 1), 2.0, dtype=D)
+    with_bonus, m = method.loss(batch)
+    plain, _ = REGISTRY["ppo"](PPOConfig()).loss(batch)
+    assert with_bonus.item() == pytest.approx(plain.item() - 0.01 * 2.0)
+    assert m["policy/entropy"].item() == pytest.approx(2.0)
+
+
 def test_batch_advantage_normalisation():
     # A = [1, 2, 3] -> (A − 2)/(std_unbiased 1 + 1e-8) = [−1, 0, 1]; at r = 1 the gradient is −Â/N
     logp = torch.zeros(3, 1, dtype=D, requires_grad=True)
