@@ -487,7 +487,6 @@ class GEMPIConfig:
     def as_tuple(self) -> dict[str, Any]:
         """The tuple as JSON-ready values, one key per column of the paper's table (`000 §10`)."""
         m = self.m
-        names = ", ".join(self.coefficient_names) if m else "—"
         lam = sum(self.coefficients)
         if self.filter == "identity":
             filt = "none"

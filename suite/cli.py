@@ -124,7 +124,6 @@ def _command_line(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from suite import report
     from suite.runner import execute
     from suite.store import Store
 
@@ -191,7 +190,6 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from suite.errors import unknown
     from suite.store import Store
 
     store = Store(args.results)

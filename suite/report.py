@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from suite import provenance
-from suite.claims import MIN_SEEDS, Verdict, require_seeds
+from suite.claims import require_seeds
 from suite.configs import to_dict
 from suite.errors import UserError
 from suite.questions import CLAIMS, QUESTIONS, Question
@@ -136,7 +136,7 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
            f"- overrides: {', '.join(f'`{o}`' for o in overrides) if overrides else 'none'}", "",
            "## Provenance", "",
            f"- command: `{command}`", f"- commit: `{commit}`", f"- date: {date}",
-           f"- packages: " + ", ".join(f"{k} {v}" for k, v in provenance.packages().items() if k != "platform"), "",
+           "- packages: " + ", ".join(f"{k} {v}" for k, v in provenance.packages().items() if k != "platform"), "",
            "## Cite this report", "", "```bibtex", bibtex(question, profile, code, date), "```", ""]
     _write_text(out_dir / "README.md", "\n".join(md))
     verdicts = {

@@ -1,6 +1,5 @@
 """The bandit family: test functions, the loop's contracts, and learning on Sphere (known optimum 0)."""
 
-import dataclasses
 import math
 
 import numpy as np

@@ -492,7 +492,7 @@ class Theory(Question):
         ratio, em = f["dropout-ratio"], f["dropout-em-gradient"]
         control = ratio[ratio.p == 0]
         control_ok = bool((control[["ratio_std", "clipfrac", "kl_k1", "kl_k3"]].abs() < CONTROL_TOL).all().all())
-        table, ppo_parts, curves = [], [], []
+        table, ppo_parts = [], []
         for p, g in ratio[ratio.p > 0].groupby("p"):
             k1 = iqm_ci(g.kl_k1.to_numpy(), rng)
             spread_ok = bool((g.ratio_std > RATIO_STD_MIN).all())
