@@ -68,7 +68,7 @@ from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, field
 from algorithms.virel import VIRELConfig, virel_actor_loss, virel_critic_loss, virel_epsilon
 from tasks.base import RunResult, RunSpec
-from tasks.dmc import (GaussianPolicy, PolicyConfig, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds,
+from tasks.dmc import (GaussianPolicy, PolicyConfig, SeedStatus, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds,
                        make_policy, mlp, random_policy_return, register_loop)
 from tasks.seeding import generator, stream_seed
 
@@ -399,19 +399,14 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
         return a_loss, c_loss, metrics
 
     rows: list[list[tuple[int, str, float]]] = [[] for _ in seeds]
-    diverged: list[dict | None] = [None] * S
-    alive = torch.ones(S, dtype=torch.bool)
+    status = SeedStatus(S)
+    alive = status.alive  # updated in place by status.kill
     env_steps, learner_steps, credit = 0, 0, 0.0
     next_eval, next_log = cfg.eval_every, cfg.log_every
     window: list[Tensor] = []
     keys: list[str] = []
     ended_returns: list[list[float]] = [[] for _ in seeds]
     obs_np = env.obs
-
-    def kill(bad: Tensor, reasons: list[str]) -> None:
-        for s in torch.nonzero(bad & alive).flatten().tolist():
-            diverged[s] = {"step": int(env_steps), "reason": reasons[s]}
-        alive.logical_and_(~bad)
 
     def flush(evaluate_now: bool) -> None:
         """Write the window's metric means, the episode returns and (optionally) an evaluation for every live seed."""
@@ -450,7 +445,7 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
             ended_returns[i // n_env].append(float(ended_return[i]))
         env_steps += n_env
         if not np.isfinite(obs_np).all():
-            kill(torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1)), ["non-finite observation"] * S)
+            status.kill(torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1)), "non-finite observation", env_steps)
         # ------------------------------------------------------------------------ learner steps
         if env_steps >= cfg.learning_starts:
             credit += n_env * cfg.updates_per_step
@@ -461,8 +456,8 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
             kl_now = metrics["update/kl_target"]
             bad = ~torch.isfinite(a_loss) | ~torch.isfinite(c_loss) | (kl_now > cfg.kl_limit)
             if bool((bad & alive).any()):
-                kill(bad, ["non-finite loss" if not (torch.isfinite(a_loss[s]) and torch.isfinite(c_loss[s])) else
-                           f"KL(π_tgt‖π_θ) = {kl_now[s].item():.3g} > {cfg.kl_limit:g}" for s in range(S)])
+                status.kill(bad, ["non-finite loss" if not (torch.isfinite(a_loss[s]) and torch.isfinite(c_loss[s])) else
+                                  f"KL(π_tgt‖π_θ) = {kl_now[s].item():.3g} > {cfg.kl_limit:g}" for s in range(S)], env_steps)
                 if not alive.any():
                     break
             actor_opt.zero_grad(set_to_none=True)
@@ -475,7 +470,7 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
             c_norm = clip_grad_norm_per_seed(critic_params, cfg.max_grad_norm, alive)
             bad = ~torch.isfinite(a_norm) | ~torch.isfinite(c_norm)
             if bool((bad & alive).any()):
-                kill(bad, ["non-finite gradient"] * S)
+                status.kill(bad, "non-finite gradient", env_steps)
             for d in duals.values():
                 if d.grad is not None:
                     d.grad.mul_(live.reshape(-1, *([1] * (d.dim() - 1)))).nan_to_num_(0.0)
@@ -497,7 +492,7 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
             with torch.no_grad():
                 finite = torch.stack([torch.isfinite(p.reshape(S, -1)).all(1) for p in actor_params + critic_params]).all(0)
             if bool((~finite & alive).any()):
-                kill(~finite, ["non-finite parameters"] * S)
+                status.kill(~finite, "non-finite parameters", env_steps)
             flush(evaluate_now)
             while next_log <= env_steps:
                 next_log += cfg.log_every
@@ -508,8 +503,7 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
 
     if keep is not None:
         keep.update(replay=replay, actor=actor, critic=critic, norm=norm, env=env)
-    return [RunResult(status="diverged", rows=rows[s], diverged=diverged[s]) if diverged[s] else RunResult(status="ok", rows=rows[s])
-            for s in range(S)]
+    return status.results(rows)
 
 
 register_loop(ActorCriticConfig, provides=PROVIDES, train=train)

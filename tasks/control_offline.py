@@ -73,7 +73,7 @@ from algorithms.mpo import MPOConfig
 from tasks.base import RunResult, RunSpec
 from tasks.control_ac import ActorCriticConfig
 from tasks.control_ac import _train_group as train_actor_critic
-from tasks.dmc import PolicyConfig, RunningNorm, Stacked, VecEnv, evaluate_seeds, make_policy, mlp, register_loop
+from tasks.dmc import PolicyConfig, RunningNorm, SeedStatus, Stacked, VecEnv, evaluate_seeds, make_policy, mlp, register_loop
 from tasks.seeding import generator, stream_seed
 
 BEHAVIOUR_DEFAULT = ActorCriticConfig(total_steps=100_000, eval_every=100_000, eval_episodes=1, log_every=100_000)
@@ -396,8 +396,8 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
 
     vmapped = vmap(method_loss)
     rows: list[list[tuple[int, str, float]]] = [[(0, f"data/{k}", float(meta[k])) for k in DATA_ROWS if k in meta] for _ in seeds]
-    diverged: list[dict | None] = [None] * S
-    alive = torch.ones(S, dtype=torch.bool)
+    status = SeedStatus(S)
+    alive = status.alive  # updated in place by status.kill
     window: list[Tensor] = []
     keys: list[str] = []
     for step in range(1, cfg.steps + 1):
@@ -410,9 +410,7 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
         loss, metrics = vmapped(duals, t)
         bad = ~torch.isfinite(loss)
         if bool((bad & alive).any()):
-            for s in torch.nonzero(bad & alive).flatten().tolist():
-                diverged[s] = {"step": step, "reason": "non-finite loss"}
-            alive &= ~bad
+            status.kill(bad, "non-finite loss", step)
             if not alive.any():
                 break
         opt.zero_grad(set_to_none=True)
@@ -433,9 +431,7 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
         if step % cfg.log_every == 0 or evaluate_now:
             with torch.no_grad():
                 finite = torch.stack([torch.isfinite(p.reshape(S, -1)).all(1) for p in params]).all(0)
-            for s in torch.nonzero(~finite & alive).flatten().tolist():
-                diverged[s] = {"step": step, "reason": "non-finite parameters"}
-            alive &= finite
+            status.kill(~finite, "non-finite parameters", step)
             means = torch.stack(window).mean(0)
             window.clear()
             if evaluate_now:
@@ -449,8 +445,7 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
                     rows[s].append((step, "eval/return", returns[s]))
             if not alive.any():
                 break
-    return [RunResult(status="diverged", rows=rows[s], diverged=diverged[s]) if diverged[s] else RunResult(status="ok", rows=rows[s])
-            for s in range(S)]
+    return status.results(rows)
 
 
 register_loop(OfflineConfig, provides=PROVIDES, train=train)

@@ -74,7 +74,7 @@ from algorithms.config import ConfigError, check_choices, check_positive, field
 from algorithms.gempi import GEMPIMethod
 from algorithms.vmpo import VMPO, decoupled_gaussian_kl
 from tasks.base import RunResult, RunSpec
-from tasks.dmc import (PolicyConfig, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds, make_policy, mlp,
+from tasks.dmc import (PolicyConfig, SeedStatus, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds, make_policy, mlp,
                        random_policy_return, register_loop)
 from tasks.seeding import generator, stream_seed
 
@@ -364,17 +364,12 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
 
     n_parts = 2 if cfg.policy == "gaussian" else 1
     rows: list[list[tuple[int, str, float]]] = [[] for _ in seeds]
-    diverged: list[dict | None] = [None] * S
-    alive = torch.ones(S, dtype=torch.bool)
+    status = SeedStatus(S)
+    alive = status.alive  # updated in place by status.kill
     seed_idx = torch.arange(S)[:, None]
     env_steps, learner_steps = 0, 0
     next_eval = cfg.eval_every
     obs_np = env.obs
-
-    def kill(bad: Tensor, reasons: list[str]) -> None:
-        for s in torch.nonzero(bad & alive).flatten().tolist():
-            diverged[s] = {"step": int(env_steps), "reason": reasons[s]}
-        alive.logical_and_(~bad)
 
     for it in range(iterations):
         if cfg.target_period is None:
@@ -414,7 +409,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
             env_steps += batch_n
             if not np.isfinite(obs_np).all():
                 bad = torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1))
-                kill(bad, ["non-finite observation"] * S)
+                status.kill(bad, "non-finite observation", env_steps)
             # ---------------------------------------------------------------- advantages and targets
             last = torch.from_numpy(obs_np).view(S, n_env, obs_dim)
             if cfg.norm_obs:
@@ -465,8 +460,8 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
                 loss, kl_now, metrics = learner_step(mb)
                 bad = ~torch.isfinite(loss) | (kl_now.detach() > cfg.kl_limit)
                 if bool((bad & alive).any()):
-                    kill(bad, ["non-finite loss" if not torch.isfinite(loss[s]) else
-                               f"KL(π_old‖π_θ) = {kl_now[s].item():.3g} > {cfg.kl_limit:g}" for s in range(S)])
+                    status.kill(bad, ["non-finite loss" if not torch.isfinite(loss[s]) else
+                                      f"KL(π_old‖π_θ) = {kl_now[s].item():.3g} > {cfg.kl_limit:g}" for s in range(S)], env_steps)
                     if not alive.any():
                         break
                 opt.zero_grad(set_to_none=True)
@@ -476,7 +471,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
                 grad_norm = clip_grad_norm_per_seed(net_params, cfg.max_grad_norm, alive)
                 bad = ~torch.isfinite(grad_norm)
                 if bool((bad & alive).any()):
-                    kill(bad, ["non-finite gradient"] * S)  # its gradient was zeroed by the clip
+                    status.kill(bad, "non-finite gradient", env_steps)  # its gradient was zeroed by the clip
                 for d in duals.values():
                     if d.grad is not None:
                         d.grad.mul_(alive.reshape(-1, *([1] * (d.dim() - 1)))).nan_to_num_(0.0)
@@ -499,7 +494,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
             update_kl = pol.kl(_join(behaviour), _join(new)).mean(-1)  # [S]
             finite = torch.stack([torch.isfinite(p.reshape(S, -1)).all(1) for p in net_params]).all(0) & torch.isfinite(update_kl)
         if bool((~finite & alive).any()):
-            kill(~finite, ["non-finite parameters"] * S)
+            status.kill(~finite, "non-finite parameters", env_steps)
         if not alive.any():
             break
         means = torch.stack(logged).mean(0) if logged else None  # [M, S]
@@ -522,8 +517,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
             if evaluate_now:
                 out.append((env_steps, "eval/return", returns[s]))
 
-    return [RunResult(status="diverged", rows=rows[s], diverged=diverged[s]) if diverged[s] else RunResult(status="ok", rows=rows[s])
-            for s in range(S)]
+    return status.results(rows)
 
 
 def vmap_rows(critic: Stacked, final_buf: Tensor, trunc: Tensor, n_env: int) -> Tensor:

@@ -33,6 +33,7 @@ from torch.func import functional_call, vmap  # noqa: E402
 
 from algorithms.common import diag_gaussian_logp, kl_categorical, kl_diag_gaussian  # noqa: E402
 from algorithms.config import ConfigError, check_positive, field, unknown  # noqa: E402
+from tasks.base import RunResult  # noqa: E402
 from tasks.seeding import generator, stream_seed  # noqa: E402
 
 LISTED = ("cartpole-swingup", "walker-walk", "cheetah-run", "reacher-hard", "humanoid-stand", "humanoid-walk",
@@ -345,6 +346,28 @@ class StackedNorm:
         norm.var.copy_(self.var[s])
         norm.count.copy_(self.count[s, 0])
         return norm
+
+class SeedStatus:
+    """Which seeds of a lockstep group still train, and for each one that stopped, when and why.
+
+    A stopped seed's run ends with status "diverged" and {step, reason}; its gradients are zeroed by the loops from
+    that step on, and the other seeds go on.
+    """
+
+    def __init__(self, n_seeds: int):
+        self.alive = torch.ones(n_seeds, dtype=torch.bool)
+        self.diverged: list[dict | None] = [None] * n_seeds
+
+    def kill(self, bad: Tensor, reasons: str | list[str], step: int) -> None:
+        """Stop every live seed where `bad` [S], with its reason (one for all, or one per seed) at `step`."""
+        for s in torch.nonzero(bad & self.alive).flatten().tolist():
+            self.diverged[s] = {"step": int(step), "reason": reasons if isinstance(reasons, str) else reasons[s]}
+        self.alive.logical_and_(~bad)
+
+    def results(self, rows: list[list[tuple[int, str, float]]]) -> list[RunResult]:
+        return [RunResult(status="diverged", rows=r, diverged=d) if d else RunResult(status="ok", rows=r)
+                for r, d in zip(rows, self.diverged)]
+
 
 def batched_forward(module: nn.Module, params: dict[str, Tensor], x: Tensor):
     """`module(x)` for S stacked copies at once: params [S, ...] (named as in `module`), x [S, B, in].

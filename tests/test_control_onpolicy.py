@@ -302,3 +302,17 @@ def test_control_questions_run_at_smoke_and_write_reports(cli, dirs):
         assert all((folder / f).stat().st_size > 0 for f in figures)
     c4 = (dirs.reports / "control-vmpo-ppo" / "README.md").read_text()
     assert "random policy" in c4 and "CleanRL PPO on walker-walk at 8M steps, 10 seeds: 392.5 ± 56.3" in c4
+
+
+def test_seed_status_keeps_the_first_reason_and_step_of_each_stopped_seed():
+    from tasks.dmc import SeedStatus
+
+    status = SeedStatus(3)
+    status.kill(torch.tensor([False, True, False]), "non-finite loss", 10)
+    status.kill(torch.tensor([False, True, True]), ["a", "b", "KL too large"], 20)  # seed 1 already stopped at step 10
+    assert status.alive.tolist() == [True, False, False]
+    res = status.results([[(0, "x", 1.0)], [], []])
+    assert [r.status for r in res] == ["ok", "diverged", "diverged"]
+    assert res[1].diverged == {"step": 10, "reason": "non-finite loss"}
+    assert res[2].diverged == {"step": 20, "reason": "KL too large"}
+    assert res[0].rows == [(0, "x", 1.0)]

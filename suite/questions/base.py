@@ -73,6 +73,14 @@ class Question:
         """Turn stored runs into verdicts. `runs`: one row per run with a `variant` column; `rows`: long metrics."""
         raise NotImplementedError
 
+    def train_changes(self, profile: str, task: str, train_config) -> dict:
+        """Fields of a variant's training-loop config that `profile` replaces on `task` (default: the budget's)."""
+        return self.budgets[profile].train
+
+    def task_changes(self, profile: str, task: str, train_config) -> dict:
+        """Fields of the task's config that `profile` replaces for a variant with this training config (default: none)."""
+        return {}
+
     def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
         """Every run of this question at `profile`: tasks × variants × seeds, with the profile's budget."""
         budget = self.budgets[profile]
@@ -82,11 +90,13 @@ class Question:
             entry = get_task(task)
             for v in self.variants():
                 base = entry.family.train_config() if v.train_config is None else v.train_config
-                unknown_keys = set(budget.train) - {f.name for f in dataclasses.fields(base)}
+                changes = self.train_changes(profile, task, base)
+                unknown_keys = set(changes) - {f.name for f in dataclasses.fields(base)}
                 if unknown_keys:
                     raise ValueError(f"{self.name}: budget keys {sorted(unknown_keys)} are not fields of {type(base).__name__}")
-                train = dataclasses.replace(base, **budget.train)
+                train = dataclasses.replace(base, **changes)
+                task_config = dataclasses.replace(entry.config, **self.task_changes(profile, task, base))
                 check_compatible(task, v.algo, v.algo_config, train)
                 for seed in range(n_seeds):
-                    points.append(GridPoint(v.label, RunSpec(task, entry.config, v.algo, v.algo_config, train, seed)))
+                    points.append(GridPoint(v.label, RunSpec(task, task_config, v.algo, v.algo_config, train, seed)))
         return points

@@ -31,14 +31,13 @@ from algorithms.virel import VIRELConfig
 from suite import plotting, stats
 from suite.analysis import curve, fmt_ci, iqm_ci
 from suite.claims import Claim, Deviation, Outcome, Verdict, combine
-from suite.questions.base import Analysis, Budget, GridPoint, Question, Variant
+from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.control_onpolicy import PAPER as ONPOLICY_PAPER
 from suite.questions.control_onpolicy import QUICK as ONPOLICY_QUICK
 from suite.questions.control_onpolicy import QUICK_CARTPOLE as ONPOLICY_QUICK_CARTPOLE
 from suite.questions.control_onpolicy import SMOKE as ONPOLICY_SMOKE
 from suite.questions.control_onpolicy import TASK_CONFIGS as ONPOLICY_TASK_CONFIGS
 from suite.questions.control_onpolicy import VMPO, VMPO_LOOP, cell, n_diverged, scores
-from tasks import RunSpec, check_compatible, get_task
 from tasks.control_ac import ActorCriticConfig
 from tasks.control_offline import OfflineConfig
 from tasks.control_onpolicy import OnPolicyConfig
@@ -112,22 +111,14 @@ class ControlACQuestion(Question):
     tasks = (TASK,)
     budgets = BUDGETS
 
-    def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
-        n_seeds = self.budgets[profile].seeds if seeds is None else seeds
-        points = []
-        for task in self.tasks:
-            entry = get_task(task)
-            for v in self.variants():
-                base = entry.family.train_config() if v.train_config is None else v.train_config
-                # on-policy variants (C7's AWR and V-MPO) run on the on-policy questions' task config, so they share runs
-                changes = (ONPOLICY_TASK_CONFIGS.get(profile, {}).get(task, {}) if isinstance(base, OnPolicyConfig)
-                           else TASK_CONFIGS.get(profile, {}))
-                task_config = dataclasses.replace(entry.config, **changes)
-                train = dataclasses.replace(base, **LOOP_BUDGETS[profile].get(type(base), {}))
-                check_compatible(task, v.algo, v.algo_config, train)
-                for seed in range(n_seeds):
-                    points.append(GridPoint(v.label, RunSpec(task, task_config, v.algo, v.algo_config, train, seed)))
-        return points
+    def train_changes(self, profile, task, train_config):
+        return LOOP_BUDGETS[profile].get(type(train_config), {})
+
+    def task_changes(self, profile, task, train_config):
+        # on-policy variants (C7's AWR and V-MPO) run on the on-policy questions' task config, so they share runs
+        if isinstance(train_config, OnPolicyConfig):
+            return ONPOLICY_TASK_CONFIGS.get(profile, {}).get(task, {})
+        return TASK_CONFIGS.get(profile, {})
 
 
 def _ci(runs, s, variant, rng) -> tuple[float, float, float]:

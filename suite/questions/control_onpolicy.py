@@ -22,8 +22,8 @@ from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
 from suite.analysis import curve, fmt_ci, iqm_ci, last_value
 from suite.claims import Claim, Deviation, Outcome, Verdict, combine
-from suite.questions.base import Analysis, Budget, GridPoint, Question, Variant
-from tasks import RunSpec, check_compatible, get_task
+from suite.questions.bandits import eta_label
+from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.control_onpolicy import OnPolicyConfig
 
 CARTPOLE, WALKER = "cartpole-swingup", "walker-walk"
@@ -38,6 +38,8 @@ SPREAD_FRACTION = 0.2
 EQUIVALENCE_FRACTION = 0.1
 """C8: *no difference* when the CI of IQM(variant) − IQM(DAR) lies within ±10% of DAR's IQM."""
 
+EPISODE_STEPS = 1000
+"""Steps of a dm_control suite episode at its default time limit and action repeat 1."""
 CLEANRL_PPO = {"walker-walk": (392.5, 56.3), "cheetah-run": (432.6, 82.5)}
 """CleanRL `ppo_continuous_action` on DMC at 8M steps, 10 seeds: mean ± std of the return (SPEC §5)."""
 
@@ -117,24 +119,11 @@ class ControlQuestion(Question):
     task_budgets: dict[str, dict[str, dict]] = {}
     task_configs: dict[str, dict[str, dict]] = TASK_CONFIGS
 
-    def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
-        budget = self.budgets[profile]
-        n_seeds = budget.seeds if seeds is None else seeds
-        points = []
-        for task in self.tasks:
-            entry = get_task(task)
-            task_config = dataclasses.replace(entry.config, **self.task_configs.get(profile, {}).get(task, {}))
-            train_keys = {**budget.train, **self.task_budgets.get(profile, {}).get(task, {})}
-            for v in self.variants():
-                base = entry.family.train_config() if v.train_config is None else v.train_config
-                unknown_keys = set(train_keys) - {f.name for f in dataclasses.fields(base)}
-                if unknown_keys:
-                    raise ValueError(f"{self.name}: budget keys {sorted(unknown_keys)} are not fields of {type(base).__name__}")
-                train = dataclasses.replace(base, **train_keys)
-                check_compatible(task, v.algo, v.algo_config, train)
-                for seed in range(n_seeds):
-                    points.append(GridPoint(v.label, RunSpec(task, task_config, v.algo, v.algo_config, train, seed)))
-        return points
+    def train_changes(self, profile, task, train_config):
+        return {**self.budgets[profile].train, **self.task_budgets.get(profile, {}).get(task, {})}
+
+    def task_changes(self, profile, task, train_config):
+        return self.task_configs.get(profile, {}).get(task, {})
 
 
 def _budgets(cartpole_only: bool) -> tuple[dict[str, Budget], dict[str, dict[str, dict]]]:
@@ -191,13 +180,16 @@ COMMON_DEVIATIONS = (
     Deviation("training budget (quick)", "8M steps, 10 seeds (CleanRL DMC); 10^9+ steps (V-MPO)",
               f"{QUICK_CARTPOLE['total_steps']:,} steps (cartpole-swingup), {QUICK_WALKER['total_steps']:,} (walker-walk), 5 seeds",
               "the whole control family fits 25 minutes on a 2-core laptop; `paper` uses 8M steps and 10 seeds"),
-    Deviation("rollout (quick)", "2048 steps in 32 minibatches (CleanRL)", "1024 steps in 16 minibatches of 64",
+    Deviation("rollout (quick)", "2048 steps in 32 minibatches (CleanRL)",
+              f"{QUICK['rollout']} steps in {QUICK['minibatches']} minibatches of {QUICK['rollout'] // QUICK['minibatches']}",
               "same minibatch size, epochs and gradient steps per sample; twice as many policy iterations in a short run"),
     Deviation("time-limit truncation", "CleanRL treats it as termination", "bootstrapped from V(final observation)", "SPEC §5"),
-    Deviation("environments", "CleanRL: 1", "8 per seed in lockstep (4 for cartpole-swingup at quick)",
+    Deviation("environments", "CleanRL: 1",
+              f"{QUICK_WALKER['num_envs']} per seed in lockstep ({QUICK_CARTPOLE['num_envs']} for cartpole-swingup at quick)",
               "batched inference; same samples per update"),
-    Deviation("evaluation", "not specified", "deterministic policy (Gaussian mean), 3 episodes on the eval seed stream at the "
-              "end of training (quick)", "each evaluation costs 3000 environment steps per seed"),
+    Deviation("evaluation", "not specified", f"deterministic policy (Gaussian mean), {QUICK['eval_episodes']} episodes on the eval "
+              "seed stream at the end of training (quick)",
+              f"each evaluation costs {QUICK['eval_episodes'] * EPISODE_STEPS} environment steps per seed"),
 )
 VMPO_DEVIATIONS = (
     Deviation("V-MPO learner", "distributed actors, one gradient step per batch of unrolls",
@@ -343,10 +335,6 @@ def fixed_eta(eta: float) -> GEMPIConfig:
     """V-MPO with its temperature held at η: the GEMPI tuple of `VMPO` with temperature 'fixed' (T8 checks GEMPI ≡ V-MPO)."""
     g = VMPO.to_gempi()
     return dataclasses.replace(g, coefficients=(eta,), temperature="fixed", epsilons=())
-
-
-def eta_label(eta: float) -> str:
-    return f"η={eta:g}"
 
 
 class ControlTemperature(ControlQuestion):
