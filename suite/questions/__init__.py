@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from algorithms.config import unknown
 from suite.claims import Claim
+from suite.questions.atari import AtariDivergence, AtariMemory, AtariTrXLFails, AtariVMPOvsPPO
 from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
 from suite.questions.base import PROFILES, Question
 from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
@@ -12,7 +13,8 @@ from suite.questions.theory import Theory
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory(),
                                                          ControlVMPOvsPPO(), ControlTemperature(), ControlGEMPIVariants(),
-                                                         ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL())}
+                                                         ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL(),
+                                                         AtariVMPOvsPPO(), AtariDivergence(), AtariTrXLFails(), AtariMemory())}
 CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
 
 
