@@ -97,3 +97,15 @@ def run_cli_subprocess(dirs: Dirs, *args: str, timeout: float = 300, cwd: Path |
     proc = subprocess.run(cli_command(dirs, *args), cwd=cwd or dirs.results.parent, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one CPU thread for the test, as the runner pins each worker (and tiny ops are faster there than on a
+    contended pool); the previous count is restored afterwards. Use with `pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

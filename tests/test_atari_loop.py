@@ -19,13 +19,7 @@ TINY = AtariOnPolicyConfig(total_steps=64, num_envs=2, unroll=8, unrolls=2, mini
                            eval_max_steps=30, core_memory=4, core_hidden=16, torso_dim=16, eval_every=10**9)
 TMAZE = AtariTaskConfig(tmaze_length=3)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(algo, cfg, train, task="tmaze-memory", task_cfg=TMAZE, seed=0):

@@ -14,14 +14,7 @@ D = torch.float64
 KINDS = ("ff", "lstm", *TRANSFORMERS)
 IN = 5
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training runs cores on one CPU thread; tiny ops are also much faster there than on a contended pool."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(kind, seed=0, **kw):

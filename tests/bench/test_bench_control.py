@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 import tasks
 from suite.questions.control_onpolicy import PPO, VMPO, VMPO_LOOP
@@ -27,18 +26,10 @@ from tasks import RunSpec
 from tasks.control_onpolicy import OnPolicyConfig
 from tasks.dmc import VecEnv
 
-pytestmark = pytest.mark.bench
+pytestmark = [pytest.mark.bench, pytest.mark.usefixtures("one_torch_thread")]
 TASK, SEEDS, ENVS, ROLLOUT, EXTRA, ROUNDS = "cartpole-swingup", 5, 8, 2048, 2, 2
 METHODS = {"ppo": (PPO, OnPolicyConfig()), "vmpo": (VMPO, VMPO_LOOP)}
 """The configurations the control questions use (`suite/questions/control_onpolicy.py`), at CleanRL's rollout size."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def raw_steps_per_s(steps_per_env: int = ROLLOUT // ENVS) -> float:
