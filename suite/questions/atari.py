@@ -14,7 +14,7 @@ import pandas as pd
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import fmt_ci
+from suite.analysis import fmt_ci, last_value
 from suite.claims import Claim, Deviation, Verdict, combine
 from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.control_onpolicy import (LEARN_FACTOR, MATCH_FRACTION, _iqm_or_nan, at_least, cell, learning_curves,
@@ -74,8 +74,7 @@ COMMON_DEVIATIONS = (
 
 def scores(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
     """Final evaluation return per run (indexed by run_id); a diverged run scores its task's floor."""
-    last = rows[rows.metric == "eval/return"].sort_values("step").groupby("run_id").value.last()
-    s = last.reindex(runs.run_id)
+    s = last_value(rows, "eval/return").reindex(runs.run_id)
     for i, (run_id, task, status) in enumerate(zip(runs.run_id, runs.task, runs.status)):
         if status == "diverged" or not np.isfinite(s.iloc[i]):
             s.iloc[i] = FLOOR.get(task, 0.0)
@@ -99,10 +98,6 @@ def _budgets(quick: dict, paper: dict) -> dict[str, Budget]:
 class AtariQuestion(Question):
     def task_changes(self, profile, task, train_config):
         return TASK_CONFIGS.get(profile, {}).get(task, {})
-
-
-def _loop(**changes) -> AtariOnPolicyConfig:
-    return AtariOnPolicyConfig(**changes)
 
 
 # ---------------------------------------------------------------------------------------------------------------- A1
@@ -129,8 +124,8 @@ class AtariVMPOvsPPO(AtariQuestion):
 
     def variants(self):
         return [Variant("PPO", "ppo", PPO),
-                Variant("V-MPO", "vmpo", VMPO, train_config=_loop(**VMPO_LOOP)),
-                Variant("random policy", "ppo", PPO, train_config=_loop(random_baseline=True))]
+                Variant("V-MPO", "vmpo", VMPO, train_config=AtariOnPolicyConfig(**VMPO_LOOP)),
+                Variant("random policy", "ppo", PPO, train_config=AtariOnPolicyConfig(random_baseline=True))]
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
@@ -164,7 +159,7 @@ def _core_variant(core: str, lr: float | None = None, label: str | None = None) 
     changes = dict(VMPO_LOOP, core=core)
     if lr is not None:
         changes["lr"] = lr
-    return Variant(label or CORE_LABELS[core], "vmpo", VMPO, train_config=_loop(**changes))
+    return Variant(label or CORE_LABELS[core], "vmpo", VMPO, train_config=AtariOnPolicyConfig(**changes))
 
 
 class _TMazeQuestion(AtariQuestion):
@@ -216,19 +211,20 @@ class AtariDivergence(_TMazeQuestion):
         verdict = Verdict(self.claims[0], outcome, f"rate(TrXL-I) − rate(GTrXL) = {fmt_ci(diff, 2)}.",
                           [{"check": "rate(TrXL-I) − rate(GTrXL) > 0", "statistic [95% CI]": fmt_ci(diff, 2), "outcome": outcome}],
                           paper="GTrXL 0%, TrXL-I 16% of runs diverged")
-        return Analysis([verdict], {"divergence.png": _rate_figure(table)}, tables=[("Divergence per core", pd.DataFrame(table))])
+        return Analysis([verdict], {"divergence.png": _rate_figure(counts)}, tables=[("Divergence per core", pd.DataFrame(table))])
 
 
-def _rate_figure(table):
+def _rate_figure(counts: dict[str, np.ndarray]):
+    """Each core's divergence rate with its Wilson interval, the paper's rate beside it where it gives one."""
     fig, axes = plotting.figure(ncols=1)
     ax = axes[0]
-    for i, r in enumerate(table):
-        k, n = (int(x) for x in r["diverged / runs"].split("/"))
-        p, lo, hi = wilson(k, n)
+    for i, (core, div) in enumerate(counts.items()):
+        p, lo, hi = wilson(int(div.sum()), len(div))
         ax.errorbar([i], [p], yerr=[[p - lo], [hi - p]], fmt="o", capsize=4, color="C0", label="ours" if i == 0 else None)
-        if isinstance(r["paper"], float):
-            ax.scatter([i + 0.1], [r["paper"]], marker="x", color="C3", label="paper" if i == 1 else None)
-    ax.set_xticks(range(len(table)), [r["core"] for r in table])
+        if core in PAPER_DIVERGENCE:
+            ax.scatter([i + 0.1], [PAPER_DIVERGENCE[core]], marker="x", color="C3",
+                       label="paper" if core == next(iter(PAPER_DIVERGENCE)) else None)
+    ax.set_xticks(range(len(counts)), [CORE_LABELS[c] for c in counts])
     ax.set_ylabel("divergence rate (Wilson 95% CI)")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(loc="best")
