@@ -38,6 +38,15 @@ class Batch:
     baseline:  [B] a per-context reward baseline supplied by the task (ReMax: reward of the greedy output).
     entropy:   [B, K] entropy S(π_θ(·|x)) of the current policy at each sample's context (differentiable), for
                entropy bonuses (PPO's c_2).
+
+    Token-level fields, set by tasks whose samples are sequences (LM RLHF); `logp`, `logp_old`, `logp_ref` are
+    then the masked sums of these over T. Token-level losses (PPO, GRPO, REINFORCE++, GRO) read them through
+    `tokens()`; every other loss sees the sequence-level fields only.
+    token_logp, token_logp_old, token_logp_ref: [B, K, T] per-token log-probs (current differentiable; old, ref
+               detached).
+    token_mask: [B, K, T] float {0, 1}: real response tokens (the EOS included, padding 0).
+    A token-level PPO batch also carries per-token `score` (advantages), `value`, `value_old`, `value_target`
+    [B, K, T]; they are masked by `token_mask`.
     """
 
     logp: Tensor
@@ -53,6 +62,18 @@ class Batch:
     value_target: Tensor | None = None
     baseline: Tensor | None = None
     entropy: Tensor | None = None
+    token_logp: Tensor | None = None
+    token_logp_old: Tensor | None = None
+    token_logp_ref: Tensor | None = None
+    token_mask: Tensor | None = None
+
+    def tokens(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """(token_logp, token_logp_old, token_logp_ref, token_mask), [B, K, T]: the token-level fields when the
+        task set them, else each sample read as a sequence of one token (T = 1)."""
+        if self.token_logp is not None:
+            return self.token_logp, self.token_logp_old, self.token_logp_ref, self.token_mask
+        one = lambda x: None if x is None else x[..., None]  # noqa: E731  [B, K] -> [B, K, 1]
+        return self.logp[..., None], one(self.logp_old), one(self.logp_ref), self.mask[..., None]
 
 
 @dataclass(frozen=True)

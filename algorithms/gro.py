@@ -324,8 +324,8 @@ def needs_of(cfg: GROConfig) -> Needs:
 
 @register
 class GRO(Method):
-    """GRO on a `Batch` (each sample one action, T = 1). KTO's mismatched reference point reads
-    `batch.logp_mismatched` / `batch.logp_ref_mismatched` when a task sets them."""
+    """GRO on a `Batch` (per token when the task sets token fields, else each sample one action). KTO's
+    mismatched reference point reads `batch.logp_mismatched` / `batch.logp_ref_mismatched` when a task sets them."""
 
     name = "gro"
     Config = GROConfig
@@ -336,9 +336,9 @@ class GRO(Method):
         return needs_of(cfg)
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
-        t = lambda x: None if x is None else x[..., None]  # noqa: E731  [B, K] -> [B, K, 1]
-        return gro_instance_loss(self.cfg, token_logp=batch.logp[..., None], token_mask=batch.mask[..., None],
-                                 score=batch.score, token_logp_old=t(batch.logp_old), token_logp_ref=t(batch.logp_ref),
+        logp, logp_old, logp_ref, mask = batch.tokens()
+        return gro_instance_loss(self.cfg, token_logp=logp, token_mask=mask,
+                                 score=batch.score, token_logp_old=logp_old, token_logp_ref=logp_ref,
                                  label=batch.label, baseline=batch.baseline,
                                  logp_mismatched=getattr(batch, "logp_mismatched", None),
                                  logp_ref_mismatched=getattr(batch, "logp_ref_mismatched", None))

@@ -82,7 +82,7 @@ def grpo_loss(token_logp: Tensor, token_logp_old: Tensor, token_logp_ref: Tensor
 
 @register
 class GRPO(Method):
-    """GRPO on a `Batch`: the K samples of a context are its group; each sample is one action (T = 1)."""
+    """GRPO on a `Batch`: the K samples of a context are its group; per token when the task sets token fields."""
 
     name = "grpo"
     Config = GRPOConfig
@@ -90,7 +90,7 @@ class GRPO(Method):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         c = self.cfg
-        ref = None if batch.logp_ref is None else batch.logp_ref[..., None]
-        return grpo_loss(batch.logp[..., None], batch.logp_old[..., None], ref, batch.score, batch.mask[..., None],
-                         clip_eps=c.clip_eps, beta=c.beta, reduction=c.reduction, std_eps=c.std_eps)
+        logp, logp_old, logp_ref, mask = batch.tokens()
+        return grpo_loss(logp, logp_old, logp_ref, batch.score, mask, clip_eps=c.clip_eps, beta=c.beta,
+                         reduction=c.reduction, std_eps=c.std_eps)
 

@@ -236,9 +236,10 @@ class PPOConfig:
 class PPO(Method):
     """PPO on a `Batch` whose `score` holds the advantages (the loop computes them, e.g. with `gae`).
 
-    Each of the K samples of a context is one action (T = 1), so `ratio_level` only matters for
-    token-level tensors fed to `ppo_loss` directly. With ent_coef > 0 it needs `Batch.entropy` and refuses a batch
-    without it.
+    Each of the K samples of a context is one action (T = 1) unless the task sets the batch's token-level fields
+    (LM RLHF): then `ratio_level` picks a ratio per token or one per sequence, and `score` (with the critic's
+    tensors) is either per sequence [B, K] or per token [B, K, T]. With ent_coef > 0 it needs `Batch.entropy` and
+    refuses a batch without it.
     """
 
     name = "ppo"
@@ -247,9 +248,12 @@ class PPO(Method):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         c = self.cfg
+        logp, logp_old, _, mask = batch.tokens()
         entropy = batch.entropy
-        return ppo_loss(batch.logp[..., None], batch.logp_old[..., None], batch.score, batch.mask[..., None],
-                        clip_eps=c.clip_eps, ratio_level=c.ratio_level, reduction=c.reduction,
-                        advantage_norm=c.advantage_norm, value=batch.value, value_old=batch.value_old,
-                        value_target=batch.value_target, value_mask=batch.mask, value_clip=c.value_clip,
-                        vf_coef=c.vf_coef, entropy=None if entropy is None else entropy[..., None], ent_coef=c.ent_coef)
+        if entropy is not None and entropy.shape != logp.shape:
+            entropy = entropy[..., None]
+        value_mask = mask if batch.value is not None and batch.value.shape == mask.shape else batch.mask
+        return ppo_loss(logp, logp_old, batch.score, mask, clip_eps=c.clip_eps, ratio_level=c.ratio_level,
+                        reduction=c.reduction, advantage_norm=c.advantage_norm, value=batch.value,
+                        value_old=batch.value_old, value_target=batch.value_target, value_mask=value_mask,
+                        value_clip=c.value_clip, vf_coef=c.vf_coef, entropy=entropy, ent_coef=c.ent_coef)

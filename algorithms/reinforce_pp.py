@@ -92,7 +92,8 @@ def reinforce_pp_loss(token_logp: Tensor, token_logp_old: Tensor, token_logp_ref
 
 @register
 class REINFORCEPP(Method):
-    """REINFORCE++ on a `Batch`: each sample is one action (T = 1), so its return is r − β k1."""
+    """REINFORCE++ on a `Batch`: per token when the task sets token fields; otherwise each sample is one action
+    (T = 1), so its return is r − β k1."""
 
     name = "reinforce_pp"
     Config = REINFORCEPPConfig
@@ -100,7 +101,6 @@ class REINFORCEPP(Method):
 
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         c = self.cfg
-        ref = None if batch.logp_ref is None else batch.logp_ref[..., None]
-        return reinforce_pp_loss(batch.logp[..., None], batch.logp_old[..., None], ref, batch.score,
-                                 batch.mask[..., None], clip_eps=c.clip_eps, beta=c.beta, gamma=c.gamma,
-                                 reduction=c.reduction)
+        logp, logp_old, logp_ref, mask = batch.tokens()
+        return reinforce_pp_loss(logp, logp_old, logp_ref, batch.score, mask, clip_eps=c.clip_eps, beta=c.beta,
+                                 gamma=c.gamma, reduction=c.reduction)
