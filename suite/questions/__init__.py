@@ -9,12 +9,15 @@ from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
 from suite.questions.base import PROFILES, Question
 from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
 from suite.questions.control_onpolicy import ControlGEMPIVariants, ControlTemperature, ControlVMPOvsPPO
+from suite.questions.lm import LMDAR, LMPMPO, LMSFT, LMDropout, LMDropoutCompatible, LMRewardHacking, LMTemperature
 from suite.questions.theory import Theory
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory(),
                                                          ControlVMPOvsPPO(), ControlTemperature(), ControlGEMPIVariants(),
                                                          ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL(),
-                                                         AtariVMPOvsPPO(), AtariDivergence(), AtariTrXLFails(), AtariMemory())}
+                                                         AtariVMPOvsPPO(), AtariDivergence(), AtariTrXLFails(), AtariMemory(),
+                                                         LMTemperature(), LMDropout(), LMDropoutCompatible(), LMPMPO(),
+                                                         LMRewardHacking(), LMDAR(), LMSFT())}
 CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
 
 

@@ -1,0 +1,419 @@
+"""Online RLHF of a small `transformers` causal LM: every method as one loss on a `[B, K]` batch of sequences.
+
+One update (`papers/001_8b44b9ea6e2e604b.txt §6`, `papers/000_18d00f82fad2bd94.txt §4, §7`):
+1. draw `prompts_per_update` training prompts and sample K = `samples_per_prompt` responses each at `temperature`
+   from the current policy in eval mode (`tasks.lm_tokens.sample`, the rollout of `001 §9`);
+2. score them with the task's reward: the programmatic gold reward, or the learned Bradley–Terry proxy
+   (`tasks.lm_models.reward_model`); both are always logged;
+3. teacher-forced passes under the sampling policy (eval mode, no gradient) and the frozen reference (the SFT
+   model) give per-token log-probs and full log-softmaxes, hence closed-form per-token KLs;
+4. the method's loss on a `Batch` with sequence-level fields ([B, K]: summed log-probs, scores, labels, closed-form
+   KL(π_ref‖π_θ) and KL(π_old‖π_θ) per context) and token-level fields ([B, K, T]); `epochs` passes over
+   `minibatches` minibatches of prompts (each with its K samples), in train mode: with `dropout` > 0 every
+   training forward pass draws its own dropout mask, while the old log-probs were computed without dropout.
+
+What `score` holds depends on what the method is (decided from its declared `Needs`, never its name):
+- a method with its own critic term (PPO, `needs.values`): advantages from the value head on the policy's last
+  hidden states — per token with GAE (γ = 1, `gae_lambda`) on token rewards −β·k1_t plus the reward at the last
+  token (Ziegler et al. 2019, TRL), or per sequence A = r − β·Σ_t k1_t − V(x) when `ratio_level = "sequence"`;
+- `advantage = "value"` for a method without a critic term (V-MPO's A = r − V_φ(x) of `001 §6`, AWR): the same
+  sequence-level advantage, the value head trained by the loop's ½(V − r)² with weight `vf_coef`;
+- otherwise the reward itself; the method forms its own baseline (RLOO, GRPO, REINFORCE++, ReMax, DAR, GRO).
+A method that regularises towards π_ref inside its loss (needs logp_ref or kl_ref: DPO, PMPO, DAR, RLOO, GRPO,
+REINFORCE++) sees the raw reward; every other method sees the KL-shaped reward r − β·Σ_t (log π_old − log π_ref)
+with β = `reward_kl`, the usual RLHF objective (`001 §6` "E-step / M-step for RL Fine-Tuning"). Labels: the top
+half of each prompt's K samples by score are accepted (+1), the rest rejected (−1) (PMPO's 2 of 4, `004 §5`).
+ReMax's baseline is the reward of each prompt's greedy response.
+
+Logged every update (step = updates done): `reward/gold`, `reward/proxy` (mean over the rollout), `kl/ref_seq` (mean
+over sequences of Σ_t KL(π_old(·|s_t) ‖ π_ref(·|s_t)), closed form at the sampled prefixes: an unbiased estimate
+of the sequence-level KL), `length`, the method's metrics averaged over minibatches, `first/ratio_std` and
+`first/clipfrac` (the first minibatch, at θ = θ_old: pure dropout noise for a ratio method), `update/early_stop`
+(PPO's KL early stopping, `target_kl`). Every `eval_every` updates and at the start and end: `eval/gold`,
+`eval/proxy`, `eval/kl_ref`, `eval/grammatical` on the held-out prompts and `eval_train/gold` on as many training
+prompts. A non-finite loss, gradient or parameter, or a KL to the reference above `kl_limit`, stops the run as
+`diverged` with the update and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers.utils import logging as hf_logging
+
+from algorithms import REGISTRY as ALGORITHMS
+from algorithms.advantages import gae
+from algorithms.base import Batch, Needs
+from algorithms.common import top_k_mask
+from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
+from tasks.base import Family, RunResult, RunSpec, register_task
+from tasks.lm_language import LanguageConfig, gold_rewards, parse, prompts
+from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
+                             load_reward_model, reward_model, reward_scores, sft_model)
+from tasks.lm_sft_check import LMSFTCheckConfig, sft_check
+from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
+from tasks.seeding import generator, stream_seed
+
+hf_logging.set_verbosity_error()  # the suite builds its models from configs: no "newly initialized" notices or
+hf_logging.disable_progress_bar()  # weight-loading progress bars in the CLI's output
+
+
+@dataclass(frozen=True)
+class LMTaskConfig:
+    """An LM task: which policy to start from, which reward it optimises, and its prompt sets."""
+
+    policy: str = field("", "starting policy: '' builds the suite's SFT model (tasks.lm_models); else a local "
+                            "directory or hub id of a causal LM (loaded with from_pretrained)")
+    reward: Literal["gold", "proxy"] = field("gold", "what the policy optimises: the gold reward or the learned "
+                                                     "Bradley–Terry proxy (both are logged)")
+    train_prompts: int = field(2048, "size of the training prompt pool (small-data regime: a few dozen)")
+    eval_prompts: int = field(64, "held-out prompts (and training prompts) per evaluation, one sample each")
+    max_new_tokens: int = field(16, "cap on generated tokens (the longest sentence plus EOS is 15)")
+    temperature: float = field(1.0, "sampling temperature of rollouts and evaluation")
+    rm_pairs: int = field(0, "gold-labelled comparisons the proxy reward model is trained on (0: the "
+                             "RewardModelConfig default)")
+    stages: Literal["default", "tiny"] = field("default", "artifact stages: the defaults of tasks.lm_models, or "
+                                                          "`TINY_STAGES` (seconds to build; smoke profile and tests)")
+    prompt_seed: int = field(0, "seed of the prompt pools (the task instance; the same for every run seed)")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(self, "train_prompts", "eval_prompts", "max_new_tokens", "temperature")
+        check_positive(self, "rm_pairs", strict=False)
+
+
+@dataclass(frozen=True)
+class LMRLHFConfig:
+    """The online RLHF loop. Defaults are the suite's laptop-scale choices; the papers' LLM settings differ in
+    scale (see each question's deviation table)."""
+
+    updates: int = field(60, "RLHF updates (each: sample, score, learn)")
+    prompts_per_update: int = field(16, "prompts per update (B)")
+    samples_per_prompt: int = field(4, "K responses per prompt; DAR, PMPO: 4")
+    epochs: int = field(1, "passes over each update's samples")
+    minibatches: int = field(1, "minibatches of prompts per epoch (a prompt's K samples stay together)")
+    lr: float = field(3e-4, "Adam learning rate of the policy (and value head)")
+    dual_lr: float = field(1e-2, "Adam learning rate of the algorithm's duals (η, α)")
+    max_grad_norm: float | None = field(1.0, "clip of the global gradient norm; None: no clip")
+    reward_kl: float = field(0.05, "β of the KL penalty r − β·Σ_t k1_t for methods without a reference term; "
+                                   "TRL PPO: 0.05")
+    advantage: Literal["reward", "value"] = field(
+        "reward", "score of a method without a critic term: the (shaped) reward, or r − V(x) from the value head")
+    vf_coef: float = field(0.5, "weight of the loop's value loss (advantage='value')")
+    gae_lambda: float = field(0.95, "GAE λ of token-level PPO (γ = 1); TRL: 0.95")
+    dropout: float = field(0.0, "dropout p of the policy's training passes (residual, embedding, attention)")
+    target_kl: float | None = field(None, "PPO early stopping: end the update's epochs once a minibatch's "
+                                          "k3 KL(π_old‖π_θ) exceeds 1.5·target_kl (Spinning Up); None: never")
+    eval_every: int = field(10, "updates between evaluations (also at the start and the end)")
+    kl_limit: float = field(50.0, "a mean sequence KL to the reference above this (nats) marks the run diverged")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(self, "updates", "prompts_per_update", "samples_per_prompt", "epochs", "minibatches", "lr",
+                       "dual_lr", "max_grad_norm", "eval_every", "kl_limit", "target_kl")
+        check_positive(self, "reward_kl", "vf_coef", strict=False)
+        check_range(self, "gae_lambda", 0.0, 1.0)
+        check_range(self, "dropout", 0.0, 1.0, hi_open=True)
+        if self.minibatches > self.prompts_per_update:
+            raise ConfigError(f"LMRLHFConfig.minibatches = {self.minibatches} is invalid: must be ≤ prompts_per_update "
+                              f"= {self.prompts_per_update}.")
+
+
+def provides(cfg: LMRLHFConfig | LMSFTCheckConfig) -> Needs:
+    if isinstance(cfg, LMSFTCheckConfig):
+        return Needs()
+    return Needs(min_samples=cfg.samples_per_prompt, labels=True, logp_old=True, logp_ref=True, kl_ref=True,
+                 kl_old=True, values=True, baseline=True)
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+
+
+_TINY_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=32)
+_TINY_SFT = SFTStageConfig(pretrain=PretrainConfig(model=_TINY_MODEL, documents=2000, steps=150, batch_size=32),
+                           pairs=1000, steps=100, batch_size=32, eval_prompts=16)
+TINY_STAGES = (_TINY_SFT, RewardModelConfig(sft=_TINY_SFT, model=_TINY_MODEL, pairs=60, steps=10, batch_size=32))
+"""Stages that build in seconds: plumbing only (the smoke profile and the tests), never a learning result."""
+
+
+def stages(task: LMTaskConfig) -> tuple[SFTStageConfig, RewardModelConfig]:
+    """The SFT stage the policy starts from and the proxy reward model's config."""
+    sft, rm = TINY_STAGES if task.stages == "tiny" else (SFTStageConfig(), RewardModelConfig())
+    if task.rm_pairs:
+        rm = dataclasses.replace(rm, pairs=task.rm_pairs)
+    return sft, rm
+
+
+def language_of(task: LMTaskConfig) -> LanguageConfig:
+    return stages(task)[0].pretrain.language
+
+
+class Rewards:
+    """Gold and proxy rewards of decoded responses."""
+
+    def __init__(self, task: LMTaskConfig, tokenizer):
+        self.tokenizer = tokenizer
+        self.rm, _ = load_reward_model(reward_model(stages(task)[1]))
+        self.rm.eval()
+
+    def texts(self, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+        return [self.tokenizer.decode(r[m > 0].tolist()) for r, m in zip(response_ids, response_mask)]
+
+    @torch.no_grad()
+    def __call__(self, prompt_texts: list[str], prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+                 response_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(gold [N], proxy [N]) of each response to its prompt."""
+        gold = torch.from_numpy(gold_rewards(prompt_texts, self.texts(response_ids, response_mask))).float()
+        proxy = reward_scores(self.rm, prompt_ids, prompt_mask, response_ids, response_mask, self.tokenizer.pad_token_id)
+        return gold, proxy
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Rollout:
+    """One update's samples, flattened to N = B·K sequences (prompt-major)."""
+
+    prompt_ids: Tensor        # [N, P]
+    prompt_mask: Tensor       # [N, P]
+    response_ids: Tensor      # [N, T]
+    mask: Tensor              # [N, T]
+    logp_old: Tensor          # [N, T] per-token log π_old
+    logprobs_old: Tensor      # [N, T, V]
+    logp_ref: Tensor          # [N, T]
+    logprobs_ref: Tensor      # [N, T, V]
+    value_old: Tensor         # [N, T + 1] value head on the sampling policy's states
+    gold: Tensor              # [N]
+    proxy: Tensor             # [N]
+
+
+class Learner:
+    """The policy, its value head, the frozen reference and the method; everything one run trains."""
+
+    def __init__(self, spec: RunSpec):
+        self.cfg: LMRLHFConfig = spec.train_config
+        self.task: LMTaskConfig = spec.task_config
+        self.method = ALGORITHMS[spec.algo](spec.algo_config)
+        self.needs = type(self.method).needs_for(spec.algo_config)
+        missing = self.needs.missing(provides(self.cfg))
+        if missing:
+            raise ConfigError(f"algorithm {spec.algo!r} needs {', '.join(missing)}, which the LM RLHF loop does not provide.")
+        path = self.task.policy or str(sft_model(stages(self.task)[0]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(spec.seed, "run/init"))
+            self.policy, self.tokenizer = load_causal_lm(path, dropout=self.cfg.dropout)
+            self.ref, _ = load_causal_lm(path, dropout=0.0)
+            self.value_head = nn.Linear(self.policy.config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        self.ref.requires_grad_(False)
+        self.policy.train()
+        params = [*self.policy.parameters(), *self.value_head.parameters()]
+        self.params = params
+        self.opt = torch.optim.Adam(params, lr=self.cfg.lr)
+        duals = list(self.method.parameters())
+        self.dual_opt = torch.optim.Adam(duals, lr=self.cfg.dual_lr) if duals else None
+        self.critic = self.needs.values or self.cfg.advantage == "value"
+        self.shaped = not (self.needs.logp_ref or self.needs.kl_ref)
+        self.ratio_level = getattr(spec.algo_config, "ratio_level", "sequence")
+        self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def rollout(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator, *, k: int,
+                greedy: bool = False) -> Rollout:
+        p_ids, p_mask = encode_prompts(self.tokenizer, prompt_texts)
+        p_ids, p_mask = p_ids.repeat_interleave(k, 0), p_mask.repeat_interleave(k, 0)
+        r_ids, r_mask = sample(self.policy, p_ids, p_mask, max_new_tokens=self.task.max_new_tokens,
+                               temperature=self.task.temperature, generator=gen, eos_id=self.eos, pad_id=self.pad,
+                               greedy=greedy)
+        self.policy.eval()
+        lp_old, states = forward_response(self.policy, p_ids, p_mask, r_ids, r_mask, hidden=True)
+        value_old = self.value_head(states)[..., 0]
+        self.policy.train()
+        lp_ref, _ = forward_response(self.ref, p_ids, p_mask, r_ids, r_mask)
+        gold, proxy = rewards([t for t in prompt_texts for _ in range(k)], p_ids, p_mask, r_ids, r_mask)
+        return Rollout(p_ids, p_mask, r_ids, r_mask, gather_tokens(lp_old, r_ids, r_mask), lp_old,
+                       gather_tokens(lp_ref, r_ids, r_mask), lp_ref, value_old, gold, proxy)
+
+    def reward_of(self, ro: Rollout) -> Tensor:
+        return ro.gold if self.task.reward == "gold" else ro.proxy
+
+    def shaped_reward(self, ro: Rollout) -> Tensor:
+        """r − β·Σ_t (log π_old − log π_ref) for methods without a reference term; r otherwise. [N]"""
+        r = self.reward_of(ro)
+        if not self.shaped or self.cfg.reward_kl == 0:
+            return r
+        return r - self.cfg.reward_kl * (ro.logp_old - ro.logp_ref).sum(-1)
+
+    def scores(self, ro: Rollout) -> tuple[Tensor, Tensor | None]:
+        """(score, value_target): what the method's `score` holds, and the critic's regression target."""
+        r = self.shaped_reward(ro)
+        if not self.critic:
+            return r, None
+        if self.needs.values and self.ratio_level == "token":
+            k1 = torch.where(ro.mask > 0, ro.logp_old - ro.logp_ref, torch.zeros_like(ro.logp_old))
+            last = (ro.mask.cumsum(-1) == ro.mask.sum(-1, keepdim=True)) & (ro.mask > 0)
+            token_r = -self.cfg.reward_kl * k1 + last.float() * self.reward_of(ro)[:, None]
+            value, next_value = ro.value_old[:, :-1], ro.value_old[:, 1:]
+            adv, target = gae(token_r, value, next_value, last.float(), torch.zeros_like(token_r), gamma=1.0,
+                              lam=self.cfg.gae_lambda)
+            return adv, target
+        return r - ro.value_old[:, 0], r
+
+    # ------------------------------------------------------------------ learning
+    def batch(self, ro: Rollout, idx: Tensor, score: Tensor, target: Tensor | None, label: Tensor,
+              baseline: Tensor | None, B: int, K: int) -> tuple[Batch, Tensor | None]:
+        """The method's `Batch` for the prompts `idx` (rows idx·K .. idx·K + K − 1), with a gradient pass."""
+        rows = (idx[:, None] * K + torch.arange(K)).reshape(-1)
+        b = len(idx)
+        lp, states = forward_response(self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
+                                      ro.mask[rows], hidden=self.critic)
+        mask = ro.mask[rows]
+        tok = gather_tokens(lp, ro.response_ids[rows], mask)
+        shape = lambda x: x.reshape(b, K, *x.shape[1:])  # noqa: E731  [b·K, ...] -> [b, K, ...]
+        kl_ref = token_kl(ro.logprobs_ref[rows], lp, mask).sum(-1)    # KL(π_ref ‖ π_θ) per sequence
+        kl_old = token_kl(ro.logprobs_old[rows], lp, mask).sum(-1)    # KL(π_old ‖ π_θ) per sequence
+        seq_mask = torch.ones(b, K)
+        batch = Batch(logp=shape(tok.sum(-1)), score=shape(score[rows]), mask=seq_mask,
+                      logp_old=shape(ro.logp_old[rows].sum(-1)), logp_ref=shape(ro.logp_ref[rows].sum(-1)),
+                      label=shape(label[rows]), kl_ref=shape(kl_ref).mean(1), kl_old=shape(kl_old).mean(1),
+                      baseline=None if baseline is None else baseline[idx],
+                      token_logp=shape(tok), token_logp_old=shape(ro.logp_old[rows]),
+                      token_logp_ref=shape(ro.logp_ref[rows]), token_mask=shape(mask))
+        value = None
+        if self.critic:
+            v = self.value_head(states)[..., 0]  # [b·K, T + 1]
+            if self.needs.values and self.ratio_level == "token":
+                batch.value, batch.value_old = shape(v[:, :-1]), shape(ro.value_old[rows, :-1])
+            else:
+                batch.value, batch.value_old = shape(v[:, 0]), shape(ro.value_old[rows, 0])
+            batch.value_target = shape(target[rows])
+            value = batch.value
+        return batch, value
+
+    def update(self, ro: Rollout, gen: torch.Generator, B: int, K: int, baseline: Tensor | None) -> tuple[dict[str, float], str | None]:
+        """`epochs` passes of `minibatches` minibatches; returns the averaged metrics, or the divergence reason."""
+        cfg = self.cfg
+        score, target = self.scores(ro)
+        label = (2.0 * top_k_mask(self.shaped_reward(ro).reshape(B, K), torch.ones(B, K), k=K // 2) - 1.0).reshape(-1)
+        logged: list[dict[str, Tensor]] = []
+        early_stop = 0.0
+        for epoch in range(cfg.epochs):
+            for idx in torch.randperm(B, generator=gen).tensor_split(cfg.minibatches):
+                batch, value = self.batch(ro, idx, score, target, label, baseline, B, K)
+                loss, metrics = self.method(batch)
+                if self.critic and not self.needs.values:
+                    v_loss = 0.5 * (value - batch.value_target).pow(2).mean()
+                    loss = loss + cfg.vf_coef * v_loss
+                    metrics = {**metrics, "value/loss": v_loss.detach()}
+                if not torch.isfinite(loss):
+                    return {}, "non-finite loss"
+                self.opt.zero_grad(set_to_none=True)
+                if self.dual_opt:
+                    self.dual_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or math.inf)
+                if not torch.isfinite(norm):
+                    return {}, "non-finite gradient"
+                self.opt.step()
+                if self.dual_opt:
+                    self.dual_opt.step()
+                metrics = {**metrics, "update/grad_norm": norm}
+                if not logged:  # the first minibatch sees θ = θ_old: its ratio spread is the dropout noise alone
+                    for key, first in (("ratio/std", "first/ratio_std"), ("ratio/clipfrac", "first/clipfrac")):
+                        if key in metrics:
+                            metrics[first] = metrics[key]
+                logged.append({k: v.detach().float().reshape(()) for k, v in metrics.items()})
+                if cfg.target_kl is not None and "kl/old" in metrics and float(metrics["kl/old"]) > 1.5 * cfg.target_kl:
+                    early_stop = 1.0
+                    break
+            if early_stop:
+                break
+        keys = sorted({k for m in logged for k in m})
+        out = {k: float(torch.stack([m[k] for m in logged if k in m]).mean()) for k in keys}
+        out["update/early_stop"] = early_stop
+        out["update/minibatches"] = float(len(logged))
+        if not all(torch.isfinite(p).all() for p in self.params):
+            return out, "non-finite parameters"
+        return out, None
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator) -> dict[str, float]:
+        ro = self.rollout(prompt_texts, rewards, gen, k=1)
+        texts = rewards.texts(ro.response_ids, ro.mask)
+        grammatical = [t.endswith("[EOS]") and parse(t[: -len("[EOS]")].split()) is not None for t in texts]
+        kl = token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1)
+        return {"gold": float(ro.gold.mean()), "proxy": float(ro.proxy.mean()), "kl_ref": float(kl.mean()),
+                "grammatical": float(np.mean(grammatical))}
+
+
+def train(specs: list[RunSpec]) -> list[RunResult]:
+    """Train runs that differ only in seed, one after another (the L8 check when the loop config is LMSFTCheckConfig)."""
+    return [sft_check(s, stages(s.task_config)[0].pretrain) if isinstance(s.train_config, LMSFTCheckConfig) else train_one(s)
+            for s in specs]
+
+
+def train_one(spec: RunSpec) -> RunResult:
+    cfg: LMRLHFConfig = spec.train_config
+    task: LMTaskConfig = spec.task_config
+    learner = Learner(spec)
+    rewards = Rewards(task, learner.tokenizer)
+    language = language_of(task)
+    pool = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)
+    heldout = prompts(language, "heldout", task.eval_prompts, seed=task.prompt_seed)
+    train_eval = pool[: task.eval_prompts]
+    gen = generator(spec.seed, "run")
+    B, K = cfg.prompts_per_update, cfg.samples_per_prompt
+    rows: list[tuple[int, str, float]] = []
+
+    def evaluate(step: int) -> None:
+        eval_gen = generator(spec.seed, f"eval/{step}")
+        for name, value in learner.evaluate(heldout, rewards, eval_gen).items():
+            rows.append((step, f"eval/{name}", value))
+        rows.append((step, "eval_train/gold", learner.evaluate(train_eval, rewards, eval_gen)["gold"]))
+
+    evaluate(0)
+    for update in range(1, cfg.updates + 1):
+        chosen = torch.randint(len(pool), (B,), generator=gen).tolist()
+        prompt_texts = [pool[i] for i in chosen]
+        ro = learner.rollout(prompt_texts, rewards, gen, k=K)
+        baseline = None
+        if learner.needs.baseline:
+            greedy = learner.rollout(prompt_texts, rewards, gen, k=1, greedy=True)
+            baseline = learner.shaped_reward(greedy)
+        kl_seq = token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1)
+        rows.extend([(update, "reward/gold", float(ro.gold.mean())), (update, "reward/proxy", float(ro.proxy.mean())),
+                     (update, "kl/ref_seq", float(kl_seq.mean())), (update, "length", float(ro.mask.sum(-1).mean()))])
+        if not math.isfinite(float(kl_seq.mean())) or float(kl_seq.mean()) > cfg.kl_limit:
+            return RunResult("diverged", rows, diverged={"step": update, "reason": f"KL(π‖π_ref) = {float(kl_seq.mean()):.3g} "
+                                                                                  f"> {cfg.kl_limit:g}"})
+        metrics, reason = learner.update(ro, gen, B, K, baseline)
+        rows.extend((update, k, v) for k, v in metrics.items())
+        if reason:
+            return RunResult("diverged", rows, diverged={"step": update, "reason": reason})
+        if update % cfg.eval_every == 0 or update == cfg.updates:
+            evaluate(update)
+    return RunResult("ok", rows)
+
+
+def _register() -> None:
+    family = Family(name="lm", train_config=LMRLHFConfig, provides=provides, train=train,
+                    description="online RLHF of a small transformers GPT-2 on a synthetic language (gold and proxy rewards)")
+    register_task("lm-grammar", family, LMTaskConfig(), "LM family: continue a sentence of the suite's grammar; "
+                                                         "gold reward = sentiment and topic of a grammatical reply")
+    register_task("lm-grammar-small", family, LMTaskConfig(train_prompts=32),
+                  "LM family, small-data regime: 32 training prompts, evaluated on held-out prompts")
+    register_task("lm-grammar-proxy", family, LMTaskConfig(reward="proxy", rm_pairs=300),
+                  "LM family optimising a Bradley–Terry proxy reward model trained on 300 gold-labelled pairs")
+
+
+_register()

@@ -1,0 +1,89 @@
+"""Claim L8's run: SFT as the generic EM M-step with a delta target against `transformers`' cross-entropy, step for step.
+
+Two copies of the suite's pretrained GPT-2 (`tasks.lm_models.pretrained`) are fine-tuned on the same SFT demonstrations
+(`tasks.lm_language.sft_pairs`), in the same batches, with the same optimiser and the same dropout masks (the global torch
+generator is re-seeded identically before each copy's forward pass, so both draw the same masks):
+- copy A minimises the model's own causal-LM loss, `model(input_ids, labels=labels).loss` (token-mean cross-entropy over
+  the response tokens);
+- copy B minimises the registered algorithm's loss (`sft`: the GEMPI M-step with uniform, delta-target weights,
+  `papers/001_8b44b9ea6e2e604b.txt §6` eq. 2–3) on a `Batch` whose samples are the response tokens, each weighted by the
+  E-step (the "Token-Level Form" of `001 §6`: per-token weights).
+Both copies take plain SGD steps: Adam divides by √v, which turns float rounding in gradients that are exactly zero in
+exact arithmetic (GPT-2's attention key biases: softmax is shift-invariant) into full-size steps of arbitrary sign, so
+it would measure Adam's noise amplification, not the losses. After every step the run logs `check/grad_rel_diff`
+(‖g_A − g_B‖ / ‖g_A‖ before the step), `check/max_param_diff` (the largest |θ_A − θ_B| after it) and `check/loss_diff`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from algorithms import REGISTRY as ALGORITHMS
+from algorithms.base import Batch
+from algorithms.config import ConfigError, check_positive, check_range, field
+from tasks.base import RunResult, RunSpec
+from tasks.lm_language import sft_pairs
+from tasks.lm_models import collate, load_causal_lm, pretrained, sft_example
+from tasks.seeding import generator, stream_seed
+
+
+@dataclass(frozen=True)
+class LMSFTCheckConfig:
+    """The L8 comparison: two SFT trainings of one pretrained model."""
+
+    steps: int = field(50, "optimiser steps of each copy")
+    batch_size: int = field(32, "demonstrations per step")
+    lr: float = field(0.1, "SGD learning rate of both copies")
+    dropout: float = field(0.1, "dropout p of both copies (identical masks)")
+
+    def __post_init__(self):
+        check_positive(self, "steps", "batch_size", "lr")
+        check_range(self, "dropout", 0.0, 1.0, hi_open=True)
+
+
+def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
+    cfg: LMSFTCheckConfig = spec.train_config
+    if spec.algo != "sft":
+        raise ConfigError(f"the L8 check trains algorithm 'sft'; got {spec.algo!r}.")
+    path = str(pretrained(pretrain_cfg))
+    a, tokenizer = load_causal_lm(path, dropout=cfg.dropout)
+    b, _ = load_causal_lm(path, dropout=cfg.dropout)
+    a.train()
+    b.train()
+    method = ALGORITHMS["sft"](spec.algo_config)
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=cfg.lr), torch.optim.SGD(b.parameters(), lr=cfg.lr)
+    pairs = sft_pairs(pretrain_cfg.language, cfg.steps * cfg.batch_size, seed=stream_seed(spec.seed, "l8/data"))
+    gen = generator(spec.seed, "l8/order")
+    order = torch.randperm(len(pairs), generator=gen).tolist()
+    rows: list[tuple[int, str, float]] = []
+    for step in range(1, cfg.steps + 1):
+        chosen = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
+        data = collate([sft_example(tokenizer, *pairs[i]) for i in chosen], tokenizer.pad_token_id)
+        seed = stream_seed(spec.seed, f"l8/dropout/{step}")
+        torch.manual_seed(seed)
+        loss_a = a(**data).loss
+        torch.manual_seed(seed)
+        logits = b(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+        labels = data["labels"][:, 1:]
+        token_mask = labels != -100
+        logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+        tok = logp[token_mask][:, None]  # [N_tok, 1]: each response token a demonstration with its own weight
+        loss_b, _ = method(Batch(logp=tok, score=torch.zeros_like(tok), mask=torch.ones_like(tok)))
+        for opt, loss in ((opt_a, loss_a), (opt_b, loss_b)):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with torch.no_grad():
+            ga = torch.cat([p.grad.reshape(-1) for p in a.parameters() if p.grad is not None])
+            gb = torch.cat([p.grad.reshape(-1) for p in b.parameters() if p.grad is not None])
+            grad_diff = float((ga - gb).norm() / ga.norm().clamp_min(1e-30))
+        opt_a.step()
+        opt_b.step()
+        with torch.no_grad():
+            diff = max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+        la, lb = float(loss_a.detach()), float(loss_b.detach())
+        rows += [(step, "check/grad_rel_diff", grad_diff), (step, "check/max_param_diff", diff),
+                 (step, "check/loss_diff", abs(la - lb)), (step, "check/loss", la)]
+    return RunResult("ok", rows)
