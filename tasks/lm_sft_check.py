@@ -8,10 +8,13 @@ generator is re-seeded identically before each copy's forward pass, so both draw
 - copy B minimises the registered algorithm's loss (`sft`: the GEMPI M-step with uniform, delta-target weights,
   `papers/001_8b44b9ea6e2e604b.txt §6` eq. 2–3) on a `Batch` whose samples are the response tokens, each weighted by the
   E-step (the "Token-Level Form" of `001 §6`: per-token weights).
-Both copies take plain SGD steps: Adam divides by √v, which turns float rounding in gradients that are exactly zero in
+Step for step: before every step copy B is set to copy A's parameters, so each step compares two updates from the same
+point (otherwise float rounding, ~1e-7 relative, compounds through the training dynamics and the trajectories drift
+apart for reasons that have nothing to do with the losses). Both copies take plain SGD steps: Adam divides by √v, which turns float rounding in gradients that are exactly zero in
 exact arithmetic (GPT-2's attention key biases: softmax is shift-invariant) into full-size steps of arbitrary sign, so
 it would measure Adam's noise amplification, not the losses. After every step the run logs `check/grad_rel_diff`
-(‖g_A − g_B‖ / ‖g_A‖ before the step), `check/max_param_diff` (the largest |θ_A − θ_B| after it) and `check/loss_diff`.
+(‖g_A − g_B‖ / ‖g_A‖), `check/max_param_diff` (the largest |θ_A − θ_B| after the two updates), `check/loss_diff` and
+`check/loss` (copy A's cross-entropy, which trains as plain SFT).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class LMSFTCheckConfig:
 
     steps: int = field(50, "optimiser steps of each copy")
     batch_size: int = field(32, "demonstrations per step")
-    lr: float = field(0.1, "SGD learning rate of both copies")
+    lr: float = field(0.02, "SGD learning rate of both copies")
     dropout: float = field(0.1, "dropout p of both copies (identical masks)")
 
     def __post_init__(self):
@@ -62,6 +65,7 @@ def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
     for step in range(1, cfg.steps + 1):
         chosen = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
         data = collate([sft_example(tokenizer, *pairs[i]) for i in chosen], tokenizer.pad_token_id)
+        b.load_state_dict(a.state_dict())
         seed = stream_seed(spec.seed, f"l8/dropout/{step}")
         torch.manual_seed(seed)
         loss_a = a(**data).loss

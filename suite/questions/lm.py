@@ -592,8 +592,8 @@ class LMSFT(LMQuestion):
     title = "SFT as the generic EM M-step with a delta target equals cross-entropy training, step for step"
     description = ("Two copies of the pretrained GPT-2 fine-tuned on the same demonstrations, batches and dropout masks: one "
                    "with `transformers`' own causal-LM cross-entropy (`labels=`), one with the suite's SFT method (the GEMPI "
-                   "M-step with a delta target, per-token weights, `001 §6`); the largest parameter difference after every "
-                   "step is recorded.")
+                   "M-step with a delta target, per-token weights, `001 §6`); before every step the second copy is set to the "
+                   "first's parameters, and the gradient and parameter differences of the two updates are recorded.")
     budgets = {"smoke": Budget(seeds=2, train=dict(steps=3)), "quick": Budget(seeds=5, train=dict(steps=50)),
                "paper": Budget(seeds=10, train=dict(steps=500))}
     claims = (Claim(
@@ -604,7 +604,7 @@ class LMSFT(LMQuestion):
         "losses agree to 1e-5; not supported otherwise.",
         (Deviation("model", "an LLM", "the suite's pretrained GPT-2 (dropout 0.1, identical masks in both copies)",
                    "laptop scale"),
-         Deviation("optimiser", "any", "SGD (lr 0.1) for both copies", "Adam turns float rounding in gradients that are 0 in "
+         Deviation("optimiser", "any", "SGD (lr 0.02) for both copies", "Adam turns float rounding in gradients that are 0 in "
                    "exact arithmetic into full-size steps; the claim is about the loss"))),)
 
     def variants(self):
