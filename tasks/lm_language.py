@@ -46,9 +46,9 @@ words are dropped wherever they occur, and everything after the first "[EOS]" is
                - (number of negative adjective tokens in the response)
                + TOPIC_BONUS (= 1.0) if the prompt's subject noun is one of the response's nouns.
 The maximum is 6 + 1 = 7 (all six positives across three NPs, on topic). UNGRAMMATICAL is not the minimum: a
-grammatical response with three or more negative adjectives scores lower (down to -6), so "-2" alone does not
-identify an ungrammatical response (`is_grammatical` does). Repeating a positive adjective across
-NPs does not raise the gold reward; a learned reward model may think it does (the reward-hacking question).
+grammatical response with enough negative adjectives scores -2 or less (down to -6), so a reward of -2 alone does
+not identify an ungrammatical response (`is_grammatical` does). Repeating a positive adjective across NPs does
+not raise the gold reward; a learned reward model may think it does (the reward-hacking question).
 A sample of the SFT policy scores about 0.5-1 on average (see `tasks.lm_models` for measured values).
 """
 

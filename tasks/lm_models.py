@@ -12,7 +12,7 @@ Three stages, each a cached artifact built from a frozen config (`tasks.lm_langu
      on comparisons for held-out prompts are in its metrics. Initialised from the SFT model's body by default
      (InstructGPT, Ouyang et al. 2022 §3.5, initialises its RM from the SFT model), or from scratch.
 
-Optimisation (all stages): AdamW (β = 0.9, 0.999, no weight decay), gradient norm clipped at 1, learning rate
+Optimisation (all stages): AdamW (β = 0.9, 0.95, no weight decay), gradient norm clipped at 1, learning rate
 warmed up linearly over the first `warmup` fraction of steps then decayed to 0 along a cosine. Batches are drawn
 from consecutive random permutations of the examples (epochs) with a torch.Generator from `tasks.seeding`;
 model initialisation and dropout use the global torch RNG seeded inside `torch.random.fork_rng` (the caller's
@@ -20,9 +20,10 @@ global RNG state is untouched). Same config, same machine and thread count → i
 
 Artifact cache: the directory `artifacts_root()/artifact_key(cfg)` holds `model.save_pretrained` and
 `tokenizer.save_pretrained` output plus `emrl.json` (kind, key, resolved config, metrics, package versions).
-A stage is built in a temporary directory `.<key>.*.tmp` inside the root and renamed into place only when
-complete, so an interrupted build never counts as present (a killed process may leave a `.tmp` folder, which
-nothing reads); of two processes racing on one key, the loser discards its copy. The key hashes the config only:
+A stage is built in a temporary directory `.<key>.<host>.<pid>.*.tmp` inside the root and renamed into place only
+when complete, so an interrupted build never counts as present: an exception removes its folder, and the folder
+of a killed process is removed by the next build of the same key on the same host once that pid is gone. Of two
+processes racing on one key, the loser discards its copy. The key hashes the config only:
 delete the cache after changing the training code.
 
 Defaults, measured on a 2-core CPU with torch.set_num_threads(2) (torch 2.13 CPU, transformers 5.23):
@@ -33,12 +34,14 @@ Defaults, measured on a 2-core CPU with torch.set_num_threads(2) (torch 2.13 CPU
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -120,9 +123,9 @@ class PretrainConfig:
     language: LanguageConfig = field(LanguageConfig(), "the synthetic language (tasks.lm_language)")
     model: ModelConfig = field(ModelConfig(), "the GPT-2's size")
     documents: int = field(20_000, "pretraining documents (1-4 sentences each)")
-    steps: int = field(1200, "optimiser steps")
+    steps: int = field(500, "optimiser steps")
     batch_size: int = field(64, "documents per step")
-    lr: float = field(3e-3, "peak AdamW learning rate")
+    lr: float = field(5e-3, "peak AdamW learning rate")
     warmup: float = field(0.05, "fraction of steps with linear warmup, then cosine decay to 0")
     seed: int = field(0, "seed of the documents, the init and the batch order (tasks.seeding streams)")
 
@@ -139,10 +142,10 @@ class SFTStageConfig:
     """Stage 2: supervised fine-tuning of stage 1 on (prompt, response) demonstrations; loss on response + [EOS]."""
 
     pretrain: PretrainConfig = field(PretrainConfig(), "stage 1, the model fine-tuned here")
-    pairs: int = field(10_000, "demonstrations (distinct train prompts)")
-    steps: int = field(600, "optimiser steps")
+    pairs: int = field(20_000, "demonstrations (distinct train prompts)")
+    steps: int = field(1500, "optimiser steps")
     batch_size: int = field(64, "demonstrations per step")
-    lr: float = field(1e-3, "peak AdamW learning rate")
+    lr: float = field(5e-3, "peak AdamW learning rate")
     warmup: float = field(0.05, "fraction of steps with linear warmup, then cosine decay to 0")
     eval_prompts: int = field(512, "held-out prompts sampled (temperature 1) for the artifact's quality metrics")
     seed: int = field(0, "seed of the demonstrations, the batch order and the evaluation samples")
@@ -296,7 +299,7 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
 def _train(model: torch.nn.Module, loss_fn: Callable[[Tensor], Tensor], n: int, *, steps: int, batch_size: int,
            lr: float, warmup: float, gen: torch.Generator) -> list[float]:
     """Minimise loss_fn(batch indices) with AdamW (module docstring); the loss per step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     model.train()
     losses = []
     for step, idx in enumerate(_batches(n, batch_size, steps, gen)):
@@ -359,6 +362,21 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return json.loads((Path(path) / METADATA).read_text())
 
 
+def _remove_abandoned(root: Path, key: str) -> None:
+    """Delete temporary build folders of `key` left by killed processes of this host (their pid is gone)."""
+    prefix = f".{key}.{socket.gethostname()}."
+    for tmp in root.glob(f".{key}.*.tmp"):
+        pid = tmp.name[len(prefix):].split(".")[0] if tmp.name.startswith(prefix) else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # alive under another user: not ours to judge
+            pass
+
+
 def _cached(cfg, build: Callable[[Path], dict]) -> Path:
     """The artifact directory of `cfg`, built by build(tmp_dir) -> metrics if missing (module docstring: atomic)."""
     root = artifacts_root()
@@ -367,14 +385,17 @@ def _cached(cfg, build: Callable[[Path], dict]) -> Path:
     if (final / METADATA).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=root))
+    _remove_abandoned(root, key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp", dir=root))
     try:
         start = time.perf_counter()
         metrics = build(tmp)
         metrics["time/wall_s"] = time.perf_counter() - start
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         meta = {"kind": KINDS[type(cfg).__name__], "key": key, "config": dataclasses.asdict(cfg),
                 "metrics": metrics, "versions": _versions()}
-        (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
         try:
             os.rename(tmp, final)
         except OSError:
@@ -385,6 +406,19 @@ def _cached(cfg, build: Callable[[Path], dict]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logging at error level inside the block, restored afterwards."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def pretrained(cfg: PretrainConfig) -> Path:
@@ -611,7 +645,8 @@ def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "rm-init"))
         if cfg.init == "sft":
-            model = GPT2ForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
+            with _quiet_transformers():  # its load report lists the new score head as missing, as intended
+                model = GPT2ForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
         else:
             config = gpt2_config(cfg.model, tokenizer)
             config.num_labels = 1

@@ -437,7 +437,9 @@ class LMRewardHacking(LMQuestion):
         f"gold_end) lies wholly above {FALL_MARGIN:g}; (iii) the proxy keeps rising: the CI of IQM(proxy_end − proxy_mid) "
         "lies wholly above 0. Supported if some method shows (i)–(iii); not supported if for every method (ii) is "
         "contradicted (gold_mid − gold_end wholly below 0, i.e. gold still rising); else inconclusive. The method that "
-        "over-optimises first is the one whose IQM gold curve peaks earliest among those that show (i)–(iii).",
+        "over-optimises first is the one whose IQM gold curve peaks earliest among those that show (i)–(iii). A run that "
+        "diverged (KL blow-up) before an evaluation point has no value there and is left out of that difference; the "
+        "report counts such runs.",
         COMMON_DEVIATIONS + (Deviation("proxy", "a reward model from human preferences", "GPT-2 with a scalar head trained on "
                                        "300 gold-labelled pairs", "small enough to be hackable at laptop scale"),
                              Deviation("reward KL", "method-specific", "0 in the reward (L4 only)",
@@ -472,8 +474,10 @@ class LMRewardHacking(LMQuestion):
             contradicted.append(fall[2] < 0)
             cv = c_gold[(c_gold.variant == label)]
             peaks[label] = int(cv.loc[cv.iqm.idxmax(), "step"]) if len(cv) else -1
+            div = n_diverged(runs, task, label)
             checks.append({"check": f"{label}: gold mid − start / mid − end / proxy end − mid", "statistic [95% CI]":
-                           f"{fmt_ci(rise)} / {fmt_ci(fall)} / {fmt_ci(prox)}; IQM gold peaks at update {peaks[label]}",
+                           f"{fmt_ci(rise)} / {fmt_ci(fall)} / {fmt_ci(prox)}; IQM gold peaks at update {peaks[label]}"
+                           + (f"; {div} runs diverged (their evaluations stop there and are left out)" if div else ""),
                            "outcome": "over-optimises" if ok else "not shown"})
         outcome = "supported" if any(shows) else ("not supported" if all(contradicted) else "inconclusive")
         first = min((lbl for lbl, ok in zip([m[0] for m in HACK_METHODS], shows) if ok), key=lambda v: peaks[v], default=None)
