@@ -52,8 +52,9 @@ from algorithms.advantages import gae
 from algorithms.base import Batch, Needs
 from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
+from algorithms.reinforce_pp import last_token
 from tasks.base import Family, RunResult, RunSpec, register_task
-from tasks.lm_language import LanguageConfig, gold_rewards, parse, prompts
+from tasks.lm_language import LanguageConfig, gold_rewards, is_grammatical, prompts
 from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
                              load_reward_model, reward_model, reward_scores, sft_model)
 from tasks.lm_sft_check import LMSFTCheckConfig, sft_check
@@ -260,10 +261,10 @@ class Learner:
             return r, None
         if self.needs.values and self.ratio_level == "token":
             k1 = torch.where(ro.mask > 0, ro.logp_old - ro.logp_ref, torch.zeros_like(ro.logp_old))
-            last = (ro.mask.cumsum(-1) == ro.mask.sum(-1, keepdim=True)) & (ro.mask > 0)
-            token_r = -self.cfg.reward_kl * k1 + last.float() * self.reward_of(ro)[:, None]
+            last = last_token(ro.mask)
+            token_r = -self.cfg.reward_kl * k1 + last * self.reward_of(ro)[:, None]
             value, next_value = ro.value_old[:, :-1], ro.value_old[:, 1:]
-            adv, target = gae(token_r, value, next_value, last.float(), torch.zeros_like(token_r), gamma=1.0,
+            adv, target = gae(token_r, value, next_value, last, torch.zeros_like(token_r), gamma=1.0,
                               lam=self.cfg.gae_lambda)
             return adv, target
         return r - ro.value_old[:, 0], r
@@ -350,7 +351,7 @@ class Learner:
     def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator) -> dict[str, float]:
         ro = self.rollout(prompt_texts, rewards, gen, k=1)
         texts = rewards.texts(ro.response_ids, ro.mask)
-        grammatical = [t.endswith("[EOS]") and parse(t[: -len("[EOS]")].split()) is not None for t in texts]
+        grammatical = [is_grammatical(t) for t in texts]
         kl = token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1)
         return {"gold": float(ro.gold.mean()), "proxy": float(ro.proxy.mean()), "kl_ref": float(kl.mean()),
                 "grammatical": float(np.mean(grammatical))}

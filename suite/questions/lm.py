@@ -29,10 +29,13 @@ from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.bandits import eta_label
 from suite.questions.control_onpolicy import _iqm_or_nan, at_least, cell, n_diverged, per_run_mean
 from tasks.lm_language import UNGRAMMATICAL
+from tasks.base import get_task
 from tasks.lm_rlhf import LMRLHFConfig
 from tasks.lm_sft_check import LMSFTCheckConfig
 
 LM, SMALL, PROXY = "lm-grammar", "lm-grammar-small", "lm-grammar-proxy"
+SMALL_PROMPTS = get_task(SMALL).config.train_prompts
+PROXY_PAIRS = get_task(PROXY).config.rm_pairs
 
 # ---------------------------------------------------------------------------------------------------- rules (constants)
 MATCH_FRACTION = 0.2
@@ -238,8 +241,8 @@ class LMDropout(LMQuestion):
     name = "lm-dropout"
     title = "Dropout under PPO and under EM methods (RQ5), with a small-data regime"
     description = ("PPO (token level) and the EM methods V-MPO, AWR and DAR, each with dropout p = 0 and p = 0.1 in their "
-                   "training passes (rollouts and old log-probs in eval mode, `001 §9`); then the EM methods on a pool of 32 "
-                   "training prompts, scored on held-out prompts.")
+                   f"training passes (rollouts and old log-probs in eval mode, `001 §9`); then the EM methods on a pool of "
+                   f"{SMALL_PROMPTS} training prompts, scored on held-out prompts.")
     tasks = (LM, SMALL)
     claims = (Claim(
         "L2", "With dropout on, PPO degrades (ratio noise, clip fraction, early stops, reward) while V-MPO, AWR and DAR are "
@@ -248,12 +251,12 @@ class LMDropout(LMQuestion):
         f"On {LM}: (a) PPO degrades: the CI of IQM(first-minibatch ratio std, p={DROPOUT:g}) − IQM(p=0) lies above 0 and the "
         f"CI of IQM(gold improvement, p={DROPOUT:g}) − IQM(p=0) lies wholly below 0 (the reward CI wholly above 0: not "
         f"supported); (b) each EM method is unaffected: the CI of IQM(p={DROPOUT:g}) − IQM(p=0) lies above "
-        f"−{MATCH_FRACTION:g}×IQM(p=0) (wholly below for any: not supported). On {SMALL} (32 training prompts): (c) the CI of "
+        f"−{MATCH_FRACTION:g}×IQM(p=0) (wholly below for any: not supported). On {SMALL} ({SMALL_PROMPTS} training prompts): (c) the CI of "
         f"IQM(held-out gold improvement, p={DROPOUT:g}) − IQM(p=0) lies wholly above 0 for at least one EM method and wholly "
         "below for none (wholly below for any, or every CI within ±the margin: not supported). Supported if (a), (b), (c); "
         "not supported if any is contradicted; else inconclusive.",
         COMMON_DEVIATIONS + (Deviation("dropout p", "not given", f"{DROPOUT:g} (GPT-2's value)", "one level keeps the grid small"),
-                             Deviation("small data", "not specified", f"32 training prompts ({SMALL})",
+                             Deviation("small data", "not specified", f"{SMALL_PROMPTS} training prompts ({SMALL})",
                                        "few enough that the policy can overfit them")),),)
 
     def variants(self):
@@ -285,7 +288,7 @@ class LMDropout(LMQuestion):
             helps.append(d[1] > 0)
             cs.append(d[2] < 0)
             within &= -MATCH_FRACTION * ref_small < d[1] and d[2] < MATCH_FRACTION * ref_small
-            checks.append({"check": f"(c) {label}, 32 prompts: held-out gold, dropout − none", "statistic [95% CI]": fmt_ci(d),
+            checks.append({"check": f"(c) {label}, {SMALL_PROMPTS} prompts: held-out gold, dropout − none", "statistic [95% CI]": fmt_ci(d),
                            "outcome": "helps" if d[1] > 0 else ("hurts" if d[2] < 0 else "no clear effect")})
         b = combine(bs)
         c = "not supported" if any(cs) or within else ("supported" if any(helps) else "inconclusive")
@@ -307,7 +310,7 @@ class LMDropout(LMQuestion):
         figures = {"dropout.png": self._figure(runs, rows, rng),
                    "curves.png": curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"),
                                                                          ("kl/ref_seq", "KL to reference")), LM)}
-        return Analysis([verdict], figures, tables=[(f"{LM}: every variant", table), (f"{SMALL}: 32 training prompts", small)])
+        return Analysis([verdict], figures, tables=[(f"{LM}: every variant", table), (f"{SMALL}: {SMALL_PROMPTS} training prompts", small)])
 
     def _figure(self, runs, rows, rng):
         fig, axes = plotting.figure(ncols=4)
@@ -423,7 +426,7 @@ HACK_METHODS = (("PPO", "ppo", PPO, dataclasses.replace(PPO_LOOP, **HACK_LOOP)),
 class LMRewardHacking(LMQuestion):
     name = "lm-hacking"
     title = "Reward hacking: optimising a learned proxy reward model, the gold reward rises then falls"
-    description = (f"PPO, V-MPO and DAR optimise the Bradley–Terry proxy ({PROXY}: a reward model trained on 300 gold-labelled "
+    description = (f"PPO, V-MPO and DAR optimise the Bradley–Terry proxy ({PROXY}: a reward model trained on {PROXY_PAIRS} gold-labelled "
                    "comparisons of SFT samples) for longer than the other questions; the gold reward of the same samples is "
                    "logged beside (`004 §5.4`, App. D; Gao et al. 2023).")
     tasks = (PROXY,)
@@ -441,7 +444,7 @@ class LMRewardHacking(LMQuestion):
         "diverged (KL blow-up) before an evaluation point has no value there and is left out of that difference; the "
         "report counts such runs.",
         COMMON_DEVIATIONS + (Deviation("proxy", "a reward model from human preferences", "GPT-2 with a scalar head trained on "
-                                       "300 gold-labelled pairs", "small enough to be hackable at laptop scale"),
+                                       f"{PROXY_PAIRS} gold-labelled pairs", "small enough to be hackable at laptop scale"),
                              Deviation("reward KL", "method-specific", "0 in the reward (L4 only)",
                                        "over-optimisation shows at low KL budgets")),),)
 
