@@ -129,10 +129,12 @@ def test_bradley_terry_loss_by_hand():
     (lambda: ModelConfig(n_embd=30, n_head=4), "ModelConfig.n_embd"),
     (lambda: ModelConfig(dropout=1.0), "ModelConfig.dropout"),
     (lambda: ModelConfig(n_layer=0), "ModelConfig.n_layer"),
+    (lambda: ModelConfig(activation="relu"), "ModelConfig.activation"),
     (lambda: PretrainConfig(steps=0), "PretrainConfig.steps"),
     (lambda: PretrainConfig(lr=-1.0), "PretrainConfig.lr"),
     (lambda: PretrainConfig(batch_size=2.5), "PretrainConfig.batch_size"),
     (lambda: SFTStageConfig(warmup=1.0), "SFTStageConfig.warmup"),
+    (lambda: SFTStageConfig(adam_beta2=1.0), "SFTStageConfig.adam_beta2"),
     (lambda: SFTStageConfig(pretrain=PretrainConfig(model=ModelConfig(n_positions=20))), "n_positions"),
     (lambda: RewardModelConfig(temperature=0.0), "RewardModelConfig.temperature"),
     (lambda: RewardModelConfig(init="warm"), "RewardModelConfig.init"),
@@ -206,7 +208,7 @@ def test_interrupted_build_leaves_no_artifact(tmp_path, monkeypatch):
     monkeypatch.setenv("EMRL_ARTIFACTS", str(root))
     steps = []
 
-    def failing(model, loss_fn, n, **kw):
+    def failing(model, loss_fn, n, cfg, gen):
         loss_fn(torch.arange(2)).backward()
         steps.append(1)
         raise KeyboardInterrupt("simulated interruption during training")
