@@ -50,6 +50,9 @@ gradients never differ by more than `L8_GRAD_TOLERANCE` relative to their norm."
 L8_GRAD_TOLERANCE = 1e-4
 DROPOUT = 0.1
 """The dropout p of L2 and L9 (GPT-2's own value; `001 §9`)."""
+SWEEP = (0.0, 0.05, DROPOUT, 0.2)
+"""L2's figure of reward against dropout p runs PPO and V-MPO (the policy gradient and the EM method the claim contrasts)
+at every level; the verdict reads p = 0 and p = DROPOUT only."""
 
 # ---------------------------------------------------------------------------------------------------- budgets
 SMOKE = dict(updates=2, prompts_per_update=4, eval_every=2)
@@ -227,10 +230,14 @@ class LMTemperature(LMQuestion):
 EM_METHODS = (("V-MPO", "vmpo", VMPO, VALUE_LOOP), ("AWR", "awr", AWR, VALUE_LOOP), ("DAR", "dar", DAR, BASE_LOOP))
 
 
-def _dropout_variants(with_ppo: bool = True) -> list[Variant]:
+SWEPT = ("PPO", "V-MPO")
+
+
+def _dropout_variants(with_ppo: bool = True, sweep: bool = False) -> list[Variant]:
+    """Each method at p = 0 and p = DROPOUT; with `sweep`, the `SWEPT` methods at every level of `SWEEP`."""
     methods = ((("PPO", "ppo", PPO, PPO_LOOP),) if with_ppo else ()) + EM_METHODS
     return [Variant(f"{label} p={p:g}", algo, cfg, train_config=_dropout(loop, p)) for label, algo, cfg, loop in methods
-            for p in (0.0, DROPOUT)]
+            for p in (SWEEP if sweep and label in SWEPT else (0.0, DROPOUT))]
 
 
 def _dropout_effect(runs, s, task, label, rng):
@@ -240,9 +247,10 @@ def _dropout_effect(runs, s, task, label, rng):
 class LMDropout(LMQuestion):
     name = "lm-dropout"
     title = "Dropout under PPO and under EM methods (RQ5), with a small-data regime"
-    description = ("PPO (token level) and the EM methods V-MPO, AWR and DAR, each with dropout p = 0 and p = 0.1 in their "
-                   f"training passes (rollouts and old log-probs in eval mode, `001 §9`); then the EM methods on a pool of "
-                   f"{SMALL_PROMPTS} training prompts, scored on held-out prompts.")
+    description = (f"PPO (token level) and the EM methods V-MPO, AWR and DAR, each with dropout p = 0 and p = {DROPOUT:g} in "
+                   "their training passes (rollouts and old log-probs in eval mode, `001 §9`), PPO and V-MPO also at p ∈ "
+                   f"{{{', '.join(f'{p:g}' for p in SWEEP)}}}; then the EM methods on a pool of {SMALL_PROMPTS} training "
+                   "prompts, scored on held-out prompts.")
     tasks = (LM, SMALL)
     claims = (Claim(
         "L2", "With dropout on, PPO degrades (ratio noise, clip fraction, early stops, reward) while V-MPO, AWR and DAR are "
@@ -255,17 +263,19 @@ class LMDropout(LMQuestion):
         f"IQM(held-out gold improvement, p={DROPOUT:g}) − IQM(p=0) lies wholly above 0 for at least one EM method and wholly "
         "below for none (wholly below for any, or every CI within ±the margin: not supported). Supported if (a), (b), (c); "
         "not supported if any is contradicted; else inconclusive.",
-        COMMON_DEVIATIONS + (Deviation("dropout p", "not given", f"{DROPOUT:g} (GPT-2's value)", "one level keeps the grid small"),
+        COMMON_DEVIATIONS + (Deviation("dropout p", "not given", f"{DROPOUT:g} (GPT-2's value) for the verdict; PPO and V-MPO "
+                                       f"also at p ∈ {{{', '.join(f'{p:g}' for p in SWEEP)}}} for the sweep figure",
+                                       "one level keeps the grid small"),
                              Deviation("small data", "not specified", f"{SMALL_PROMPTS} training prompts ({SMALL})",
                                        "few enough that the policy can overfit them")),),)
 
     def variants(self):
-        return _dropout_variants()
+        return _dropout_variants(sweep=True)
 
     def grid(self, profile, seeds=None):
-        # the small-data task runs only the EM methods
-        points = super().grid(profile, seeds)
-        return [p for p in points if not (p.spec.task == SMALL and p.variant.startswith("PPO"))]
+        # the small-data task runs only the EM methods at p = 0 and p = DROPOUT
+        small = {v.label for v in _dropout_variants(with_ppo=False)}
+        return [p for p in super().grid(profile, seeds) if p.spec.task != SMALL or p.variant in small]
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
@@ -303,7 +313,7 @@ class LMDropout(LMQuestion):
             values = per_run_mean(rows, metric)
             table[col] = [fmt_ci(_iqm_or_nan(cell(runs, values, LM, v), rng), digits) if v.startswith("PPO") else "—"
                           for v in labels]
-        small = summary_table(runs, rows, rng, SMALL, [v for v in labels if not v.startswith("PPO")])
+        small = summary_table(runs, rows, rng, SMALL, [v.label for v in _dropout_variants(with_ppo=False)])
         train_gap = scores(runs, rows, "eval_train/gold")
         small["train-prompt gold improvement"] = [fmt_ci(_iqm_or_nan(cell(runs, train_gap, SMALL, v), rng))
                                                   for v in small.variant]
@@ -313,7 +323,7 @@ class LMDropout(LMQuestion):
         return Analysis([verdict], figures, tables=[(f"{LM}: every variant", table), (f"{SMALL}: {SMALL_PROMPTS} training prompts", small)])
 
     def _figure(self, runs, rows, rng):
-        fig, axes = plotting.figure(ncols=4)
+        fig, axes = plotting.figure(ncols=5)
         s = scores(runs, rows)
         panels = ((per_run_mean(rows, "first/ratio_std"), "PPO ratio std (θ = θ_old)", ["PPO"], LM),
                   (per_run_mean(rows, "first/clipfrac"), "PPO clip fraction (θ = θ_old)", ["PPO"], LM),
@@ -329,6 +339,14 @@ class LMDropout(LMQuestion):
             ax.set_xticks(range(len(methods)), methods)
             ax.set_ylabel(ylabel)
         axes[0].legend(loc="best")
+        ax = axes[-1]
+        for i, label in enumerate(SWEPT):
+            cis = np.array([_iqm_or_nan(cell(runs, s, LM, f"{label} p={p:g}"), rng) for p in SWEEP])
+            ax.errorbar(SWEEP, cis[:, 0], yerr=[cis[:, 0] - cis[:, 1], cis[:, 2] - cis[:, 0]], fmt="o-", capsize=2,
+                        color=plotting.PALETTE[i + 2], label=label)
+        ax.set_xlabel("dropout p")
+        ax.set_ylabel(f"gold improvement ({LM})")
+        ax.legend(loc="best")
         return fig
 
 
