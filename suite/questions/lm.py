@@ -314,9 +314,10 @@ class LMDropout(LMQuestion):
             table[col] = [fmt_ci(_iqm_or_nan(cell(runs, values, LM, v), rng), digits) if v.startswith("PPO") else "—"
                           for v in labels]
         # the trust-region term: with dropout on, θ is evaluated in train mode and π_old in eval mode, so this KL holds
-        # the dropout noise too (V-MPO's α term then pulls against it)
+        # the dropout noise too (V-MPO's α term then pulls against it). PPO logs the k3 estimate per token; V-MPO the
+        # closed form summed over a sequence's tokens.
         kl_old = per_run_mean(rows, "kl/old")
-        table["KL(π_old‖π_θ) per minibatch"] = [fmt_ci(_iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3)
+        table["KL(π_old‖π_θ) (PPO per token, V-MPO per sequence)"] = [fmt_ci(_iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3)
                                                 if len(cell(runs, kl_old, LM, v)) else "—" for v in labels]
         small = summary_table(runs, rows, rng, SMALL, [v.label for v in _dropout_variants(with_ppo=False)])
         train_gap = scores(runs, rows, "eval_train/gold")
