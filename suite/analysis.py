@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from suite import stats
+from suite.claims import Outcome
 
 
 def last_value(rows: pd.DataFrame, metric: str) -> pd.Series:
@@ -50,3 +51,30 @@ def fmt_ci(ci: tuple[float, float, float], digits: int = 2) -> str:
     """"point [lo, hi]" with a fixed number of decimals."""
     p, lo, hi = ci
     return f"{p:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def per_run_mean(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Mean over a run's logged updates of `metric`, indexed by run_id."""
+    return rows[rows.metric == metric].groupby("run_id").value.mean()
+
+
+def cell(runs: pd.DataFrame, values: pd.Series, task: str, variant: str) -> np.ndarray:
+    """The finite per-run `values` of one grid cell (task, variant)."""
+    ids = runs[(runs.task == task) & (runs.variant == variant)].run_id
+    v = values.reindex(ids).to_numpy(dtype=float)
+    return v[np.isfinite(v)]
+
+
+def n_diverged(runs: pd.DataFrame, task: str, variant: str) -> int:
+    """How many runs of one grid cell diverged."""
+    return int(((runs.task == task) & (runs.variant == variant) & (runs.status == "diverged")).sum())
+
+
+def iqm_or_nan(x: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+    """`iqm_ci` of x, or three NaNs when x is empty."""
+    return iqm_ci(x, rng) if len(x) else (float("nan"),) * 3
+
+
+def at_least(diff: tuple[float, float, float], margin: float) -> Outcome:
+    """Non-inferiority: `supported` if the difference CI lies above −margin, `not supported` if wholly below it."""
+    return "supported" if diff[1] > -margin else ("not supported" if diff[2] < -margin else "inconclusive")

@@ -14,11 +14,10 @@ import pandas as pd
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import fmt_ci, last_value
+from suite.analysis import at_least, cell, fmt_ci, iqm_or_nan, last_value, n_diverged
 from suite.claims import Claim, Deviation, Verdict, combine
 from suite.questions.base import Analysis, Budget, Question, Variant
-from suite.questions.control_onpolicy import (LEARN_FACTOR, MATCH_FRACTION, _iqm_or_nan, at_least, cell, learning_curves,
-                                              learns, n_diverged)
+from suite.questions.control_onpolicy import LEARN_FACTOR, MATCH_FRACTION, learning_curves, learns
 from tasks.atari_onpolicy import AtariOnPolicyConfig
 
 BREAKOUT, MEMORY, REACTIVE = "minatar-breakout", "tmaze-memory", "tmaze-reactive"
@@ -129,8 +128,8 @@ class AtariVMPOvsPPO(AtariQuestion):
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
-        rand = _iqm_or_nan(cell(runs, s, BREAKOUT, "random policy"), rng)
-        cis = {v: _iqm_or_nan(cell(runs, s, BREAKOUT, v), rng) for v in ("PPO", "V-MPO")}
+        rand = iqm_or_nan(cell(runs, s, BREAKOUT, "random policy"), rng)
+        cis = {v: iqm_or_nan(cell(runs, s, BREAKOUT, v), rng) for v in ("PPO", "V-MPO")}
         a = combine([learns(cis[v], rand[0]) for v in cis])
         diff = stats.difference_ci(cell(runs, s, BREAKOUT, "V-MPO"), cell(runs, s, BREAKOUT, "PPO"), stats.iqm, rng) \
             if all(len(cell(runs, s, BREAKOUT, v)) for v in cis) else (float("nan"),) * 3
@@ -251,7 +250,7 @@ class AtariTrXLFails(_TMazeQuestion):
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
-        cis = {core: _iqm_or_nan(cell(runs, s, MEMORY, f"{CORE_LABELS[core]} lr={LRS[0]:g}"), rng) for core in ("trxl", "trxl_i", "gtrxl")}
+        cis = {core: iqm_or_nan(cell(runs, s, MEMORY, f"{CORE_LABELS[core]} lr={LRS[0]:g}"), rng) for core in ("trxl", "trxl_i", "gtrxl")}
         parts = {core: tmaze_learns(ci) for core, ci in cis.items()}
         trxl = {"supported": "not supported", "not supported": "supported"}.get(parts["trxl"], "inconclusive")
         outcome = combine([parts["trxl_i"], parts["gtrxl"], trxl])
@@ -297,7 +296,7 @@ class AtariMemory(_TMazeQuestion):
         s = scores(runs, rows)
         table, checks, parts = [], [], []
         for task in self.tasks:
-            cis = {v: _iqm_or_nan(cell(runs, s, task, v), rng) for v in ("GTrXL", "LSTM", "feed-forward")}
+            cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in ("GTrXL", "LSTM", "feed-forward")}
             for v, ci in cis.items():
                 table.append({"task": task, "core": v, "final return IQM [95% CI]": fmt_ci(ci, 2), "n": len(cell(runs, s, task, v)),
                               "diverged": n_diverged(runs, task, v)})

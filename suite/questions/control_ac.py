@@ -29,7 +29,7 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.sft import SFTConfig
 from algorithms.virel import VIRELConfig
 from suite import plotting, stats
-from suite.analysis import curve, fmt_ci, iqm_ci
+from suite.analysis import cell, curve, fmt_ci, iqm_ci, n_diverged
 from suite.claims import Claim, Deviation, Outcome, Verdict, combine
 from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.control_onpolicy import PAPER as ONPOLICY_PAPER
@@ -37,7 +37,7 @@ from suite.questions.control_onpolicy import QUICK as ONPOLICY_QUICK
 from suite.questions.control_onpolicy import QUICK_CARTPOLE as ONPOLICY_QUICK_CARTPOLE
 from suite.questions.control_onpolicy import SMOKE as ONPOLICY_SMOKE
 from suite.questions.control_onpolicy import TASK_CONFIGS as ONPOLICY_TASK_CONFIGS
-from suite.questions.control_onpolicy import VMPO, VMPO_LOOP, cell, n_diverged, scores
+from suite.questions.control_onpolicy import VMPO, VMPO_LOOP, scores
 from tasks.control_ac import ActorCriticConfig
 from tasks.control_offline import OfflineConfig
 from tasks.control_onpolicy import OnPolicyConfig

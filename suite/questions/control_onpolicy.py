@@ -20,7 +20,7 @@ from algorithms.gempi import GEMPIConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import curve, fmt_ci, iqm_ci, last_value
+from suite.analysis import at_least, cell, curve, fmt_ci, iqm_ci, iqm_or_nan, last_value, n_diverged, per_run_mean
 from suite.claims import Claim, Deviation, Outcome, Verdict, combine
 from suite.questions.bandits import eta_label
 from suite.questions.base import Analysis, Budget, Question, Variant
@@ -77,38 +77,14 @@ def scores(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
     return s.fillna(0.0)
 
 
-def per_run_mean(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Mean over a run's logged updates of `metric`, indexed by run_id."""
-    return rows[rows.metric == metric].groupby("run_id").value.mean()
-
-
-def cell(runs: pd.DataFrame, values: pd.Series, task: str, variant: str) -> np.ndarray:
-    ids = runs[(runs.task == task) & (runs.variant == variant)].run_id
-    v = values.reindex(ids).to_numpy(dtype=float)
-    return v[np.isfinite(v)]
-
-
-def n_diverged(runs: pd.DataFrame, task: str, variant: str) -> int:
-    return int(((runs.task == task) & (runs.variant == variant) & (runs.status == "diverged")).sum())
-
-
 def learns(ci: tuple[float, float, float], random_iqm: float) -> Outcome:
     """`supported` if the CI lies wholly above LEARN_FACTOR × the random return, `not supported` if wholly below."""
     bar = LEARN_FACTOR * random_iqm
     return "supported" if ci[1] > bar else ("not supported" if ci[2] < bar else "inconclusive")
 
 
-def at_least(diff: tuple[float, float, float], margin: float) -> Outcome:
-    """Non-inferiority: `supported` if the difference CI lies above −margin, `not supported` if wholly below it."""
-    return "supported" if diff[1] > -margin else ("not supported" if diff[2] < -margin else "inconclusive")
-
-
 def _sd(x: np.ndarray) -> float:
     return float(np.std(np.asarray(x, dtype=float).ravel(), ddof=1)) if np.size(x) > 1 else 0.0
-
-
-def _iqm_or_nan(x: np.ndarray, rng) -> tuple[float, float, float]:
-    return iqm_ci(x, rng) if len(x) else (float("nan"),) * 3
 
 
 class ControlQuestion(Question):
@@ -251,14 +227,14 @@ class ControlVMPOvsPPO(ControlQuestion):
         table, parts, checks = [], [], []
         random_iqm = {}
         for task in self.tasks:
-            random_iqm[task] = rand = _iqm_or_nan(cell(runs, s, task, "random policy"), rng)
+            random_iqm[task] = rand = iqm_or_nan(cell(runs, s, task, "random policy"), rng)
             cis = {}
             for v in order:
                 x = cell(runs, s, task, v)
-                cis[v] = ci = _iqm_or_nan(x, rng)
+                cis[v] = ci = iqm_or_nan(x, rng)
                 table.append({"task": task, "method": v, "final return IQM [95% CI]": fmt_ci(ci, 1),
                               "× random (IQM ratio)": round(ci[0] / rand[0], 1) if rand[0] > 0 else "—", "sd over seeds": round(_sd(x), 1),
-                              "mean per-update KL IQM [95% CI]": fmt_ci(_iqm_or_nan(cell(runs, kl, task, v), rng), 4),
+                              "mean per-update KL IQM [95% CI]": fmt_ci(iqm_or_nan(cell(runs, kl, task, v), rng), 4),
                               "max per-update KL": round(float(np.max(cell(runs, kl_max, task, v), initial=0.0)), 4),
                               "diverged": n_diverged(runs, task, v), "n": len(x),
                               f"learns (> {LEARN_FACTOR:g}× random)": learns(ci, rand[0])})
@@ -378,14 +354,14 @@ class ControlTemperature(ControlQuestion):
         kl = per_run_mean(rows, "update/kl")
         eta_used = pd.concat([per_run_mean(rows, "dual/eta"), per_run_mean(rows, "dual/Lambda")])
         labels = [eta_label(e) for e in ETAS] + ["adaptive η"]
-        cis = {v: _iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
+        cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
         table = []
         for v in labels:
             table.append({"variant": v, "final return IQM [95% CI]": fmt_ci(cis[v], 1),
                           "diverged": f"{n_diverged(runs, task, v)}/{len(cell(runs, s, task, v))}",
-                          "ESS (top-k of 32) IQM": fmt_ci(_iqm_or_nan(cell(runs, ess, task, v), rng), 1),
-                          "per-update KL IQM": fmt_ci(_iqm_or_nan(cell(runs, kl, task, v), rng), 4),
-                          "η (mean over updates)": fmt_ci(_iqm_or_nan(cell(runs, eta_used, task, v), rng), 3)})
+                          "ESS (top-k of 32) IQM": fmt_ci(iqm_or_nan(cell(runs, ess, task, v), rng), 1),
+                          "per-update KL IQM": fmt_ci(iqm_or_nan(cell(runs, kl, task, v), rng), 4),
+                          "η (mean over updates)": fmt_ci(iqm_or_nan(cell(runs, eta_used, task, v), rng), 3)})
         fixed = [eta_label(e) for e in ETAS]
         best = max(fixed, key=lambda v: cis[v][0])
         ref = cis[best][0]
@@ -427,10 +403,10 @@ class ControlTemperature(ControlQuestion):
         task = CARTPOLE
         fig, axes = plotting.figure(ncols=3)
         for ax, values, ylabel in zip(axes, (s, ess, kl), ("final return", "ESS of the E-step weights", "per-update KL")):
-            cis = [_iqm_or_nan(cell(runs, values, task, eta_label(e)), rng) for e in ETAS]
+            cis = [iqm_or_nan(cell(runs, values, task, eta_label(e)), rng) for e in ETAS]
             ax.plot(ETAS, [c[0] for c in cis], marker="o", color=plotting.PALETTE[0], label="fixed η")
             ax.fill_between(ETAS, [c[1] for c in cis], [c[2] for c in cis], color=plotting.PALETTE[0], alpha=0.2, linewidth=0)
-            d = _iqm_or_nan(cell(runs, values, task, "adaptive η"), rng)
+            d = iqm_or_nan(cell(runs, values, task, "adaptive η"), rng)
             ax.axhline(d[0], color=plotting.PALETTE[1], label="adaptive η")
             ax.axhspan(d[1], d[2], color=plotting.PALETTE[1], alpha=0.15, linewidth=0)
             if values is s:
@@ -502,11 +478,11 @@ class ControlGEMPIVariants(ControlQuestion):
         ess = per_run_mean(rows, "weights/ess")
         kl = per_run_mean(rows, "update/kl")
         labels = [label for label, _, _ in C8_VARIANTS]
-        cis = {v: _iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
+        cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
         table = [{"variant": v, "final return IQM [95% CI]": fmt_ci(cis[v], 1),
                   "diverged": f"{n_diverged(runs, task, v)}/{len(cell(runs, s, task, v))}",
-                  "ESS per minibatch IQM": fmt_ci(_iqm_or_nan(cell(runs, ess, task, v), rng), 1),
-                  "per-update KL IQM": fmt_ci(_iqm_or_nan(cell(runs, kl, task, v), rng), 4)} for v in labels]
+                  "ESS per minibatch IQM": fmt_ci(iqm_or_nan(cell(runs, ess, task, v), rng), 1),
+                  "per-update KL IQM": fmt_ci(iqm_or_nan(cell(runs, kl, task, v), rng), 4)} for v in labels]
         dar = cell(runs, s, task, "DAR")
         margin = EQUIVALENCE_FRACTION * cis["DAR"][0]
         checks, parts, diffs = [], [], {}

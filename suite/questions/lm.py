@@ -23,11 +23,10 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import curve, first_value, fmt_ci, last_value
+from suite.analysis import at_least, cell, curve, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged, per_run_mean
 from suite.claims import Claim, Deviation, Outcome, Verdict, combine
 from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.bandits import eta_label
-from suite.questions.control_onpolicy import _iqm_or_nan, at_least, cell, n_diverged, per_run_mean
 from tasks.lm_language import UNGRAMMATICAL
 from tasks.base import get_task
 from tasks.lm_rlhf import LMRLHFConfig
@@ -125,11 +124,11 @@ def summary_table(runs, rows, rng, task, labels) -> pd.DataFrame:
     final = {m: last_value(rows, f"eval/{m}") for m in ("gold", "kl_ref", "proxy", "grammatical")}
     out = []
     for v in labels:
-        out.append({"variant": v, "gold improvement IQM [95% CI]": fmt_ci(_iqm_or_nan(cell(runs, s, task, v), rng)),
-                    "final gold": fmt_ci(_iqm_or_nan(cell(runs, final["gold"], task, v), rng)),
-                    "final KL to ref (nats)": fmt_ci(_iqm_or_nan(cell(runs, final["kl_ref"], task, v), rng)),
-                    "final proxy": fmt_ci(_iqm_or_nan(cell(runs, final["proxy"], task, v), rng)),
-                    "grammatical": fmt_ci(_iqm_or_nan(cell(runs, final["grammatical"], task, v), rng)),
+        out.append({"variant": v, "gold improvement IQM [95% CI]": fmt_ci(iqm_or_nan(cell(runs, s, task, v), rng)),
+                    "final gold": fmt_ci(iqm_or_nan(cell(runs, final["gold"], task, v), rng)),
+                    "final KL to ref (nats)": fmt_ci(iqm_or_nan(cell(runs, final["kl_ref"], task, v), rng)),
+                    "final proxy": fmt_ci(iqm_or_nan(cell(runs, final["proxy"], task, v), rng)),
+                    "grammatical": fmt_ci(iqm_or_nan(cell(runs, final["grammatical"], task, v), rng)),
                     "diverged": f"{n_diverged(runs, task, v)}/{int(((runs.task == task) & (runs.variant == v)).sum())}"})
     return pd.DataFrame(out)
 
@@ -193,7 +192,7 @@ class LMTemperature(LMQuestion):
         task, s = LM, scores(runs, rows)
         fixed = [eta_label(e) for e in ETAS]
         labels = [*fixed, "adaptive η"]
-        cis = {v: _iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
+        cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
         best = max(fixed, key=lambda v: cis[v][0] if np.isfinite(cis[v][0]) else -np.inf)
         ref = abs(cis[best][0])
         d_best = _diff(runs, s, task, "adaptive η", best, rng)
@@ -219,8 +218,8 @@ class LMTemperature(LMQuestion):
                           f"{fmt_ci(cis['adaptive η'])} vs best fixed {best} {fmt_ci(cis[best])} (gold improvement).", checks)
         table = summary_table(runs, rows, rng, task, labels)
         ess, eta = per_run_mean(rows, "weights/ess"), pd.concat([per_run_mean(rows, "dual/eta"), per_run_mean(rows, "dual/Lambda")])
-        table["ESS (mean over updates)"] = [fmt_ci(_iqm_or_nan(cell(runs, ess, task, v), rng), 1) for v in labels]
-        table["η (mean over updates)"] = [fmt_ci(_iqm_or_nan(cell(runs, eta, task, v), rng), 3) for v in labels]
+        table["ESS (mean over updates)"] = [fmt_ci(iqm_or_nan(cell(runs, ess, task, v), rng), 1) for v in labels]
+        table["η (mean over updates)"] = [fmt_ci(iqm_or_nan(cell(runs, eta, task, v), rng), 3) for v in labels]
         fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"), ("kl/ref_seq", "KL to reference"),
                                                      ("weights/ess", "ESS of the E-step weights"), ("dual/eta", "η (adaptive)")))
         return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant", table)])
@@ -288,12 +287,12 @@ class LMDropout(LMQuestion):
                   {"check": "(a) PPO gold improvement, dropout − none", "statistic [95% CI]": fmt_ci(r_gold), "outcome": a}]
         bs, cs, helps, within = [], [], [], True
         for label, *_ in EM_METHODS:
-            ref = abs(_iqm_or_nan(cell(runs, s, LM, f"{label} p=0"), rng)[0])
+            ref = abs(iqm_or_nan(cell(runs, s, LM, f"{label} p=0"), rng)[0])
             d = _dropout_effect(runs, s, LM, label, rng)
             bs.append(at_least(d, MATCH_FRACTION * ref))
             checks.append({"check": f"(b) {label} gold improvement, dropout − none", "statistic [95% CI]":
                            f"{fmt_ci(d)}; margin −{MATCH_FRACTION * ref:.2f}", "outcome": bs[-1]})
-            ref_small = abs(_iqm_or_nan(cell(runs, s, SMALL, f"{label} p=0"), rng)[0])
+            ref_small = abs(iqm_or_nan(cell(runs, s, SMALL, f"{label} p=0"), rng)[0])
             d = _dropout_effect(runs, s, SMALL, label, rng)
             helps.append(d[1] > 0)
             cs.append(d[2] < 0)
@@ -311,17 +310,17 @@ class LMDropout(LMQuestion):
         for col, metric, digits in (("ratio std, 1st minibatch", "first/ratio_std", 4), ("clip fraction, 1st minibatch",
                                     "first/clipfrac", 3), ("early stops per update", "update/early_stop", 2)):
             values = per_run_mean(rows, metric)
-            table[col] = [fmt_ci(_iqm_or_nan(cell(runs, values, LM, v), rng), digits) if v.startswith("PPO") else "—"
+            table[col] = [fmt_ci(iqm_or_nan(cell(runs, values, LM, v), rng), digits) if v.startswith("PPO") else "—"
                           for v in labels]
         # the trust-region term: with dropout on, θ is evaluated in train mode and π_old in eval mode, so this KL holds
         # the dropout noise too (V-MPO's α term then pulls against it). PPO logs the k3 estimate per token; V-MPO the
         # closed form summed over a sequence's tokens.
         kl_old = per_run_mean(rows, "kl/old")
-        table["KL(π_old‖π_θ) (PPO per token, V-MPO per sequence)"] = [fmt_ci(_iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3)
+        table["KL(π_old‖π_θ) (PPO per token, V-MPO per sequence)"] = [fmt_ci(iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3)
                                                 if len(cell(runs, kl_old, LM, v)) else "—" for v in labels]
         small = summary_table(runs, rows, rng, SMALL, [v.label for v in _dropout_variants(with_ppo=False)])
         train_gap = scores(runs, rows, "eval_train/gold")
-        small["train-prompt gold improvement"] = [fmt_ci(_iqm_or_nan(cell(runs, train_gap, SMALL, v), rng))
+        small["train-prompt gold improvement"] = [fmt_ci(iqm_or_nan(cell(runs, train_gap, SMALL, v), rng))
                                                   for v in small.variant]
         figures = {"dropout.png": self._figure(runs, rows, rng),
                    "curves.png": curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"),
@@ -338,7 +337,7 @@ class LMDropout(LMQuestion):
         for ax, (values, ylabel, methods, task) in zip(axes, panels):
             for i, m in enumerate(methods):
                 for j, p in enumerate((0.0, DROPOUT)):
-                    ci = _iqm_or_nan(cell(runs, values, task, f"{m} p={p:g}"), rng)
+                    ci = iqm_or_nan(cell(runs, values, task, f"{m} p={p:g}"), rng)
                     x = i + (j - 0.5) * 0.3
                     ax.errorbar([x], [ci[0]], yerr=[[ci[0] - ci[1]], [ci[2] - ci[0]]], fmt="o",
                                 color=plotting.PALETTE[j], label=f"p={p:g}" if i == 0 else None)
@@ -347,7 +346,7 @@ class LMDropout(LMQuestion):
         axes[0].legend(loc="best")
         ax = axes[-1]
         for i, label in enumerate(SWEPT):
-            cis = np.array([_iqm_or_nan(cell(runs, s, LM, f"{label} p={p:g}"), rng) for p in SWEEP])
+            cis = np.array([iqm_or_nan(cell(runs, s, LM, f"{label} p={p:g}"), rng) for p in SWEEP])
             ax.errorbar(SWEEP, cis[:, 0], yerr=[cis[:, 0] - cis[:, 1], cis[:, 2] - cis[:, 0]], fmt="o-", capsize=2,
                         color=plotting.PALETTE[i + 2], label=label)
         ax.set_xlabel("dropout p")
@@ -376,12 +375,12 @@ class LMDropoutCompatible(LMQuestion):
         s = scores(runs, rows)
         checks, parts = [], []
         for label, *_ in EM_METHODS:
-            ci = _iqm_or_nan(cell(runs, s, LM, f"{label} p={DROPOUT:g}"), rng)
+            ci = iqm_or_nan(cell(runs, s, LM, f"{label} p={DROPOUT:g}"), rng)
             parts.append(improves(ci))
             checks.append({"check": f"(a) {label} p={DROPOUT:g} learns", "statistic [95% CI]": fmt_ci(ci), "outcome": parts[-1]})
         a = combine(parts)
         d = _dropout_effect(runs, s, LM, "PPO", rng)
-        on, off = (improves(_iqm_or_nan(cell(runs, s, LM, f"PPO p={p:g}"), rng)) for p in (DROPOUT, 0.0))
+        on, off = (improves(iqm_or_nan(cell(runs, s, LM, f"PPO p={p:g}"), rng)) for p in (DROPOUT, 0.0))
         b = "supported" if d[2] < 0 or (on != "supported" and off == "supported") else ("not supported" if d[1] > 0 else "inconclusive")
         checks += [{"check": "(b) PPO gold improvement, dropout − none", "statistic [95% CI]": fmt_ci(d), "outcome": b},
                    {"check": "(b) PPO learns without / with dropout", "statistic [95% CI]": f"{off} / {on}", "outcome": "—"}]
@@ -421,7 +420,7 @@ class LMPMPO(LMQuestion):
         ar, acc, rej, rej_low = (label for label, _ in PMPO_VARIANTS)
         d_a, d_r = _diff(runs, s, task, ar, acc, rng), _diff(runs, s, task, ar, rej, rng)
         a = combine(["supported" if d[1] > 0 else ("not supported" if d[2] < 0 else "inconclusive") for d in (d_a, d_r)])
-        dpo = abs(_iqm_or_nan(cell(runs, s, task, "DPO"), rng)[0])
+        dpo = abs(iqm_or_nan(cell(runs, s, task, "DPO"), rng)[0])
         d_dpo = _diff(runs, s, task, ar, "DPO", rng)
         b = at_least(d_dpo, MATCH_FRACTION * dpo)
         d_beta = _diff(runs, s, task, rej, rej_low, rng)
@@ -493,9 +492,9 @@ class LMRewardHacking(LMQuestion):
         checks, shows, contradicted, peaks = [], [], [], {}
         c_gold = curve(rows, runs, "eval/gold", rng)
         for label, *_ in HACK_METHODS:
-            rise = _iqm_or_nan(cell(runs, (middle - start).dropna(), task, label), rng)
-            fall = _iqm_or_nan(cell(runs, (middle - end).dropna(), task, label), rng)
-            prox = _iqm_or_nan(cell(runs, (p_end - p_mid).dropna(), task, label), rng)
+            rise = iqm_or_nan(cell(runs, (middle - start).dropna(), task, label), rng)
+            fall = iqm_or_nan(cell(runs, (middle - end).dropna(), task, label), rng)
+            prox = iqm_or_nan(cell(runs, (p_end - p_mid).dropna(), task, label), rng)
             ok = rise[1] > 0 and fall[1] > FALL_MARGIN and prox[1] > 0
             shows.append(ok)
             contradicted.append(fall[2] < 0)
@@ -558,12 +557,12 @@ class LMDAR(LMQuestion):
                     for v in ("DAR", "PPO", "DPO"))
         matched = gold_at_kl(rows, kappa)
         start = first_value(rows, "eval/gold")
-        dar_at = _iqm_or_nan(cell(runs, matched, task, "DAR"), rng)[0] - float(np.median(start.reindex(runs.run_id)))
+        dar_at = iqm_or_nan(cell(runs, matched, task, "DAR"), rng)[0] - float(np.median(start.reindex(runs.run_id)))
         margin = MATCH_FRACTION * abs(dar_at)
         d_ppo, d_dpo = (_diff(runs, matched, task, "DAR", v, rng) for v in ("PPO", "DPO"))
         a = combine([at_least(d_ppo, margin), at_least(d_dpo, margin)])
         s = scores(runs, rows)
-        ref = abs(_iqm_or_nan(cell(runs, s, task, "fixed-η V-MPO (η=0.05)"), rng)[0])
+        ref = abs(iqm_or_nan(cell(runs, s, task, "fixed-η V-MPO (η=0.05)"), rng)[0])
         d_eq = _diff(runs, s, task, "DAR α=1e-4", "fixed-η V-MPO (η=0.05)", rng)
         m = EQUIVALENCE_FRACTION * ref
         b = "supported" if -m < d_eq[1] and d_eq[2] < m else ("not supported" if d_eq[1] > m or d_eq[2] < -m else "inconclusive")
@@ -577,7 +576,7 @@ class LMDAR(LMQuestion):
                           f"(b) DAR α→0 behaves like fixed-η V-MPO: {b}.", checks)
         labels = [v.label for v in self.variants()]
         table = summary_table(runs, rows, rng, task, labels)
-        table[f"gold at KL κ = {kappa:.2f}"] = [fmt_ci(_iqm_or_nan(cell(runs, matched, task, v), rng)) for v in labels]
+        table[f"gold at KL κ = {kappa:.2f}"] = [fmt_ci(iqm_or_nan(cell(runs, matched, task, v), rng)) for v in labels]
         return Analysis([verdict], {"reward_vs_kl.png": self._frontier(runs, rows, rng, labels, kappa)},
                         tables=[("Every variant", table)])
 
