@@ -81,7 +81,12 @@ def diag_gaussian_logp(y: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
 
 def kl_categorical(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     """KL(Cat(p) ‖ Cat(q)) over the last dim [..., C] -> [...], from unnormalised logits."""
-    logp, logq = torch.log_softmax(logits_p, -1), torch.log_softmax(logits_q, -1)
+    return kl_categorical_logprobs(torch.log_softmax(logits_p, -1), torch.log_softmax(logits_q, -1))
+
+
+def kl_categorical_logprobs(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(Cat(p) ‖ Cat(q)) = Σ_c p_c (log p_c − log q_c) over the last dim [..., C] -> [...], from normalised
+    log-probabilities."""
     return (logp.exp() * (logp - logq)).sum(-1)
 
 

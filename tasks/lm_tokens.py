@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from algorithms.common import kl_categorical_logprobs
+
 
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     """`[BOS] prompt` token ids, LEFT-padded with the tokenizer's pad id.
@@ -108,5 +110,5 @@ def gather_tokens(logprobs: Tensor, response_ids: Tensor, response_mask: Tensor)
 def token_kl(logq: Tensor, logp: Tensor, mask: Tensor) -> Tensor:
     """Closed-form per-token KL(q ‖ p) = Σ_v q(v) (log q(v) − log p(v)) [B, T] from full log-softmaxes [B, T, V];
     exactly 0 on padding. Differentiable in both arguments (detach the one that is a fixed policy)."""
-    kl = (logq.exp() * (logq - logp)).sum(-1)
+    kl = kl_categorical_logprobs(logq, logp)
     return torch.where(mask > 0, kl, torch.zeros_like(kl))
