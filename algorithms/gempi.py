@@ -96,12 +96,12 @@ def masked_trust_region(kl: Tensor, mask: Tensor, alpha: Tensor, epsilon: float,
         kl: [B] closed-form KL, differentiable in θ. mask: [B, K]. alpha: scalar multiplier > 0.
         epsilon: the bound. name: metric key suffix (`dual/<name>`, `kl/<name>_trust_region`).
     Returns: loss sg[α]·mean KL + α(ε − sg[mean KL]); 0 (with zero gradients) when no context has a sample.
+    No data-dependent branch or indexing, so the loss traces into one graph under `torch.compile` (and vmap).
     """
-    has = mask.sum(-1) > 0
-    if not bool(has.any()):
-        zero = 0.0 * alpha + 0.0 * torch.where(has, kl, torch.zeros_like(kl)).sum()
-        return zero, {f"dual/{name}": alpha.detach(), f"kl/{name}_trust_region": torch.zeros((), dtype=kl.dtype)}
-    loss, m = kl_trust_region(kl[has], alpha, epsilon)
+    has = context_mask(mask)
+    kl = torch.where(has > 0, kl, torch.zeros_like(kl))  # a padding context's KL may be garbage (even NaN): it never counts
+    loss, m = kl_trust_region(kl, alpha, epsilon, context_mask=has)
+    loss = torch.where(has.sum() > 0, loss, torch.zeros_like(loss))
     return loss, {f"dual/{name}": m["dual/alpha"], f"kl/{name}_trust_region": m["kl/trust_region"]}
 
 

@@ -2,6 +2,7 @@
 
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,9 +16,11 @@ from algorithms.dar import ATDARConfig, DARConfig, DARTRConfig, TopKDARConfig
 from algorithms.pmpo import PMPOConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
+from suite.questions import QUESTIONS
 from suite.questions.control_onpolicy import fixed_eta
 from tasks import RunSpec
-from tasks.control_onpolicy import OnPolicyConfig, RewardScaler, advantages_and_targets, next_values
+from tasks.control_onpolicy import (CompiledStep, OnPolicyConfig, RewardScaler, advantages_and_targets, cxx_compiler,
+                                    next_values)
 from tasks.dmc import (LISTED, BinnedPolicy, ControlConfig, GaussianPolicy, PolicyConfig, RunningNorm, Stacked, StackedNorm, VecEnv,
                        clip_grad_norm_per_seed, make_policy, mlp, random_policy_return)
 
@@ -278,6 +281,57 @@ def test_random_baseline_evaluates_uniform_actions_on_the_eval_stream():
     assert [r.rows[0][:2] for r in res] == [(0, "eval/return"), (0, "eval/return")]
     assert res[0].rows[0][2] == random_policy_return(CARTPOLE, SHORT, 1, 0)
     assert 0 < res[0].rows[0][2] < 50
+
+
+# ------------------------------------------------------------------------------------------------ compiled learner steps
+
+
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("label", ["ppo", "vmpo"])
+def test_compiled_learner_step_matches_eager_to_rounding_and_is_deterministic(label):
+    """compile=True traces PPO's and V-MPO's learner steps into one graph (row loop/compiled = 1), logs the same rows as
+    the eager loop to float rounding, and gives the same numbers twice."""
+    algo, cfg, loop, _ = METHODS[label]
+    eager = _run(algo, cfg, seeds=(0, 1), **loop)
+    compiled = _run(algo, cfg, seeds=(0, 1), compile=True, **loop)
+    again = _run(algo, cfg, seeds=(0, 1), compile=True, **loop)
+    assert [r.rows for r in compiled] == [r.rows for r in again]
+    for e, c in zip(eager, compiled):
+        assert e.status == c.status == "ok", (e.error, c.error)
+        assert c.rows[0] == (0, "loop/compiled", 1.0)
+        assert [row[:2] for row in c.rows[1:]] == [row[:2] for row in e.rows]
+        for (step, name, value), (*_, want) in zip(c.rows[1:], e.rows):
+            # a clip fraction counts samples: one ratio on the clip boundary flips it by 1/(samples per minibatch)
+            tol = dict(abs=1 / 16) if name.endswith("clipfrac") else dict(rel=1e-3, abs=1e-4)
+            assert value == pytest.approx(want, **tol), (step, name)
+
+
+def test_a_learner_step_that_does_not_compile_runs_eagerly_and_says_why():
+    def step(mb):  # data-dependent Python control flow: not one graph
+        x = mb["x"]
+        return (2.0 * x if bool((x > 0).any()) else x), None, {}
+
+    fn, x = CompiledStep(step), torch.tensor([1.0, -2.0])
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        out = fn({"x": x})
+    negative = torch.tensor([-1.0, -2.0])
+    assert not fn.compiled and torch.equal(out[0], 2.0 * x) and torch.equal(fn({"x": negative})[0], negative)
+
+
+def test_compile_is_refused_at_config_time_without_a_cxx_compiler(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"compile = True is invalid.*C\+\+ compiler.*allowed here: False"):
+        OnPolicyConfig(compile=True)
+    assert not OnPolicyConfig().compile
+
+
+def test_the_paper_profile_compiles_learner_steps_and_quick_runs_eagerly():
+    if cxx_compiler() is None:
+        pytest.skip("the paper profile's configs need a C++ compiler")
+    for profile, compiled in (("quick", False), ("paper", True)):
+        loops = {p.spec.train_config for p in QUESTIONS["control-vmpo-ppo"].grid(profile, seeds=1)}
+        assert {cfg.compile for cfg in loops if not cfg.random_baseline} == {compiled}
 
 
 # ------------------------------------------------------------------------------------------------ the questions, end to end
