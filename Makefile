@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) -m pytest -q -m bench -p no:randomly --benchmark-only --benchmark-columns=mean,stddev,rounds
+	$(PY) -m pytest -q -s -m bench -p no:randomly --benchmark-only --benchmark-columns=mean,stddev,rounds
 
 clean-results:
 	@echo "results/ holds stored runs; delete them by hand if you mean it (rm -r results/runs)."

@@ -122,7 +122,7 @@ class OnPolicyConfig:
     random_baseline: bool = field(False, "no training: evaluate a uniform-random policy once (a baseline run, step 0)")
     compile: bool = field(
         False, "run each learner step's forward (networks, KLs, log-probs, the algorithm's loss) and backward as one "
-        "torch.compile graph: several times faster learner steps (make bench) for 5-30 s of compiling per run group, so the "
+        "torch.compile graph: a learner forward ~4x faster (make bench) for 3-30 s of compiling per run group, so the "
         "paper profile turns it on and quick runs stay eager; needs a C++ compiler; a loss that does not trace into one "
         "graph runs eagerly (row loop/compiled = 0)")
 
@@ -328,15 +328,12 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
     term_buf = torch.zeros(per_env, S * n_env)
     trunc_buf = torch.zeros(per_env, S * n_env, dtype=torch.bool)
     final_buf = torch.zeros(per_env, S * n_env, obs_dim)
-    masks: dict[int, Tensor] = {}
 
     def method_loss(dp, t):
         """One seed's algorithm loss on its minibatch tensors `t` (vmapped over seeds)."""
-        b = t["logp"].shape[0]
-        if b not in masks:
-            masks[b] = torch.ones(b, 1)
-        batch = Batch(logp=t["logp"][:, None], score=t["adv"][:, None], mask=masks[b], logp_old=t["logp_old"][:, None],
-                      kl_old=t["kl_old"], value=t["value"], value_old=t["value_old"][:, None], value_target=t["target"][:, None])
+        batch = Batch(logp=t["logp"][:, None], score=t["adv"][:, None], mask=torch.ones(t["logp"].shape[0], 1),
+                      logp_old=t["logp_old"][:, None], kl_old=t["kl_old"], value=t["value"], value_old=t["value_old"][:, None],
+                      value_target=t["target"][:, None])
         if wants_ref:
             batch.logp_ref = t["logp_ref"][:, None]
             if needs.kl_ref:

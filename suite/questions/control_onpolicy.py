@@ -59,7 +59,8 @@ on cartpole-swingup was tried and dropped: it halves the wall time per physics s
 its actions for 4 steps scores 79 instead of 32, so the trained policies' margin over random shrank (reports at 10d7007)."""
 PAPER = dict(total_steps=8_000_000, num_envs=8, eval_every=400_000, eval_episodes=10, compile=True)
 """CleanRL's DMC benchmark budget (8M steps, SPEC §5), 10 seeds, CleanRL's 2048-step rollouts; learner steps compiled
-(`OnPolicyConfig.compile`: ~20 s of compiling against ~4,000 rollouts, each with a learner about twice as fast)."""
+(`OnPolicyConfig.compile`): 3 s (inductor's disk cache warm) to 30 s (cold) of compiling per run group against ~4,000
+rollouts, whose learner forward then takes ~0.5 ms per minibatch instead of ~2 ms (`make bench`: the README's ratios)."""
 
 PPO = PPOConfig()
 VMPO_LOOP = OnPolicyConfig(returns="nstep", unroll=32, target_period=100, lr=1e-4, anneal_lr=False, max_grad_norm=None)
