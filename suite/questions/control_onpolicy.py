@@ -60,7 +60,7 @@ its actions for 4 steps scores 79 instead of 32, so the trained policies' margin
 PAPER = dict(total_steps=8_000_000, num_envs=8, eval_every=400_000, eval_episodes=10, compile=True)
 """CleanRL's DMC benchmark budget (8M steps, SPEC §5), 10 seeds, CleanRL's 2048-step rollouts; learner steps compiled
 (`OnPolicyConfig.compile`): 3 s (inductor's disk cache warm) to 30 s (cold) of compiling per run group against ~4,000
-rollouts, whose learner forward then takes ~0.5 ms per minibatch instead of ~2 ms (`make bench`: the README's ratios)."""
+rollouts, whose learner forward then takes ~0.5 ms per minibatch instead of 1.6-2 ms (`make bench`: the README's ratios)."""
 
 PPO = PPOConfig()
 VMPO_LOOP = OnPolicyConfig(returns="nstep", unroll=32, target_period=100, lr=1e-4, anneal_lr=False, max_grad_norm=None)
