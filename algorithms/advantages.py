@@ -5,12 +5,12 @@ context. Time is the LAST dimension everywhere here ([B, T]); a sample-per-conte
 
 - `reverse_linear_scan`: x_t = b_t + a_t x_{t+1} along the last dim, vectorised over time with a
   parallel (Hillis–Steele) scan: log2(T) tensor operations instead of a Python loop over T.
-- `gae`: generalised advantage estimation (Schulman et al. 2016; `papers/000_18d00f82fad2bd94.txt §4`)
+- `gae`: generalised advantage estimation (Schulman et al. 2016; `[EM-LLM] §4`)
   with termination and truncation kept apart: truncation (a time limit) bootstraps from the value of
   the next observation, termination does not. CleanRL's `ppo_continuous_action` treats both as
-  termination; SPEC §5 asks for the bootstrap on truncation.
+  termination; docs/reference-settings.md asks for the bootstrap on truncation.
 - `unroll_returns`: V-MPO's n-step targets that bootstrap at the end of the unroll
-  (`papers/000_18d00f82fad2bd94.txt §3`, `papers/001_8b44b9ea6e2e604b.txt §6`; Song et al. 2019).
+  (`[EM-LLM] §3`, `[EM-SFT] §6`; Song et al. 2019).
 - `leave_one_out_advantage` (RLOO), `group_zscore` (GRPO), `batch_zscore` (CleanRL's minibatch
   advantage normalisation) and `whiten` (OpenRLHF's REINFORCE++ batch whitening): the per-context and
   per-batch normalisations the methods disagree on, each named after its convention.
@@ -81,7 +81,7 @@ def unroll_returns(reward: Tensor, next_value: Tensor, terminated: Tensor, trunc
                                      { G_{t+1}   otherwise
 
     i.e. G_t = Σ_{k=t}^{e−1} γ^{k−t} r_k + γ^{e−t} V(s_e), with e the end of the unroll or the
-    truncation, and no bootstrap after a termination (`papers/000_18d00f82fad2bd94.txt §3`: n-step
+    truncation, and no bootstrap after a termination (`[EM-LLM] §3`: n-step
     targets G^(n); V-MPO bootstraps at the end of the unroll, so n shrinks towards the unroll's end).
     Equal to the λ = 1 returns of `gae` (tested).
 
@@ -115,7 +115,7 @@ def leave_one_out_advantage(score: Tensor, mask: Tensor) -> Tensor:
         A_k = r_k − (1/(n−1)) Σ_{j≠k} r_j = n/(n−1) · (r_k − mean_j r_j)
 
     Source: Kool et al. 2019 (the K-sample leave-one-out baseline); Ahmadian et al. 2024 ("Back to
-    Basics", RLOO); `papers/003_247b3d75aed8bde4.txt §2.1` eq. 10.
+    Basics", RLOO); `[GRO] §2.1` eq. 10.
 
     Args: score, mask: [B, K] (valid samples 1). Returns: A [B, K], 0 on masked samples and in a context
     with fewer than 2 valid samples (no baseline exists there).
@@ -132,7 +132,7 @@ def group_zscore(score: Tensor, mask: Tensor, eps: float = 1e-4) -> Tensor:
     """GRPO advantage: z-score within the context's group, (r − mean) / (std + eps), unbiased std.
 
     Source: Shao et al. 2024 (DeepSeekMath) §4.1.2 "outcome supervision"; the unbiased std (torch.std)
-    and eps = 1e-4 follow TRL's GRPOTrainer (SPEC §5).
+    and eps = 1e-4 follow TRL's GRPOTrainer (docs/reference-settings.md).
 
     Args: score, mask: [B, K]; eps added to the std. Returns: [B, K], 0 on masked samples and in a
     context with fewer than 2 valid samples; a group with equal scores gets 0 (finite).

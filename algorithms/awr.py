@@ -1,12 +1,12 @@
 """AWR: advantage-weighted regression, weights exp(A/β) clipped, unconstrained M-step.
 
-Source: Peng et al. 2019 (arXiv:1910.00177) §3 and Alg. 1; `papers/000_18d00f82fad2bd94.txt §6`
+Source: Peng et al. 2019 (arXiv:1910.00177) §3 and Alg. 1; `[EM-LLM] §6`
 (derivation: π* ∝ μ exp(A/β), projected by weighted maximum likelihood) and §10 (GEMPI tuple: m = 1,
 π_1 = π_t, λ_1 = β fixed, no filter, no M-step trust region):
 
     min_θ −(1/N) Σ_i min(exp(Â_i/β), w_max) log π_θ(a_i|s_i)
 
-with Â the advantage (optionally normalised over the batch), β = 1.0 and w_max = 20 (SPEC §5).
+with Â the advantage (optionally normalised over the batch), β = 1.0 and w_max = 20 (docs/reference-settings.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from algorithms.mstep import weighted_nll
 
 @dataclass(frozen=True)
 class AWRConfig:
-    beta: float = field(1.0, "temperature β of exp(A/β); AWR paper / SPEC §5: 1.0 (on normalised advantages)")
+    beta: float = field(1.0, "temperature β of exp(A/β); AWR paper / docs/reference-settings.md: 1.0 (on normalised advantages)")
     weight_clip: float = field(20.0, "clip w_max of the weights exp(A/β); AWR paper: 20")
     advantage_norm: AdvNorm = field(
         "batch", "advantage normalisation: 'none' or 'batch' ((A − mean)/(std + 1e-8), unbiased std, over valid samples)")

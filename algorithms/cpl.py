@@ -2,13 +2,13 @@
 
 Source: Hejna et al. 2023 ("Contrastive Preference Learning: Learning from Human Feedback without RL"),
 the CPL objective with its conservative bias λ on the rejected segment, as in the reference code's
-`biased_bce_with_logits`; `papers/003_247b3d75aed8bde4.txt §2.2` eq. 18–20:
+`biased_bce_with_logits`; `[GRO] §2.2` eq. 18–20:
 
     m = α Σ_t γ^t log π_θ(a_t⁺|s_t⁺) − λ · α Σ_t γ^t log π_θ(a_t⁻|s_t⁻)
     L = −E log σ(m)
 
 For LM samples γ = 1, so the sums are the summed sequence log-probs `logp`. There is no reference
-policy: with π_ref uniform, DPO's margin reduces to CPL's with λ = 1 and α = β (`003 §2.2` eq. 21–22).
+policy: with π_ref uniform, DPO's margin reduces to CPL's with λ = 1 and α = β (`[GRO] §2.2` eq. 21–22).
 λ < 1 weighs the rejected segment less: the loss is then strictly better for solutions that put high
 likelihood on the (in-distribution) chosen data than for ones that only push the rejected data down.
 """
@@ -27,7 +27,7 @@ from algorithms.dpo import best_worst
 
 @dataclass(frozen=True)
 class CPLConfig:
-    alpha: float = field(0.1, "temperature α on log π; 0.1 = DPO's β (CPL ≡ DPO with uniform π_ref, `003 §2.2`); CPL code's class default 1.0")
+    alpha: float = field(0.1, "temperature α on log π; 0.1 = DPO's β (CPL ≡ DPO with uniform π_ref, `[GRO] §2.2`); CPL code's class default 1.0")
     bias: float = field(0.5, "conservative bias λ on the rejected sample's term, in (0, 1]; CPL's configs use 0.5 (and 0.75)")
 
     def __post_init__(self):

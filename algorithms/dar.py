@@ -1,21 +1,21 @@
 """DAR (direct advantage regression) and its GEMPI variants AT-DAR, DAR-TR and Top-k DAR.
 
-Source: He et al. 2025 (arXiv:2504.14177); `papers/000_18d00f82fad2bd94.txt §7` and
-`papers/001_8b44b9ea6e2e604b.txt §7` (the dual-KL objective, its closed form and practical form);
-`papers/000_18d00f82fad2bd94.txt §10` ("Recovering existing methods": m = 2, π_ref and π_t with α, β;
+Source: He et al. 2025 (arXiv:2504.14177); `[EM-LLM] §7` and
+`[EM-SFT] §7` (the dual-KL objective, its closed form and practical form);
+`[EM-LLM] §10` ("Recovering existing methods": m = 2, π_ref and π_t with α, β;
 "Novel instantiations": AT-DAR, DAR-TR, Top-k DAR). With t = α + β the target is
 
     q*(y|x) ∝ π_ref^{α/t} π_t^{β/t} exp(A/t),
 
-and on samples y ~ π_t the practical loss (`000 §7`, last display) is the weighted regression
+and on samples y ~ π_t the practical loss (`[EM-LLM] §7`, last display) is the weighted regression
 
     min_θ −(1/N) Σ_i min(w_reg,i · w_adv,i, w_max) log π_θ(y_i|x_i),
     w_reg = (π_ref(y|x)/π_t(y|x))^{α/t},   w_adv = exp(Â/t),
 
-with Â batch-normalised, t = 0.05, α/t = 0.1, w_max = 20 (the product is clipped), K = 4 (SPEC §5).
+with Â batch-normalised, t = 0.05, α/t = 0.1, w_max = 20 (the product is clipped), K = 4 (docs/reference-settings.md).
 Variants:
 - AT-DAR: α and β are duals with KL budgets ε_α (on KL(q‖π_ref)) and ε_β (on KL(q‖π_t)), minimising
-  L(α, β) = α ε_α + β ε_β + (α+β) log Ẑ(x; α, β)  (`000 §10`, via `gempi.multi_temperature_loss`).
+  L(α, β) = α ε_α + β ε_β + (α+β) log Ẑ(x; α, β)  (`[EM-LLM] §10`, via `gempi.multi_temperature_loss`).
 - DAR-TR: DAR plus a Lagrangian trust region KL(π_old‖π_θ) ≤ ε_M on the M-step (multiplier γ).
 - Top-k DAR: DAR's weights restricted to the top-k samples (by advantage by default), other weights 0.
 """
@@ -45,8 +45,8 @@ from algorithms.mstep import weighted_nll
 
 @dataclass(frozen=True)
 class DARConfig:
-    alpha: float = field(0.005, "coefficient α of KL(π‖π_ref); SPEC §5: α+β = 0.05 with α/(α+β) = 0.1")
-    beta: float = field(0.045, "coefficient β of KL(π‖π_t); SPEC §5: α+β = 0.05 with α/(α+β) = 0.1")
+    alpha: float = field(0.005, "coefficient α of KL(π‖π_ref); docs/reference-settings.md: α+β = 0.05 with α/(α+β) = 0.1")
+    beta: float = field(0.045, "coefficient β of KL(π‖π_t); docs/reference-settings.md: α+β = 0.05 with α/(α+β) = 0.1")
     weight_clip: float = field(20.0, "clip of the product w_reg·w_adv; DAR: 20")
     baseline: Baseline = field(
         "context_mean", "V^{π_t}(x) subtracted from r: 'context_mean' (K-sample Monte Carlo) or 'none' (score is an advantage)")
@@ -101,7 +101,7 @@ class TopKDARConfig(DARConfig):
     topk_frac: float = field(0.5, "fraction ρ kept (k = max(1, floor(ρn))); V-MPO's top half")
     topk_over: Over = field("batch", "top-k over the whole batch (V-MPO) or within each prompt's K samples")
     topk_by: Literal["advantage", "log_weight"] = field(
-        "advantage", "rank by advantage (`000 §10` Top-k DAR) or by the DAR log-weight (q*/π_t)")
+        "advantage", "rank by advantage (`[EM-LLM] §10` Top-k DAR) or by the DAR log-weight (q*/π_t)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -138,7 +138,7 @@ def _dar_fit(logp: Tensor, logits: Tensor, keep: Tensor, weight_clip: float) -> 
 
 def dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_ref: Tensor, *, alpha: float, beta: float,
              weight_clip: float, baseline: Baseline, advantage_norm: AdvNorm) -> tuple[Tensor, Metrics]:
-    """DAR practical loss −(1/N) Σ_valid min(w_reg·w_adv, w_max) log π_θ (`000 §7`, last display).
+    """DAR practical loss −(1/N) Σ_valid min(w_reg·w_adv, w_max) log π_θ (`[EM-LLM] §7`, last display).
 
     Args:
         logp: [B, K] log π_θ(y|x), differentiable (sequence log-prob summed over tokens).
@@ -160,7 +160,7 @@ def dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_r
 def at_dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_ref: Tensor, alpha: Tensor, beta: Tensor, *,
                 epsilon_alpha: float, epsilon_beta: float, weight_clip: float, baseline: Baseline, advantage_norm: AdvNorm,
                 dual_over: Over) -> tuple[Tensor, Metrics]:
-    """AT-DAR: DAR's weighted regression with detached (α, β) plus their dual (`000 §10`, "Novel instantiations"):
+    """AT-DAR: DAR's weighted regression with detached (α, β) plus their dual (`[EM-LLM] §10`, "Novel instantiations"):
 
         L(α, β) = α ε_α + β ε_β + (α+β) · E_x log (1/K) Σ_k exp( (α (log π_ref − log π_t) + Â) / (α+β) ),
 
@@ -187,7 +187,7 @@ def at_dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, log
 def dar_tr_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_ref: Tensor, kl_old: Tensor, gamma: Tensor, *,
                 alpha: float, beta: float, epsilon_m: float, weight_clip: float, baseline: Baseline,
                 advantage_norm: AdvNorm) -> tuple[Tensor, Metrics]:
-    """DAR-TR: `dar_loss` + γ(ε_M − sg[KL]) + sg[γ]·KL, KL = mean over contexts of KL(π_old‖π_θ) (`000 §10` eq. 26).
+    """DAR-TR: `dar_loss` + γ(ε_M − sg[KL]) + sg[γ]·KL, KL = mean over contexts of KL(π_old‖π_θ) (`[EM-LLM] §10` eq. 26).
 
     Args: as `dar_loss`, plus `kl_old` [B] (differentiable), `gamma` scalar softplus'd dual, bound ε_M.
     Returns: loss, metrics of `dar_loss` plus `dual/gamma`, `kl/old`.
@@ -203,7 +203,7 @@ def dar_tr_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, log
 def topk_dar_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_ref: Tensor, *, alpha: float, beta: float,
                   weight_clip: float, baseline: Baseline, advantage_norm: AdvNorm, topk_frac: float, topk_over: Over,
                   topk_by: Literal["advantage", "log_weight"]) -> tuple[Tensor, Metrics]:
-    """Top-k DAR: −(1/k) Σ_{i∈S} min(w_reg·w_adv, w_max) log π_θ, S the top-k samples (`000 §10`).
+    """Top-k DAR: −(1/k) Σ_{i∈S} min(w_reg·w_adv, w_max) log π_θ, S the top-k samples (`[EM-LLM] §10`).
 
     Args: as `dar_loss`, plus topk_frac ρ, topk_over ("batch" | "context"), topk_by ("advantage" | "log_weight").
     Returns: loss, metrics of `dar_loss` plus `weights/kept_frac`.

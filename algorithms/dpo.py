@@ -1,7 +1,7 @@
 """DPO on the best and worst of K scored samples.
 
-Source: Rafailov et al. 2023 eq. 7; `papers/000_18d00f82fad2bd94.txt §5`; as a baseline in
-`papers/004_71574c67b927da2f.txt §5.1–5.2` ("uses the best and worst action samples among the 4"):
+Source: Rafailov et al. 2023 eq. 7; `[EM-LLM] §5`; as a baseline in
+`[PMPO] §5.1–5.2` ("uses the best and worst action samples among the 4"):
 
     L = −E log σ( β [ (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)) ] )
 

@@ -1,14 +1,14 @@
 """The E-step core: from scores (and anchors) to per-sample weights in log space.
 
-Source: `papers/000_18d00f82fad2bd94.txt §10` (GEMPI): the non-parametric target
+Source: `[EM-LLM] §10` (GEMPI): the non-parametric target
     q*(y|x) ∝ Π_j π_j(y|x)^{λ_j/Λ} · exp(A(x,y)/Λ)
 is represented on samples y ~ π_sample by self-normalised importance weights
     w ∝ exp(A/η + log_prior),    log_prior = Σ_j (λ_j/Λ) log π_j(y|x) − log π_sample(y|x),
-optionally restricted to a top-k subset (V-MPO, `papers/001_8b44b9ea6e2e604b.txt §6`). With a single
+optionally restricted to a top-k subset (V-MPO, `[EM-SFT] §6`). With a single
 anchor equal to the sampling policy (MPO, V-MPO) `log_prior` is zero.
 
 The temperature η is fixed, or adapted by minimising the dual of the KL-constrained E-step
-(MPO: Abdolmaleki et al. 2018 eq. 9; V-MPO: Song et al. 2019 eq. 4; `001 §6`):
+(MPO: Abdolmaleki et al. 2018 eq. 9; V-MPO: Song et al. 2019 eq. 4; `[EM-SFT] §6`):
     L(η) = η ε + η log( (1/n) Σ_{valid} exp(A/η) ),
 written with log-sum-exp so it stays finite for |A|/η up to 1e4.
 """

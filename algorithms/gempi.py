@@ -1,6 +1,6 @@
 """GEMPI: the generic EM policy-improvement loss (multi-anchor E-step, general M-step) and its tuple.
 
-Source: `papers/000_18d00f82fad2bd94.txt §10` (Generalized EM Policy Improvement). A method is the tuple
+Source: `[EM-LLM] §10` (Generalized EM Policy Improvement). A method is the tuple
 
     G = ({D_j}, {π_j}, {λ_j}, T, F, D_M, ε_M),
 
@@ -16,7 +16,7 @@ log π_t, the importance correction of the "importance-weighted practical form")
 An anchor equal to π_t contributes nothing to the bracket. The temperature T is fixed, dual-adaptive
 (the multi-temperature dual eq. 25, L = Σ_j λ_j ε_j + Λ log Ẑ) or closed-form (Λ solved on the batch so
 that dL/dΛ = 0 at fixed ratios λ_j/Λ); the filter F is the identity or top-k (V-MPO,
-`papers/001_8b44b9ea6e2e604b.txt §6`); the weights are self-normalised per context or over the batch,
+`[EM-SFT] §6`); the weights are self-normalised per context or over the batch,
 or left unnormalised and clipped (AWR's and DAR's practical form); the M-step (eq. 26) is weighted
 NLL alone, with a KL penalty, or with a Lagrangian KL constraint (stop-gradient decomposition).
 
@@ -135,7 +135,7 @@ def _log_mean_exp(u: Tensor, keep: Tensor, over: Over) -> tuple[Tensor, Tensor]:
 
 def multi_temperature_loss(advantage: Tensor, log_ratios: Tensor, keep: Tensor, lambdas: Tensor, epsilons: Sequence[float], *,
                            over: Over) -> Tensor:
-    """Multi-anchor temperature dual (`000 §10` eq. 25), differentiable in the λ_j only.
+    """Multi-anchor temperature dual (`[EM-LLM] §10` eq. 25), differentiable in the λ_j only.
 
         L(λ) = Σ_j λ_j ε_j + Λ · E_x log (1/n) Σ_{y∈S(x)} exp( (A + Σ_j λ_j d_j) / Λ ),    Λ = Σ_j λ_j,
 
@@ -286,8 +286,8 @@ def gempi_loss(
 
         loss = −Σ_i w_i log π_θ(y_i|x_i)  [+ L_dual(λ)]  [+ γ·KL  or  sg[α]·KL + α(ε_M − sg[KL])]
 
-    Source: `papers/000_18d00f82fad2bd94.txt §10` (eq. 22–26, "Recovering existing methods", "Novel
-    instantiations"); V-MPO's top-k and log-sum-exp dual from `papers/001_8b44b9ea6e2e604b.txt §6`.
+    Source: `[EM-LLM] §10` (eq. 22–26, "Recovering existing methods", "Novel
+    instantiations"); V-MPO's top-k and log-sum-exp dual from `[EM-SFT] §6`.
 
     Args:
         logp: [B, K] log π_θ(y|x), differentiable.
@@ -485,7 +485,7 @@ class GEMPIConfig:
                      kl_ref=self.m_step != "none" and self.m_kl == "ref")
 
     def as_tuple(self) -> dict[str, Any]:
-        """The tuple as JSON-ready values, one key per column of the paper's table (`000 §10`)."""
+        """The tuple as JSON-ready values, one key per column of the paper's table (`[EM-LLM] §10`)."""
         m = self.m
         lam = sum(self.coefficients)
         if self.filter == "identity":
@@ -525,7 +525,7 @@ class GEMPIConfig:
 
 
 PAPER_ORDER = ("sft", "awr", "vmpo", "dar", "rlem")
-"""The rows of `000 §10`'s "Recovering existing methods" table that the suite implements, in its order."""
+"""The rows of `[EM-LLM] §10`'s "Recovering existing methods" table that the suite implements, in its order."""
 TABLE_COLUMNS = ("method", "m", "anchors", "coefficients", "Lambda", "temperature", "filter", "weights", "M-step")
 
 

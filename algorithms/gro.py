@@ -1,7 +1,7 @@
 """GRO: generalised REINFORCE optimisation — one weighted score-function loss for RL-based and RL-free methods.
 
-Source: `papers/003_247b3d75aed8bde4.txt §5` eq. 35–37 and Table 1 (the equations were lost in the
-text; SPEC §3 restates them):
+Source: `[GRO] §5` eq. 35–37 and Table 1 (the equations were lost in the
+text; the GRO equations restated in algorithms/gro.py restates them):
 
     ∇θ L = − E[ f(A(x,y)) · w( sg[s_θ(x,y)] − a(x,y) ) · ∇θ log π_θ(y|x) ]
 
@@ -11,14 +11,14 @@ Every choice is a named argument:
 
     A  advantage: raw reward, leave-one-out (RLOO), greedy baseline (ReMax), group z-score (GRPO),
        whitened token returns with a per-token k1 KL reward (REINFORCE++), or ± labels (DPO, KTO, CPL)
-    f  "identity" (all instances) or "relu" (drop negative advantages, `003 §5` footnote 10)
+    f  "identity" (all instances) or "relu" (drop negative advantages, `[GRO] §5` footnote 10)
     s  a stop-gradient score: c·log π_θ or c·log π_θ/π_ref, per sequence or per token, optionally
        scaled by λ on samples with A < 0 (CPL's bias)
     a  anchor: none, the mean s of the context's other samples (DPO/CPL pairs, GRO itself),
        log π_old (the ratio of PPO-style methods), or c·z_ref (KTO's reference point)
     w  "one"; "sigmoid" c·σ(−sgn(A)·u); "sigmoid_prime" c·σ'(u); "clip_ratio" e^u · 1[not clipped]
 
-Deviation from SPEC §3's w(sg[s] − a): the weight may also read sgn(A). DPO and CPL weigh the chosen
+Deviation from the GRO equations restated in algorithms/gro.py's w(sg[s] − a): the weight may also read sgn(A). DPO and CPL weigh the chosen
 sample by σ(s_l − s_w) and the rejected one by the same number, i.e. σ(−sgn(A)·u) with u = s − a, and
 PPO's clip region is one-sided in the advantage's direction; neither is a function of u alone.
 Methods that add a KL to the LOSS (GRPO's k3) keep it as a second, explicit term (`loss_kl`); a KL in
@@ -63,7 +63,7 @@ Pairs = Literal["all", "best_worst"]
 
 @dataclass(frozen=True)
 class GROConfig:
-    """One GRO instance. The defaults are GRO itself (`003 §5`): leave-one-out advantage, identity f,
+    """One GRO instance. The defaults are GRO itself (`[GRO] §5`): leave-one-out advantage, identity f,
     s = log π_θ, anchor = the other samples of the context, sigmoid weight on the separation."""
 
     advantage: AdvantageKind = field("leave_one_out", "how A is formed from the rewards (see module doc)")
@@ -73,7 +73,7 @@ class GROConfig:
     gamma: float = field(1.0, "discount of the token returns for advantage='token_return_whiten'; REINFORCE++: 1")
     label_pos: float = field(1.0, "A of a chosen sample for advantage='label' (KTO: λ_D)")
     label_neg: float = field(-1.0, "A of a rejected sample for advantage='label' (KTO: −λ_U; CPL: −λ)")
-    f: FKind = field("identity", "monotone f applied to A; identity in every instance of `003` Table 1")
+    f: FKind = field("identity", "monotone f applied to A; identity in every instance of `[GRO]` Table 1")
     score: ScoreKind = field("logp", "s from log π_θ, or from log π_θ/π_ref (DPO, KTO)")
     score_level: Level = field("sequence", "s per sequence (summed log-probs) or per token (PPO-style ratios)")
     score_scale: float = field(1.0, "c in s = c·(log-prob or log-ratio): β for DPO/KTO, α for CPL")
@@ -138,7 +138,7 @@ def gro_weight(u: Tensor, sign: Tensor, *, weight: WeightKind, scale: float, cli
 def gro_loss(token_logp: Tensor, advantage: Tensor, s: Tensor, anchor: Tensor | None, token_mask: Tensor, *,
              f: FKind, weight: WeightKind, weight_scale: float, clip_eps: float, reduction: Reduction,
              token_logp_ref: Tensor | None = None, loss_kl: float = 0.0) -> tuple[Tensor, Metrics]:
-    """Surrogate with gradient −E[f(A)·w(sg[s] − a)·∇ log π_θ] (`003 §5` eq. 35), plus an optional loss KL.
+    """Surrogate with gradient −E[f(A)·w(sg[s] − a)·∇ log π_θ] (`[GRO] §5` eq. 35), plus an optional loss KL.
 
     Args:
         token_logp: [B, K, T] per-token log π_θ, differentiable (T = 1: a whole sample as one action).
@@ -396,7 +396,7 @@ def reinforce_pp_as_gro(cfg: REINFORCEPPConfig) -> GROConfig:
 def dpo_as_gro(cfg: DPOConfig) -> GROConfig:
     """DPO (`dpo.dpo_loss` on each context's best/worst): L = −mean_pairs log σ(r̂_w − r̂_l), r̂ = β(log π_θ − log π_ref).
 
-    ∇L = −mean_pairs β σ(r̂_l − r̂_w)(∇log π_θ(y_w) − ∇log π_θ(y_l))  (`000 §5`, claim T5). With
+    ∇L = −mean_pairs β σ(r̂_l − r̂_w)(∇log π_θ(y_w) − ∇log π_θ(y_l))  (`[EM-LLM] §5`, claim T5). With
     s = r̂ (stop-gradient), each sample's anchor the other sample's s, A = +1 (y_w) / −1 (y_l) and
     w = β σ(−sgn(A)(s − a)): y_w gets −(+1)·βσ(r̂_l − r̂_w), y_l gets −(−1)·βσ(r̂_l − r̂_w) — the same
     two terms. The pair sum is averaged over contexts ("context_sum").
@@ -411,7 +411,7 @@ def kto_as_gro(cfg: KTOConfig) -> GROConfig:
 
     ∂/∂log π_θ: −λ_D β σ'(β(r − z)) and +λ_U β σ'(β(z − r)) = +λ_U β σ'(β(r − z)) (σ' is even). With
     s = β r, a = β z: u = β(r − z), A = +λ_D / −λ_U, w = β σ'(u) ("sigmoid_prime"); mean over
-    labelled samples ("sequence_sum" on the labelled units) (`003 §2.2` eq. 17).
+    labelled samples ("sequence_sum" on the labelled units) (`[GRO] §2.2` eq. 17).
     """
     return GROConfig(advantage="label", label_pos=cfg.desirable_weight, label_neg=-cfg.undesirable_weight,
                      score="logratio_ref", score_scale=cfg.beta, anchor="reference_point",
@@ -422,7 +422,7 @@ def kto_as_gro(cfg: KTOConfig) -> GROConfig:
 def cpl_as_gro(cfg: CPLConfig) -> GROConfig:
     """CPL (`cpl.cpl_loss` on best/worst): L = −mean log σ(m), m = α log π_θ(y_w) − λ α log π_θ(y_l).
 
-    ∇L = −σ(−m)(α ∇log π_θ(y_w) − λ α ∇log π_θ(y_l)) (`003 §2.2` eq. 19–20). Take s = α log π_θ for
+    ∇L = −σ(−m)(α ∇log π_θ(y_w) − λ α ∇log π_θ(y_l)) (`[GRO] §2.2` eq. 19–20). Take s = α log π_θ for
     y_w and s = λ α log π_θ for y_l (score_scale_neg = λ), anchors the other sample's s, so
     u_w = m and u_l = −m; A = +1 / −λ and w = α σ(−sgn(A) u) = α σ(−m) for both: y_w gets −α σ(−m),
     y_l gets +λ α σ(−m). Averaged over pairs ("context_sum").

@@ -1,6 +1,6 @@
 """GRPO: PPO's clipped ratio with a group z-score advantage and a k3 KL to the reference in the loss.
 
-Source: Shao et al. 2024 (DeepSeekMath) §4.1 eq. 3–4; `papers/003_247b3d75aed8bde4.txt §2.1` eq. 11.
+Source: Shao et al. 2024 (DeepSeekMath) §4.1 eq. 3–4; `[GRO] §2.1` eq. 11.
 For each context (prompt) a group of K outputs o_1..o_K with rewards r_k:
 
     A_k      = (r_k − mean(r)) / (std(r) + 1e-4)                     (unbiased std; TRL's eps)
@@ -8,7 +8,7 @@ For each context (prompt) a group of K outputs o_1..o_K with rewards r_k:
     D_{k,t}  = π_ref/π_θ − log(π_ref/π_θ) − 1                         (k3, the paper's eq. 4)
     L        = reduce(ℓ)       paper: 1/K Σ_k 1/|o_k| Σ_t ℓ_{k,t}   ("sequence_mean")
 
-The loss normalisation is the explicit `reduction` (SPEC/STYLE: TRL has changed its default between
+The loss normalisation is the explicit `reduction` (TRL has changed its default between
 releases; "sequence_mean" is the paper's, "token_mean" DAPO's and TRL's later default).
 """
 

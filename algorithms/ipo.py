@@ -6,10 +6,10 @@ Preferences"), the sampled IPO loss with τ = β; TRL's `loss_type="ipo"`:
     h = [log π_θ(y_w) − log π_ref(y_w)] − [log π_θ(y_l) − log π_ref(y_l)]
     L = E[ (h − 1/(2β))² ]
 
-The log-probabilities are token-averaged in TRL (SPEC §5); the original DPO/IPO code sums them. That
+The log-probabilities are token-averaged in TRL (docs/reference-settings.md); the original DPO/IPO code sums them. That
 choice is the explicit `log_ratio` option ("token_mean" or "sum").
 
-`papers/004_71574c67b927da2f.txt App. E` splits β·L (up to a constant) into a policy term and a
+`[PMPO] App. E` splits β·L (up to a constant) into a policy term and a
 regulariser: β·(h − 1/(2β))² = β h² − (log π_θ(y_w) − log π_θ(y_l)) + (log π_ref(y_w) − log π_ref(y_l))
 + 1/(4β). The regulariser h² (`ipo_regularizer`) is an unbiased estimate of
 2·Var_{Y∼π_ref}[log π_θ(Y)/π_ref(Y)] when y_w, y_l are drawn independently from π_ref (claim T6).
@@ -58,7 +58,7 @@ def ipo_margin(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: T
 
 
 def ipo_regularizer(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Tensor) -> Tensor:
-    """h² per pair ([P]) on summed log-ratios: IPO's regulariser in `004 App. E` (claim T6)."""
+    """h² per pair ([P]) on summed log-ratios: IPO's regulariser in `[PMPO] App. E` (claim T6)."""
     return ipo_margin(logp_w, logp_l, logp_ref_w, logp_ref_l, log_ratio="sum") ** 2
 
 

@@ -1,7 +1,7 @@
 """KTO: Kahneman–Tversky optimisation on unpaired desirable / undesirable samples.
 
 Source: Ethayarajh et al. 2024 ("KTO: Model Alignment as Prospect Theoretic Optimization"),
-in TRL's `KTOTrainer.kto_loss` convention (SPEC §5):
+in TRL's `KTOTrainer.kto_loss` convention (docs/reference-settings.md):
 
     r(x, y) = log π_θ(y|x) − log π_ref(y|x)                       (summed sequence log-probs)
     z       = max(0, sg[ mean_{(x, y')} r(x, y') ])              over MISMATCHED pairs: y' answers
@@ -9,7 +9,7 @@ in TRL's `KTOTrainer.kto_loss` convention (SPEC §5):
     L       = mean over labelled samples of  λ_D (1 − σ(β (r − z)))   (desirable)
                                          or  λ_U (1 − σ(β (z − r)))   (undesirable)
 
-z is detached, batch-level and clamped at 0. `papers/003_247b3d75aed8bde4.txt §2.2` eq. 17 gives its
+z is detached, batch-level and clamped at 0. `[GRO] §2.2` eq. 17 gives its
 gradient, a REINFORCE-like term weighted by the derivative of the sigmoid (see `gro.kto_as_gro`).
 """
 

@@ -1,6 +1,6 @@
 """MaxMin-RLHF: EM over a mixture of Bradley–Terry reward models, then an egalitarian (max-min) policy target.
 
-Source: `papers/000_18d00f82fad2bd94.txt §8` (MaxMin-RLHF, Chakraborty et al. 2024), Algorithms 1–2.
+Source: `[EM-LLM] §8` (MaxMin-RLHF, Chakraborty et al. 2024), Algorithms 1–2.
 
 Reward learning (Algorithm 2) treats the sub-population u of each annotator as a latent variable:
 
@@ -70,7 +70,7 @@ class MaxMinConfig:
 
 
 def user_log_likelihood(margin: Tensor, mask: Tensor) -> Tensor:
-    """log p(D_i | u) = Σ_p mask_ip · log σ(margin_ipu), the BT log-likelihood of each user's pairs (`000 §8` eq. 8).
+    """log p(D_i | u) = Σ_p mask_ip · log σ(margin_ipu), the BT log-likelihood of each user's pairs (`[EM-LLM] §8` eq. 8).
 
     Args:
         margin: [U, P, M] r_u(y_w) − r_u(y_l) per user i, pair p, cluster u (y_w: what user i preferred).
@@ -92,7 +92,7 @@ def user_log_likelihood(margin: Tensor, mask: Tensor) -> Tensor:
 
 def responsibilities(loglik: Tensor, *, assignment: Assignment, log_mix: Tensor | None = None,
                      user_mask: Tensor | None = None) -> tuple[Tensor, Metrics]:
-    """E-step γ_iu of `000 §8` Algorithm 2 (a): posterior of cluster u for user i, computed in log space.
+    """E-step γ_iu of `[EM-LLM] §8` Algorithm 2 (a): posterior of cluster u for user i, computed in log space.
 
         soft:  log γ_iu = log π_u + log p(D_i|u) − logsumexp_u'(log π_u' + log p(D_i|u'))
         hard:  γ_iu = 1[u = argmax_u' (log π_u' + log p(D_i|u'))]   (ties: the lower cluster index)
@@ -151,7 +151,7 @@ def mixing_log_weights(resp: Tensor, user_mask: Tensor | None = None) -> Tensor:
 
 
 def mixture_mstep_loss(margin: Tensor, mask: Tensor, resp: Tensor, *, reduction: MStepReduction) -> tuple[Tensor, Metrics]:
-    """M-step of `000 §8` Algorithm 2 (b): −Σ_i Σ_u sg[γ_iu] Σ_p mask_ip log σ(margin_ipu) / normaliser.
+    """M-step of `[EM-LLM] §8` Algorithm 2 (b): −Σ_i Σ_u sg[γ_iu] Σ_p mask_ip log σ(margin_ipu) / normaliser.
 
     With hard γ this is each cluster's BT cross-entropy on the data assigned to it; with soft γ it is the
     expected complete-data negative log-likelihood. d loss / d margin_ipu = γ_iu mask_ip (σ(margin_ipu) − 1) / n.
@@ -219,7 +219,7 @@ def worst_group_weights(utility: Tensor, *, selection: Selection, temperature: f
 
 def maxmin_loss(utility: Tensor, *, selection: Selection, temperature: float | None = None,
                 group_mask: Tensor | None = None) -> tuple[Tensor, Metrics]:
-    """−min_g U_g: the egalitarian objective of `000 §8` eq. 12 as a loss on group utilities.
+    """−min_g U_g: the egalitarian objective of `[EM-LLM] §8` eq. 12 as a loss on group utilities.
 
         hard: objective = min_g U_g (gradient only to the argmin group, Algorithm 1 (b)–(c))
         soft: objective = −τ log( (1/G) Σ_g exp(−U_g/τ) )   (→ min as τ → 0, → mean as τ → ∞)

@@ -1,7 +1,7 @@
 """MPO-style policy improvement: softmax of scores over K sampled actions, dual temperature, KL trust region.
 
 Source: Abdolmaleki et al. 2018 (MPO) eq. 7–9 and the Acme implementation; the E-step/M-step split of
-`papers/000_18d00f82fad2bd94.txt §10`. For each context, K actions are sampled from the target
+`[EM-LLM] §10`. For each context, K actions are sampled from the target
 (reference) policy and scored (by Q in control, by the objective in bandits):
 
     E-step:  w_k = softmax_k(score_k / η),   L(η) = η ε_η + η log mean_k exp(score_k / η)

@@ -1,7 +1,7 @@
 """The M-step core: weighted maximum likelihood with optional KL terms.
 
-Source: `papers/000_18d00f82fad2bd94.txt §10` (GEMPI, general M-step) and V-MPO
-(`papers/001_8b44b9ea6e2e604b.txt §6`; Song et al. 2019 eq. 5): maximise Σ w log π_θ(y|x) with either
+Source: `[EM-LLM] §10` (GEMPI, general M-step) and V-MPO
+(`[EM-SFT] §6`; Song et al. 2019 eq. 5): maximise Σ w log π_θ(y|x) with either
 a fixed KL penalty or a KL trust region enforced by a Lagrange multiplier α with the stop-gradient
 decomposition
     L(θ, α) = α·sg[ε − KL]  +  sg[α]·KL,

@@ -1,6 +1,6 @@
 """PMPO: preference-based MPO, learning from accepted and/or rejected samples.
 
-Source: `papers/004_71574c67b927da2f.txt §3.3 eq. 10` (derivation §3.1–3.2, App. A–B):
+Source: `[PMPO] §3.3 eq. 10` (derivation §3.1–3.2, App. A–B):
 
     J_ar(π_θ; x) = α E_{y∈D_a}[log π_θ(y|x)] − (1−α) E_{y∈D_r}[log π_θ(y|x)] − β KL(π_ref ‖ π_θ; x)
 
@@ -32,7 +32,7 @@ class PMPOConfig:
 
 
 def pmpo_loss(logp: Tensor, label: Tensor, kl_ref: Tensor, *, alpha: float, beta: float) -> tuple[Tensor, Metrics]:
-    """−J_ar of `004 §3.3 eq. 10`.
+    """−J_ar of `[PMPO] §3.3 eq. 10`.
 
     Args:
         logp: [B, K] log π_θ(y|x), differentiable.

@@ -1,13 +1,13 @@
 """PPO: the clipped-ratio policy loss, the clipped value loss and the entropy bonus.
 
-Source: Schulman et al. 2017 eq. 7 and 9; `papers/000_18d00f82fad2bd94.txt §4`:
+Source: Schulman et al. 2017 eq. 7 and 9; `[EM-LLM] §4`:
 
     L^CLIP(θ) = E[ min( r A, clip(r, 1−ε, 1+ε) A ) ],   r = π_θ(a|s) / π_old(a|s)
     L(θ, φ)   = −L^CLIP + c_1 L^VF − c_2 E[ S(π_θ(·|s)) ]
 
-Per-token ratio r_t = exp(ℓ_θ,t − ℓ_old,t), or the sequence-level ratio of `000 §4` ("Sequence-Level
+Per-token ratio r_t = exp(ℓ_θ,t − ℓ_old,t), or the sequence-level ratio of `[EM-LLM] §4` ("Sequence-Level
 PPO (LLM Case)") r_seq = exp(Σ_t (ℓ_θ,t − ℓ_old,t)), one term per sequence. Reference settings
-(SPEC §5, CleanRL `ppo_continuous_action`): ε = 0.2, the value clipped with the same ε, c_1 = 0.5,
+(docs/reference-settings.md, CleanRL `ppo_continuous_action`): ε = 0.2, the value clipped with the same ε, c_1 = 0.5,
 c_2 = 0, advantages normalised per minibatch.
 
 This file also holds the two kernels GRPO and REINFORCE++ reuse: `reduce_tokens` (the loss
@@ -170,7 +170,7 @@ def ppo_loss(logp: Tensor, logp_old: Tensor, advantage: Tensor, mask: Tensor, *,
              value: Tensor | None = None, value_old: Tensor | None = None, value_target: Tensor | None = None,
              value_mask: Tensor | None = None, value_clip: float | None = None, vf_coef: float = 0.0,
              entropy: Tensor | None = None, ent_coef: float = 0.0) -> tuple[Tensor, Metrics]:
-    """−L^CLIP + c_1 L^VF − c_2 S: the full PPO loss (`papers/000_18d00f82fad2bd94.txt §4` "Full Objective").
+    """−L^CLIP + c_1 L^VF − c_2 S: the full PPO loss (`[EM-LLM] §4` "Full Objective").
 
     Args:
         logp, logp_old, mask: [B, T] or [B, K, T] per-token log-probs (current differentiable, old
@@ -218,7 +218,7 @@ def ppo_loss(logp: Tensor, logp_old: Tensor, advantage: Tensor, mask: Tensor, *,
 @dataclass(frozen=True)
 class PPOConfig:
     clip_eps: float = field(0.2, "clip ε of the ratio (and of the value when value_clip is set); CleanRL/PPO paper: 0.2")
-    ratio_level: RatioLevel = field("token", "ratio per token (PPO) or per sequence (`000 §4` sequence-level PPO)")
+    ratio_level: RatioLevel = field("token", "ratio per token (PPO) or per sequence (`[EM-LLM] §4` sequence-level PPO)")
     reduction: Reduction = field("token_mean", "how per-token terms become the loss (see reduce_tokens)")
     advantage_norm: AdvantageNorm = field("batch", "advantage normalisation per minibatch; CleanRL norm_adv=True: batch")
     value_clip: float | None = field(0.2, "value-clip ε (None: no value clipping); CleanRL clips with clip_coef 0.2")

@@ -1,7 +1,7 @@
 """REINFORCE++: token-level KL-penalised returns, whitened over the whole batch, with PPO's clipped ratio.
 
 Source: Hu 2025 ("REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models")
-and OpenRLHF's implementation; `papers/003_247b3d75aed8bde4.txt §2.1` eq. 13:
+and OpenRLHF's implementation; `[GRO] §2.1` eq. 13:
 
     r_t = −β k1_t + [t = last token] · r(x, y),    k1_t = log π_old(y_t|·) − log π_ref(y_t|·)
     G_t = Σ_{s≥t} γ^{s−t} r_s                        (γ = 1)

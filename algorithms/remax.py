@@ -1,7 +1,7 @@
 """ReMax: REINFORCE whose baseline is the reward of the greedy output.
 
 Source: Li et al. 2023 ("ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method for
-Aligning Large Language Models") Algorithm 1; `papers/003_247b3d75aed8bde4.txt §2.1` eq. 12:
+Aligning Large Language Models") Algorithm 1; `[GRO] §2.1` eq. 12:
 
     A_k = r(x, y_k) − r(x, ȳ),     ȳ = the greedy (argmax-decoded) output for x
     ∇L  = −mean_k A_k ∇ log π_θ(y_k|x)

@@ -1,14 +1,14 @@
 """RL-EM: KL-regularised RL fine-tuning as EM, target q ∝ π_ref exp(A/β), optional KL in the M-step.
 
-Source: `papers/001_8b44b9ea6e2e604b.txt §6` ("E-step / M-step for RL Fine-Tuning (KL-Regularised)")
-and `papers/000_18d00f82fad2bd94.txt §10` ("Recovering existing methods": m = 1, π_1 = π_ref, λ_1 = β
+Source: `[EM-SFT] §6` ("E-step / M-step for RL Fine-Tuning (KL-Regularised)")
+and `[EM-LLM] §10` ("Recovering existing methods": m = 1, π_1 = π_ref, λ_1 = β
 fixed, optional KL M-step, no filter):
 
     E-step:  q(y|x) ∝ π_ref(y|x) exp(A(x,y)/β)
     M-step:  max_θ E_x E_{y~q} log π_θ(y|x)  [− γ KL  or  s.t. KL ≤ ε]
 
 On samples y ~ π_t (`Batch.logp_old`) the target is represented by self-normalised importance weights
-w ∝ (π_ref/π_t) exp(A/β) (the "importance-weighted practical form" of `000 §10`), normalised per
+w ∝ (π_ref/π_t) exp(A/β) (the "importance-weighted practical form" of `[EM-LLM] §10`), normalised per
 prompt or over the batch.
 """
 
@@ -69,7 +69,7 @@ def rlem_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_
 
     Returns: loss, metrics `policy/nll`, `weights/ess`, `weights/ess_frac`, `weights/max`, and `kl/ref`
         (+ `dual/alpha` for the constraint) with an M-step KL.
-    Deviations: `001 §6` writes the optional M-step term on KL(π_θ‖π_ref); the suite uses the closed-form
+    Deviations: `[EM-SFT] §6` writes the optional M-step term on KL(π_θ‖π_ref); the suite uses the closed-form
         KL(π_ref‖π_θ) the batch carries (as PMPO). The E-step uses A (reward after `advantages`), not raw R.
     """
     adv = advantages(score, mask, baseline=baseline, normalize=advantage_norm)

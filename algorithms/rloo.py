@@ -1,13 +1,13 @@
 """RLOO: REINFORCE with a leave-one-out baseline over the K samples of each context.
 
 Source: Ahmadian et al. 2024 ("Back to Basics: Revisiting REINFORCE Style Optimization for Learning
-from Human Feedback in LLMs"), the RLOO estimator; `papers/003_247b3d75aed8bde4.txt §2.1` eq. 10:
+from Human Feedback in LLMs"), the RLOO estimator; `[GRO] §2.1` eq. 10:
 
     r'_k = r_k − β · k1_k,          k1_k = log π_old(y_k|x) − log π_ref(y_k|x)   (KL in the reward)
     A_k  = r'_k − 1/(K−1) Σ_{j≠k} r'_j
     ∇L   = −mean_k A_k ∇ log π_θ(y_k|x)        (summed sequence log-prob; no ratio, no clip)
 
-The reward's KL term is the k1 estimate at sampling time (SPEC §5; TRL's RLOOTrainer), so it is a
+The reward's KL term is the k1 estimate at sampling time (docs/reference-settings.md; TRL's RLOOTrainer), so it is a
 constant of the update. On-policy, log π_old = log π_θ.
 """
 

@@ -1,7 +1,7 @@
 """SFT as EM with a delta target: weighted maximum likelihood with uniform weights on demonstrations.
 
-Source: `papers/001_8b44b9ea6e2e604b.txt §6` ("E-step / M-step for SFT", eq. 2–3) and
-`papers/000_18d00f82fad2bd94.txt §10` ("Recovering existing methods": SFT is the GEMPI tuple with m = 0):
+Source: `[EM-SFT] §6` ("E-step / M-step for SFT", eq. 2–3) and
+`[EM-LLM] §10` ("Recovering existing methods": SFT is the GEMPI tuple with m = 0):
 
     E-step:  q(τ|x) = δ(τ = y)            M-step:  max_θ E_{(x,y)~D} log π_θ(y|x)
 

@@ -1,6 +1,6 @@
 """VIREL: actor-critic as variational EM, with a temperature set by the critic's Bellman residual.
 
-Source: `papers/000_18d00f82fad2bd94.txt §9` (VIREL, Fellows et al., NeurIPS 2019), eqs. 13–21. With h = (s, a),
+Source: `[EM-LLM] §9` (VIREL, Fellows et al., NeurIPS 2019), eqs. 13–21. With h = (s, a),
 a critic Q_ω(h) and the residual temperature
 
     ε_ω = c ‖T_ω Q_ω − Q_ω‖_p^p,       T_ω Q(h) = r(h) + γ E_{s', a' ~ π}[Q(s', a')]          (eq. 13)
@@ -51,7 +51,7 @@ ResidualGradient = Literal["semi", "full"]
 
 @dataclass(frozen=True)
 class VIRELConfig:
-    c: float = field(1.0, "proportionality c in ε_ω = c·mean|TQ − Q|^p (000 §9 eq. 13); the paper leaves c free")
+    c: float = field(1.0, "proportionality c in ε_ω = c·mean|TQ − Q|^p ([EM-LLM] §9 eq. 13); the paper leaves c free")
     residual_power: float = field(2.0, "p of the residual norm ‖TQ − Q‖_p^p; 2 = mean squared Bellman residual")
     epsilon_floor: float = field(1e-3, "floor ε_min of ε_ω = max(c·mean|δ|^p, ε_min); a suite choice (the paper has none)")
     actor_estimator: Literal["exact", "score_function"] = field(
@@ -82,7 +82,7 @@ def diag_gaussian_entropy(log_std: Tensor) -> Tensor:
 
 def virel_epsilon(q: Tensor, q_target: Tensor, mask: Tensor, *, c: float, p: float, floor: float,
                   residual_gradient: ResidualGradient) -> tuple[Tensor, Tensor]:
-    """ε_ω = max(c · mean_valid |T Q − Q|^p, floor) (`000 §9` eq. 13) and the residual mean |δ|^p itself.
+    """ε_ω = max(c · mean_valid |T Q − Q|^p, floor) (`[EM-LLM] §9` eq. 13) and the residual mean |δ|^p itself.
 
     Args:
         q: [B, K] Q_ω(s, a) of the current critic, differentiable in ω.
@@ -103,7 +103,7 @@ def virel_epsilon(q: Tensor, q_target: Tensor, mask: Tensor, *, c: float, p: flo
 
 def virel_actor_loss(logp: Tensor, q: Tensor, mask: Tensor, epsilon: Tensor, *, estimator: ActorEstimator,
                      entropy: Tensor | None = None) -> tuple[Tensor, Metrics]:
-    """E-step (actor) of `000 §9` eqs. 18–19: L = E_s E_{a~π_θ}[ε log π_θ(a|s) − Q(s, a)] = ε KL(π_θ‖p_ω) + const.
+    """E-step (actor) of `[EM-LLM] §9` eqs. 18–19: L = E_s E_{a~π_θ}[ε log π_θ(a|s) − Q(s, a)] = ε KL(π_θ‖p_ω) + const.
 
     Args:
         logp: [B, K] log π_θ(a_k|s), differentiable and finite on valid entries.
@@ -166,7 +166,7 @@ def virel_actor_loss(logp: Tensor, q: Tensor, mask: Tensor, epsilon: Tensor, *, 
 
 def virel_critic_loss(q: Tensor, q_target: Tensor, mask: Tensor, *, objective: CriticObjective, c: float, p: float,
                       floor: float, residual_gradient: ResidualGradient) -> tuple[Tensor, Metrics]:
-    """M-step (critic) of `000 §9` eqs. 20–21.
+    """M-step (critic) of `[EM-LLM] §9` eqs. 20–21.
 
         "residual": loss = mean_valid |T Q − Q|^p   (policy evaluation; minimising it drives ε_ω to its floor)
         "elbo":     loss = −( sg[ε_ω] · E_q[Q_ω] − sg[E_q Q_ω] · ε_ω ),  so −∇loss = eq. 21 = ε² ∇_ω L(ω, θ)

@@ -1,8 +1,8 @@
 """V-MPO: top-k E-step with a dual temperature, weighted NLL, and a Lagrangian KL trust region.
 
 Source: Song et al. 2019 (arXiv:1909.12238) eq. 2–5 and App. (decoupled Gaussian KL);
-`papers/001_8b44b9ea6e2e604b.txt §5` (L_π + L_η + L_α, eq. 1) and §6 (top-k, log-sum-exp dual,
-softplus parameterisation, the full adaptive procedure); `papers/000_18d00f82fad2bd94.txt §10`
+`[EM-SFT] §5` (L_π + L_η + L_α, eq. 1) and §6 (top-k, log-sum-exp dual,
+softplus parameterisation, the full adaptive procedure); `[EM-LLM] §10`
 (GEMPI tuple: m = 1, π_1 = π_t, λ_1 = η dual, top-k, D_M = KL with dual α). Over one batch of N samples:
 
     S = top-k of A (k = floor(N/2)),   ψ_i = exp(A_i/η) / Σ_{j∈S} exp(A_j/η)  (i ∈ S)
@@ -14,7 +14,7 @@ For Gaussian policies the KL is split into a mean part (covariance held at Σ_ol
 (mean held at μ_old), each with its own α (α_μ, α_Σ) and bound (ε_αμ, ε_αΣ). As in rlax, the pieces are
 separate functions (`vmpo_estep`, `vmpo_policy_loss`, `vmpo_kl_loss` / `vmpo_gaussian_kl_loss`) and
 `vmpo_loss` / `vmpo_gaussian_loss` add them up. Duals are softplus(raw) + 1e-8 (initial η = 1; α = 5
-discrete, α_μ = α_Σ = 1 Gaussian; SPEC §5).
+discrete, α_μ = α_Σ = 1 Gaussian; docs/reference-settings.md).
 
 Deviations: the per-run log-uniform sampling of ε_α (the paper's sweep) is left to the suite's grids; the
 `Batch` carries one KL, so the decoupled Gaussian variant goes through `VMPO.loss_decoupled`.

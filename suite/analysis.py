@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
 from suite import stats
-from suite.claims import Outcome
+from suite.claims import Check, Outcome, above, below, within
 
 
 def last_value(rows: pd.DataFrame, metric: str) -> pd.Series:
@@ -78,3 +80,71 @@ def iqm_or_nan(x: np.ndarray, rng: np.random.Generator) -> tuple[float, float, f
 def at_least(diff: tuple[float, float, float], margin: float) -> Outcome:
     """Non-inferiority: `supported` if the difference CI lies above −margin, `not supported` if wholly below it."""
     return "supported" if diff[1] > -margin else ("not supported" if diff[2] < -margin else "inconclusive")
+
+
+# ----------------------------------------------------------------------------------------------- checks with power
+AFFORDABLE_SEEDS = 1000
+"""Above this many seeds per cell a check counts as too close to its margin for any affordable number."""
+
+_TESTS = {"above": above, "below": below, "within": within}
+
+
+def _sd(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=float).ravel()
+    return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
+
+
+def decide_note(point: float, threshold: float, test: str, sd_x: float, sd_y: float, n_now: int) -> str:
+    """What would decide an open check: seeds per cell at 80% power (`suite.stats.seeds_to_decide`), or why none would."""
+    effect = abs(abs(point) - threshold) if test == "within" else point - threshold
+    if not (np.isfinite(sd_x) and np.isfinite(sd_y if sd_y == sd_y else 0.0)):
+        return "more seeds (too few runs to estimate the spread)"
+    n = stats.seeds_to_decide(effect, sd_x, 0.0 if sd_y != sd_y else sd_y, max_seeds=AFFORDABLE_SEEDS)
+    if n is None:
+        return (f"no affordable number of seeds (> {AFFORDABLE_SEEDS} per cell at 80% power): the estimate sits at its margin; "
+                "a longer budget that moves the effect would decide it")
+    return f"≈ {n} seeds per cell at 80% power (now {n_now})"
+
+
+def check(name: str, words: str, x: np.ndarray, rng: np.random.Generator, *, test: str, threshold: float,
+          y: np.ndarray | None = None, fmt: str = "{}", digits: int = 2, group: str = "", statistic: Callable | None = None) -> Check:
+    """A verdict check on one cell's IQM (or the IQM difference x − y) against `threshold` with a 95% CI.
+
+    `test`: "above" (the CI wholly above the threshold supports), "below", or "within" (equivalence: the CI inside
+    ±threshold). An open outcome carries what would decide it. `fmt` formats the CI into the statistic text.
+    """
+    statistic = statistic or stats.iqm
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0 or (y is not None and len(y) == 0):
+        return Check(name, "verdict", "inconclusive", "no runs", words=words, group=group, decide="runs of this cell")
+    if y is None:
+        ci = stats.stratified_bootstrap_ci(x, statistic, rng)
+        sd_y = 0.0
+    else:
+        y = np.asarray(y, dtype=float)
+        ci = stats.difference_ci(x, y, statistic, rng)
+        sd_y = _sd(y)
+    outcome = _TESTS[test](ci, threshold)
+    bound = {"above": f"> {threshold:.{digits}f}", "below": f"< {threshold:.{digits}f}", "within": f"within ±{threshold:.{digits}f}"}[test]
+    text = fmt.format(fmt_ci(ci, digits)) + f"; needs {bound}"
+    decide = decide_note(ci[0], threshold, test, _sd(x), sd_y, len(x)) if outcome == "inconclusive" else ""
+    return Check(name, "verdict", outcome, text, words=words, group=group, decide=decide)
+
+
+def observation(name: str, finding: str, statistic: str = "", group: str = "") -> Check:
+    """A measured quantity reported beside the verdict; it never changes it."""
+    return Check(name, "observation", finding, statistic, group=group)
+
+
+def split_seeds(runs: pd.DataFrame) -> tuple[set, set]:
+    """Fair selection: the seeds split in two halves (even / odd seed numbers). A "best setting" is chosen on the
+    first half and compared on the second, so the comparison is not made on the runs that picked it."""
+    seeds = sorted(runs.seed.unique()) if "seed" in runs else []
+    return set(seeds[0::2]), set(seeds[1::2])
+
+
+def random_bar(random_iqm: float, relative: float, floor: float) -> float:
+    """The score a method must clear to count as learning: the random policy's IQM plus a margin of
+    max(relative × |random IQM|, floor). The absolute floor keeps a near-zero random score from making a tiny
+    improvement count ("3× random" alone would accept 3 points over 1)."""
+    return random_iqm + max(relative * abs(random_iqm), floor)

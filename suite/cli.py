@@ -18,7 +18,7 @@ from algorithms.config import ConfigError
 
 EXIT_BAD_INPUT = 2
 DEFAULT_RESULTS = os.environ.get("EMRL_RESULTS", "results")
-DEFAULT_REPORTS = os.environ.get("EMRL_REPORTS", "reports")
+DEFAULT_REPORTS = "reports"
 
 
 def _positive_int(text: str) -> int:
@@ -40,7 +40,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="emrl", description="Reproduce or refute, with evidence, the claims of EM-style RL fine-tuning papers.")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="results store folder (default: %(default)s, env EMRL_RESULTS)")
-    p.add_argument("--reports", default=DEFAULT_REPORTS, help="reports folder (default: %(default)s, env EMRL_REPORTS)")
+    p.add_argument("--reports", default=None,
+                   help=f"reports folder (default: {DEFAULT_REPORTS}, env EMRL_REPORTS). Without it, only a run of the committed "
+                        "profile (quick) with no --seeds and no --set writes there; any other run writes an ablation report "
+                        "under <results>/ablations/")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="list questions, claims, tasks, algorithms or profiles")
@@ -79,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line the reports record (also when main is called with an explicit argv)
+    # A reports folder named by the user (flag or environment) is written as asked; the default one holds the committed
+    # reports, which only a canonical run (committed profile, no --seeds, no --set) may replace.
+    args.reports_chosen = args.reports is not None or "EMRL_REPORTS" in os.environ
+    if args.reports is None:
+        args.reports = os.environ.get("EMRL_REPORTS", DEFAULT_REPORTS)
     # Artifacts that runs share (C6's offline dataset, `tasks/control_offline.py`) live under the results store;
     # train functions see only run specs, so the store's root reaches them, and the spawned workers, by the environment.
     previous = os.environ.get("EMRL_RESULTS")
@@ -110,13 +118,16 @@ def _plan(args, question_name: str):
 
 
 def _report_dir(args, question, points) -> Path:
-    """The committed reports folder for the canonical grid; ablations (overrides, seeds) go under results/."""
-    if not args.overrides and args.seeds is None:
+    """The reports folder for a canonical run; an ablation (another profile, --seeds or --set) goes under results/."""
+    from suite.report import COMMITTED_PROFILE
+
+    canonical = not args.overrides and args.seeds is None and (args.profile == COMMITTED_PROFILE or args.reports_chosen)
+    if canonical:
         return Path(args.reports) / question.name
     from suite.configs import content_hash
 
     tag = content_hash({"overrides": args.overrides, "seeds": args.seeds, "profile": args.profile})[:8]
-    return Path(args.results) / "ablations" / f"{question.name}-{tag}"
+    return Path(args.results) / "ablations" / f"{question.name}-{args.profile}-{tag}"
 
 
 def _command_line(args) -> str:
@@ -143,12 +154,15 @@ def _report(args, question, profile, points, store, analysed=None) -> int:
 
     analysis, runs = analysed or report.analyse(question, points, store)
     out = _report_dir(args, question, points)
-    path = report.write(question, analysis, runs, points, out, profile=profile, command=_command_line(args), overrides=args.overrides)
+    baseline = Path(args.reports) / question.name / "README.md"
+    ablation = "" if out.parent == Path(args.reports) else os.path.relpath(baseline, out)
+    path = report.write(question, analysis, runs, points, out, profile=profile, command=_command_line(args),
+                        overrides=args.overrides, ablation=ablation)
     if out.parent == Path(args.reports):
         report.write_index(Path(args.reports))
     for v in analysis.verdicts:
-        print(f"  {v.claim.id}: {v.outcome} — {v.summary}")
-    print(f"  report: {path}")
+        print(f"  {v.claim.id}: {v.label} — {v.summary}")
+    print(f"  report: {path}" + ("  (an ablation: the committed report is untouched)" if ablation else ""))
     return 0
 
 
@@ -165,7 +179,7 @@ def cmd_report(args) -> int:
     analysed = [report.analyse(question, points, store) for question, _, points in plans]
     for (question, profile, points), result in zip(plans, analysed):
         _report(args, question, profile, points, store, analysed=result)
-    if not args.question:
+    if not args.question and (args.profile == report.COMMITTED_PROFILE or args.reports_chosen):
         report.write_index(Path(args.reports))
     return 0
 

@@ -45,3 +45,23 @@ def ci_lines(ax: Axes, curves: pd.DataFrame, order: list[str], *, x: str = "step
             continue
         ax.plot(c[x], c.iqm, color=palette[variant], label=variant)
         ax.fill_between(c[x], c.lo, c.hi, color=palette[variant], alpha=0.2, linewidth=0)
+
+
+def legend_below(fig: Figure, axes: list[Axes], ncol: int | None = None, title: str | None = None) -> None:
+    """One legend for the whole figure, below the panels (never over data), built from every panel's labelled
+    artists without duplicates. Use instead of `ax.legend()`."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels and not l.startswith("_"):
+                handles.append(h)
+                labels.append(l)
+    if not handles:
+        return
+    ncol = ncol or min(len(labels), 6)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False, title=title,
+               title_fontsize=RC["legend.fontsize"])
+
+
+MAX_SERIES = 6
+"""At most this many series on one axes; split the panels otherwise (a reader cannot tell more colours apart)."""

@@ -28,7 +28,32 @@ from suite.store import Store
 ANALYSIS_SEED = 20261123
 """The bootstrap's generator seed: reports are reproducible to the digit from the same runs."""
 
-BADGE = {"supported": "✅ supported", "not supported": "❌ not supported", "inconclusive": "➖ inconclusive"}
+BADGE = {"supported": "✅ supported", "not supported": "❌ not supported", "inconclusive": "➖ inconclusive",
+         "depends on": "🔀 depends on"}
+COMMITTED_PROFILE = "quick"
+"""The profile of the committed `reports/` (`make reproduce`). Runs at another profile, or with `--seeds` or `--set`,
+write their report under `results/ablations/` so that they never replace a committed verdict."""
+BUDGET_KEYS = ("total_steps", "steps", "updates", "pairs")
+"""Training-config fields that measure a run's budget, in the order the report looks for them."""
+
+
+def badge(outcome: str, by: str = "") -> str:
+    return f"{BADGE[outcome]} {by}" if outcome == "depends on" else BADGE[outcome]
+
+
+def budget_text(question: Question, points: list[GridPoint]) -> str:
+    """The budget a question ran at: per task, its training length, and the seeds per variant."""
+    per_task: dict[str, set] = {}
+    for p in points:
+        cfg = to_dict(p.spec.train_config)
+        key = next((k for k in BUDGET_KEYS if k in cfg), None)
+        if key is not None and not cfg.get("random_baseline"):
+            per_task.setdefault(p.spec.task, set()).add(f"{cfg[key]:,} {key.replace('total_', '')}")
+    seeds = len({p.spec.seed for p in points})
+    parts = [f"{t} {'/'.join(sorted(v))}" for t, v in per_task.items()]
+    text = "; ".join(parts) if len(set(map(frozenset, per_task.values()))) > 1 else (
+        next(iter(next(iter(per_task.values())))) if per_task else "one pass")
+    return f"{text}; {seeds} seeds"
 
 
 def analyse(question: Question, points: list[GridPoint], store: Store) -> tuple[Analysis, pd.DataFrame]:
@@ -90,7 +115,8 @@ def _cell(v) -> str:
 
 
 def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: list[GridPoint], out_dir: Path, *,
-          profile: str, command: str, overrides: list[str]) -> Path:
+          profile: str, command: str, overrides: list[str], ablation: str = "") -> Path:
+    """`ablation`: for a report outside the committed folder, the path of the committed report it departs from."""
     """Write the question's report folder: README.md, figures and verdicts.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     code = provenance.code()
@@ -100,23 +126,44 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
         _save_figure(fig, out_dir / name)
 
     budget = question.budgets[profile]
-    train_cfgs = {json.dumps(to_dict(p.spec.train_config), sort_keys=True) for p in points}
     seeds = sorted({p.spec.seed for p in points})
     status = runs.status.value_counts().to_dict()
     wall = runs.wall_time_s.sum()
 
-    md = [f"# {question.title}", "", f"Question `{question.name}` — {question.description}", ""]
+    budget_str = budget_text(question, points)
+    md = [f"# {question.title}", ""]
+    if ablation:
+        md += [f"> **Ablation report** — not the committed verdict. Profile `{profile}`"
+               + (f", overrides {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+               + (f", {len(seeds)} seeds per variant" if len(seeds) != budget.seeds else "")
+               + f". The committed report is [{ablation}]({ablation}).", ""]
+    md += [f"Question `{question.name}` — {question.description}", ""]
     md += ["| claim | verdict | summary |", "|---|---|---|"]
-    md += [f"| [{v.claim.id}](#{v.claim.id.lower()}) | {BADGE[v.outcome]} | {_cell(v.summary)} |" for v in analysis.verdicts]
-    md += ["", f"Profile **{profile}** ({PROFILE_DOC[profile]}), {len(seeds)} seeds per variant, "
+    md += [f"| [{v.claim.id}](#{v.claim.id.lower()}) | {badge(v.outcome, v.by)} | {_cell(v.summary)} |" for v in analysis.verdicts]
+    md += ["", f"Profile **{profile}** ({PROFILE_DOC[profile]}), budget {budget_str}, "
                f"{len(points)} runs ({', '.join(f'{n} {s}' for s, n in sorted(status.items()))}), "
                f"{wall / 60:.1f} CPU-minutes of training.", ""]
     for v in analysis.verdicts:
         c = v.claim
-        md += [f"## {c.id}", "", f"> {c.statement}", "", f"*Source:* `{c.source}`", "",
-               f"**Verdict: {BADGE[v.outcome]}** — {v.summary}", "", f"*Rule (fixed in code before the data):* {c.rule}", ""]
+        md += [f"## {c.id}", ""]
+        if c.quote:
+            md += [f"> “{c.quote}”", ">", f"> — {c.source}", ""]
+        md += [f"*What the suite tests:* {c.statement}", "",
+               f"**Verdict: {badge(v.outcome, v.by)}** — {v.summary}", ""]
+        if v.outcome in ("inconclusive", "depends on") and v.decide:
+            md += [f"*What would decide it:* {v.decide}", ""]
+        md += [f"*Rule (fixed in code before the data):* {c.rule}", ""]
+        if v.checks:
+            md += ["Checks — only *verdict* checks, each testing the quoted words, move the verdict; *observations* are "
+                   "reported beside it:", "", markdown_table([ch.row() for ch in v.checks])]
+        if c.knob is not None:
+            k = c.knob
+            md += [f"*Sensitivity* — open knob **{k.name}** (the paper: {k.paper}; pre-registered values "
+                   f"{', '.join(f'{x:g}' if isinstance(x, float) else str(x) for x in k.values)}): "
+                   + (v.sensitivity or (f"run at {', '.join(k.run_at)}" if profile in k.run_at else
+                      f"not run at the `{profile}` profile; planned at `{c.decides}`.")), ""]
         if v.paper:
-            md += [f"*The paper's numbers:* {v.paper}", ""]
+            md += [f"*The paper's numbers beside ours:* {v.paper}", ""]
         if v.table:
             md += [markdown_table(v.table)]
         if c.deviations:
@@ -132,8 +179,10 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
            f"- tasks: {', '.join(f'`{t}`' for t in question.tasks)}",
            f"- variants: {', '.join(sorted({p.variant for p in points}, key=[p.variant for p in points].index))}",
            f"- seeds: {seeds[0]}–{seeds[-1]} ({len(seeds)} per variant; the profile's default is {budget.seeds})",
-           "- training loop: " + "; ".join(f"`{c}`" for c in sorted(train_cfgs)),
+           f"- budget: {budget_str}",
            f"- overrides: {', '.join(f'`{o}`' for o in overrides) if overrides else 'none'}", "",
+           "Training-loop settings that differ between runs of this grid (every other field is the same in all runs):", "",
+           knob_table(points),
            "## Provenance", "",
            f"- command: `{command}`", f"- commit: `{commit}`", f"- date: {date}",
            "- packages: " + ", ".join(f"{k} {v}" for k, v in provenance.packages().items() if k != "platform"), "",
@@ -142,10 +191,33 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
     verdicts = {
         "question": question.name, "title": question.title, "profile": profile, "commit": code["commit"],
         "dirty": code["dirty"], "date": date, "overrides": overrides,
-        "verdicts": [{"claim": v.claim.id, "statement": v.claim.statement, "outcome": v.outcome, "summary": v.summary} for v in analysis.verdicts],
+        "budget": budget_str,
+        "verdicts": [{"claim": v.claim.id, "statement": v.claim.statement, "quote": v.claim.quote, "source": v.claim.source,
+                      "outcome": v.outcome, "by": v.by, "summary": v.summary, "decide": v.decide,
+                      "budget_limited": v.budget_limited,
+                      "checks": [{"name": c.name, "kind": c.kind, "words": c.words, "group": c.group, "outcome": c.outcome}
+                                 for c in v.checks]}
+                     for v in analysis.verdicts],
     }
     _write_text(out_dir / "verdicts.json", json.dumps(verdicts, indent=1, ensure_ascii=False) + "\n")
     return out_dir / "README.md"
+
+
+def knob_table(points: list[GridPoint]) -> str:
+    """The training-loop fields whose values differ between the grid's runs, one row per variant and task."""
+    cfgs = [(p.variant, p.spec.task, to_dict(p.spec.train_config)) for p in points]
+    keys = sorted({k for _, _, c in cfgs for k in c})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for _, _, c in cfgs}) > 1]
+    rows, seen = [], set()
+    for variant, task, c in cfgs:
+        key = (variant, task)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"variant": variant, "task": task, **{k: c.get(k, "—") for k in varying}})
+    if not varying:
+        return "_(every run uses the same training-loop settings)_\n"
+    return markdown_table(rows)
 
 
 def bibtex(question: Question, profile: str, code: dict, date: str) -> str:
@@ -164,17 +236,23 @@ def write_index(reports_root: Path) -> Path:
         for v in data["verdicts"]:
             found[v["claim"]] = (data, v)
     lines = ["# emrl — every claim's verdict", "",
-             "Generated by `emrl report` from the per-question reports; never edited by hand. "
-             "Each row links to the report with the rule, the numbers, the figures and the deviations from the paper.", "",
-             "| claim | question | verdict | statement | profile | commit |", "|---|---|---|---|---|---|"]
+             "Generated by `emrl report` from the per-question reports; never edited by hand. Each row links to the report "
+             "with the quoted sentence, the rule, the checks, the numbers, the figures and the deviations from the paper. "
+             "*Budget-limited*: a verdict check is still open and its CI would shrink with more seeds or steps (the report "
+             "says how many). Sources are keys of [REFERENCES.md](../REFERENCES.md).", "",
+             "| claim | question | verdict | the paper's sentence | budget | budget-limited | profile | commit |",
+             "|---|---|---|---|---|---|---|---|"]
     for cid, (q, c) in CLAIMS.items():
+        quote = f"“{c.quote}” ({c.source})" if c.quote else c.statement
         if cid in found:
             data, v = found[cid]
             commit = (data["commit"] or "unknown")[:7] + ("+dirty" if data["dirty"] else "")
-            lines.append(f"| {cid} | [{data['question']}]({data['question']}/README.md#{cid.lower()}) | {BADGE[v['outcome']]} | "
-                         f"{_cell(c.statement)} | {data['profile']} | `{commit}` |")
+            limited = "yes" if v.get("budget_limited") else "no"
+            lines.append(f"| {cid} | [{data['question']}]({data['question']}/README.md#{cid.lower()}) | "
+                         f"{badge(v['outcome'], v.get('by', ''))} | {_cell(quote)} | {_cell(data.get('budget', '—'))} | {limited} | "
+                         f"{data['profile']} | `{commit}` |")
         else:
-            lines.append(f"| {cid} | {q.name} | not yet run | {_cell(c.statement)} | — | — |")
+            lines.append(f"| {cid} | {q.name} | not yet run | {_cell(quote)} | — | — | — | — |")
     pending = [q for q in QUESTIONS if not (reports_root / q / "verdicts.json").exists()]
     if pending:
         lines += ["", f"Questions without a report yet: {', '.join(pending)}."]

@@ -30,6 +30,8 @@ __all__ = [
     "probability_of_improvement",
     "difference_ci",
     "fit_loglog_slope",
+    "normal_power",
+    "seeds_to_decide",
 ]
 
 Statistic = Callable[[np.ndarray], float]
@@ -410,3 +412,51 @@ def fit_loglog_slope(x: np.ndarray, y: np.ndarray) -> float:
     if spread == 0.0:
         raise ValueError("all x values are equal; the log-log slope is undefined")
     return float(centred_x @ (log_y - log_y.mean()) / spread)
+
+
+# --------------------------------------------------------------------------------------------
+# Power: how many seeds would decide an open check
+# --------------------------------------------------------------------------------------------
+
+
+def normal_power(effect: float, sd: float, n: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided level-``alpha`` z-test of a mean difference with ``n`` runs per cell.
+
+    The estimate's standard error is ``sd / sqrt(n)`` where ``sd**2 = sd_x**2 + sd_y**2`` sums the two
+    cells' per-run variances (a single cell against a fixed bar has ``sd_y = 0``). With
+    ``z = |effect| sqrt(n) / sd`` the closed form is ``Φ(z − z_{1−α/2}) + Φ(−z − z_{1−α/2})``.
+    """
+    if sd <= 0:
+        return 1.0 if effect != 0 else float(alpha)
+    z_crit = scipy.stats.norm.ppf(1.0 - alpha / 2.0)
+    z = abs(effect) * np.sqrt(n) / sd
+    return float(scipy.stats.norm.cdf(z - z_crit) + scipy.stats.norm.cdf(-z - z_crit))
+
+
+def seeds_to_decide(effect: float, sd_x: float, sd_y: float = 0.0, *, alpha: float = 0.05, power: float = 0.8,
+                    max_seeds: int = 1000) -> int | None:
+    """Seeds per cell at which a check whose true distance from its margin is ``effect`` is decided with ``power``.
+
+    A check compares an estimate (one cell's IQM, or the difference of two cells') with a margin; its 95% CI
+    decides once it clears the margin. Under a normal approximation of that estimate, with per-run standard
+    deviations ``sd_x`` (and ``sd_y`` for a difference), the smallest ``n`` with ``normal_power(effect,
+    sqrt(sd_x² + sd_y²), n, alpha) ≥ power`` is returned; None when the effect is zero, not finite, or needs
+    more than ``max_seeds`` (too close to the margin for any affordable number).
+
+    ``effect`` is the observed distance of the point estimate from the margin (an estimate, so the answer is a
+    planning number, not a guarantee); the IQM's variance is approximated by the mean's.
+    """
+    _check_confidence(1.0 - alpha)
+    _check_confidence(power)
+    sd = float(np.hypot(sd_x, sd_y))
+    if not np.isfinite(effect) or not np.isfinite(sd) or effect == 0:
+        return None
+    if sd == 0:
+        return 1
+    z_sum = scipy.stats.norm.ppf(1.0 - alpha / 2.0) + scipy.stats.norm.ppf(power)
+    n = max(1, int(np.ceil((z_sum * sd / abs(effect)) ** 2)))
+    while n > 1 and normal_power(effect, sd, n - 1, alpha) >= power:  # the far tail can only lower n
+        n -= 1
+    while normal_power(effect, sd, n, alpha) < power:
+        n += 1
+    return n if n <= max_seeds else None

@@ -6,7 +6,7 @@ LSTM, TrXL, TrXL-I, GTrXL) and linear policy (categorical) and value heads. Each
 unrolls of `unroll` steps per environment, carrying the core's state across unrolls and storing it at each
 unroll's start; the learner replays every unroll from its stored state (truncated backprop through time, the
 memory detached as in TrXL), in minibatches of whole unrolls, for `epochs` passes. Advantages: GAE, or n-step
-returns bootstrapped at the end of each unroll (V-MPO, `papers/001_8b44b9ea6e2e604b.txt §8`, SPEC §5).
+returns bootstrapped at the end of each unroll (V-MPO, `[EM-SFT] §8`, docs/reference-settings.md).
 
 The core runs with `span="sliding"` by default: every step attends to at most its last M steps, so replaying an
 unroll from its stored state reproduces the actor's outputs exactly and PPO's ratio is 1 before the first
@@ -39,7 +39,7 @@ from tasks.seeding import generator, stream_seed
 
 @dataclass(frozen=True)
 class AtariOnPolicyConfig:
-    """The on-policy loop with a memory core. Defaults: CleanRL `ppo_atari` (SPEC §5) unless noted."""
+    """The on-policy loop with a memory core. Defaults: CleanRL `ppo_atari` (docs/reference-settings.md) unless noted."""
 
     total_steps: int = field(10_000_000, "agent steps of training summed over envs; CleanRL Atari: 10M")
     num_envs: int = field(8, "environments stepped in lockstep; CleanRL Atari: 8")

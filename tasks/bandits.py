@@ -1,6 +1,6 @@
 """Synthetic bandits: Rosenbrock, Sphere and Schwefel searched by a state-free Gaussian policy.
 
-Source: `papers/004_71574c67b927da2f.txt §5.1`. Each iteration the reference policy (a copy of the
+Source: `[PMPO] §5.1`. Each iteration the reference policy (a copy of the
 policy refreshed every N = 100 steps) proposes K = 4 samples; the function values are the feedback
 (minimised: score = −f); the top 2 are accepted, the other 2 rejected; one gradient step of the
 algorithm's loss updates the policy. There is no state: each seed's bandit is one context (B = 1).
@@ -74,7 +74,7 @@ class BanditConfig:
 
 @dataclass(frozen=True)
 class BanditLoopConfig:
-    """The bandit training loop (`004 §5.1`)."""
+    """The bandit training loop (`[PMPO] §5.1`)."""
 
     steps: int = field(2000, "gradient steps (one per iteration of 4 proposals)")
     samples: int = field(4, "proposals K per iteration; paper: 4")
@@ -209,7 +209,7 @@ FAMILY = Family(
     train_config=BanditLoopConfig,
     provides=Needs(min_samples=4, labels=True, logp_old=True, logp_ref=True, kl_ref=True, kl_old=True),
     train=train,
-    description="state-free Gaussian search on a test function (papers/004 §5.1)",
+    description="state-free Gaussian search on a test function ([PMPO] §5.1)",
 )
 
 register_task("sphere", FAMILY, BanditConfig(), "Sphere Σx², optimum 0 at x = 0")

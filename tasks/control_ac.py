@@ -1,9 +1,9 @@
 """The actor-critic (replay) training loop for DeepMind Control: MPO, PMPO, DPO and VIREL on a learned Q.
 
-Source: `papers/004_71574c67b927da2f.txt §5.2` (PMPO on the Control Suite: "at each iteration, the reference
+Source: `[PMPO] §5.2` (PMPO on the Control Suite: "at each iteration, the reference
 policy proposes four actions for each state in the batch. The top two actions with the highest Q-values are
 considered preferred samples, while the two actions with the lowest Q-values are treated as dis-preferred");
-MPO (Abdolmaleki et al. 2018; Acme's `mpo` agent; SPEC §5); VIREL (`papers/000_18d00f82fad2bd94.txt §9`).
+MPO (Abdolmaleki et al. 2018; Acme's `mpo` agent; docs/reference-settings.md); VIREL (`[EM-LLM] §9`).
 
 Each seed acts in `num_envs` dm_control environments with its current policy π_θ (stochastic), stores every
 transition in its own replay buffer, and after `learning_starts` env steps takes `updates_per_step` learner
@@ -12,7 +12,7 @@ steps per env step. A learner step, for a minibatch of `batch_size` replayed sta
 1. **Critic** (a single Q network, as Acme's MPO; no twin/min trick): regress Q(s, a) on the n-step target
    y = Σ_{k<m} γ^k r_{t+k} + γ^m (1 − terminated) · mean_j Q_tgt(s', a'_j), a'_j ~ π_tgt(·|s') (`n_step` = 5 as
    Acme's MPO, uncorrected; `critic_samples` draws; VIREL draws them from π_θ, the actor whose Bellman operator
-   `000 §9` eq. 13 names). The sum stops at the end of an episode; s' is then the *final* observation of an
+   `[EM-LLM] §9` eq. 13 names). The sum stops at the end of an episode; s' is then the *final* observation of an
    episode cut by the time limit (`VecEnv.step`'s `final_obs`), which keeps its discount γ^m: a truncation is
    bootstrapped, only a termination (discount 0) is not (`Replay.nstep`, `critic_target`, tested).
 2. **Policy**: K = `samples` actions per state are sampled from the target (reference) policy π_tgt and scored
@@ -75,20 +75,20 @@ from tasks.seeding import generator, stream_seed
 
 @dataclass(frozen=True)
 class ActorCriticConfig:
-    """The actor-critic control loop. Defaults: Acme's MPO (SPEC §5) unless noted; PMPO/DPO use K = 4 (004 §5.2)."""
+    """The actor-critic control loop. Defaults: Acme's MPO (docs/reference-settings.md) unless noted; PMPO/DPO use K = 4 ([PMPO] §5.2)."""
 
     total_steps: int = field(1_000_000, "env steps of training per seed, summed over its envs")
     num_envs: int = field(1, "environments per seed stepped in lockstep (each step adds num_envs transitions)")
     eval_every: int = field(50_000, "env steps between evaluations (and one at the end)")
     eval_episodes: int = field(10, "deterministic evaluation episodes per evaluation; 004 Figure 2: 100")
-    policy: Literal["gaussian", "binned"] = field("gaussian", "action distribution: diagonal Gaussian or per-dimension bins (004 §5.2)")
+    policy: Literal["gaussian", "binned"] = field("gaussian", "action distribution: diagonal Gaussian or per-dimension bins ([PMPO] §5.2)")
     hidden: tuple[int, ...] = field((256, 256, 256), "hidden sizes of the policy and critic MLPs; Acme MPO policy (256, 256, 256)")
     bins: int = field(11, "bins per action dimension for policy='binned', evenly spaced in [-1, 1]")
     init_log_std: float = field(math.log(0.7), "initial log-std of the Gaussian (state-dependent std); Acme init_scale 0.7")
     samples: int = field(20, "K actions per state sampled from the target policy and scored by Q; MPO/Acme 20, PMPO/DPO 4")
     accept: int = field(2, "the top `accept` actions by Q are labelled accepted (+1), the rest rejected (−1); PMPO: 2 of 4")
     labels: Literal["top", "best_worst"] = field(
-        "top", "'top': top `accept` +1, the rest −1; 'best_worst': best +1, worst −1, others 0 (004 §5.2's DPO-matched PMPO)")
+        "top", "'top': top `accept` +1, the rest −1; 'best_worst': best +1, worst −1, others 0 ([PMPO] §5.2's DPO-matched PMPO)")
     critic_samples: int = field(4, "actions a' ~ π_tgt(·|s') averaged in the critic's bootstrap E_π Q_tgt(s', a')")
     batch_size: int = field(256, "replayed states per learner step; Acme 256")
     replay_size: int = field(1_000_000, "replay capacity per seed (transitions); Acme 1e6")
@@ -252,7 +252,7 @@ class Replay:
 
 def policy_tensors(pol: nn.Module, tgt_params, params, q_fn, gens: list[torch.Generator], k: int, accept: int,
                    labels: str) -> dict[str, Tensor]:
-    """The tensors of one policy step for every seed (the [B, K] `Batch` of `004 §5.2`), stacked on a seed dim.
+    """The tensors of one policy step for every seed (the [B, K] `Batch` of `[PMPO] §5.2`), stacked on a seed dim.
 
     K actions per state are drawn from the target (reference) policy `tgt_params` ([S, B, ...]) with each seed's
     generator and scored by `q_fn(actions [S, B, K, A]) -> [S, B, K]`. Returns `actions` [S, B, K, A] (unclipped

@@ -1,6 +1,6 @@
-"""Offline accept/reject learning on a fixed dataset of mixed-quality dm_control episodes (`004 §5.3`, Table 1).
+"""Offline accept/reject learning on a fixed dataset of mixed-quality dm_control episodes (`[PMPO] §5.3`, Table 1).
 
-Source: `papers/004_71574c67b927da2f.txt §5.3`: "we take a dataset of 140k episodes from a multi-task RL experiment
+Source: `[PMPO] §5.3`: "we take a dataset of 140k episodes from a multi-task RL experiment
 trained to convergence. We then train a value function on all data and use it to label the transitions in the
 first 40k episodes as accept (positive advantage) or reject (negative advantage)... The KL part of the loss is
 calculated on all 140k episodes." Table 1 compares BC, Accept+BC, Accept, Reject+BC and Accept+Reject+BC.
@@ -32,7 +32,7 @@ J = α E_accept[log π] − (1−α) E_reject[log π] − β KL:
     BC               = `sft` on learn_on="all"
     Accept           = pmpo α=1, β=0          Accept+BC        = pmpo α=1,   β=2
     Reject+BC        = pmpo α=0, β=2          Accept+Reject+BC = pmpo α=0.5, β=1
-(every "+BC" variant weighs the BC term 2× each signal term; β = 2 > 1 − α keeps reject-only bounded, `004 §3.2`).
+(every "+BC" variant weighs the BC term 2× each signal term; β = 2 > 1 − α keeps reject-only bounded, `[PMPO] §3.2`).
 With one action per state, PMPO's per-state expectations become means over the minibatch in which states
 without an accepted (rejected) action contribute 0 (`pmpo_loss`'s convention).
 
@@ -42,7 +42,7 @@ the end (deterministic policy, `eval_episodes` episodes, "eval" stream). A non-f
 the seed diverged. Seeds: the dataset has its own (`dataset_seed`), shared by every run; a run's seed drives
 its network initialisation ("run/init"), minibatches ("run") and evaluation ("eval").
 
-Deviations from `004 §5.3`: cartpole-scale state-based control instead of RGB Stacking from pixels; a dataset
+Deviations from `[PMPO] §5.3`: cartpole-scale state-based control instead of RGB Stacking from pixels; a dataset
 of about ten to a hundred episodes from one short single-task run instead of 140k episodes of a multi-task run;
 the value function is V(s) with GAE advantages (the paper does not give its estimator); β is not given by the
 paper for Table 1 (ours above).
@@ -81,7 +81,7 @@ BEHAVIOUR_DEFAULT = ActorCriticConfig(total_steps=100_000, eval_every=100_000, e
 
 @dataclass(frozen=True)
 class OfflineConfig:
-    """The offline accept/reject loop (`004 §5.3`): a dataset definition and the offline learner."""
+    """The offline accept/reject loop (`[PMPO] §5.3`): a dataset definition and the offline learner."""
 
     # ---- the learner
     steps: int = field(20_000, "gradient steps of the offline learner (the paper does not give them)")

@@ -5,7 +5,7 @@ stepped in lockstep (`tasks.dmc.VecEnv`, batched policy inference), computes adv
 targets, then takes `epochs` × `minibatches` learner steps of the algorithm's loss plus a critic loss.
 Every state carries the one action sampled there, so the algorithm sees `Batch` tensors of shape
 [B, 1] (K = 1; `score` holds the advantage). Source of the defaults: CleanRL's
-`ppo_continuous_action` (SPEC §5) and V-MPO (Song et al. 2019; SPEC §5; `papers/000_18d00f82fad2bd94.txt §3`).
+`ppo_continuous_action` (docs/reference-settings.md) and V-MPO (Song et al. 2019; docs/reference-settings.md; `[EM-LLM] §3`).
 
 What the loop provides (`Needs` below):
 - `logp`, `logp_old`: the log-prob of the stored action under π_θ and under the behaviour policy that
@@ -13,12 +13,12 @@ What the loop provides (`Needs` below):
 - `kl_old`: the closed-form KL(π_old(·|s) ‖ π_θ(·|s)), differentiable, where π_old is the *target
   network*: a copy of the policy refreshed at the start of every rollout (`target_period = None`, the
   PPO convention: π_old is the behaviour policy) or every `target_period` learner steps (V-MPO: 100).
-  The rollouts act with the target network, so for V-MPO it is the "target/behaviour network" of SPEC §5.
+  The rollouts act with the target network, so for V-MPO it is the "target/behaviour network" of docs/reference-settings.md.
 - `logp_ref`, `kl_ref`: the reference policy for DAR-style anchors. `reference = "behaviour"` (default):
   π_ref is the behaviour policy, so DAR's w_reg = 1 and DAR reduces to its π_ref = π_t limit
-  (`000 §10`, "DAR→V-MPO as corollary"); `"lagged"`: a copy refreshed every `ref_period` rollouts
-  (a slow anchor, like the time-lagged reference of `004 §5.1`), so α and β weigh different policies.
-- The decoupled Gaussian KL of V-MPO (α_μ on the mean part, α_Σ on the covariance part; SPEC §5) for
+  (`[EM-LLM] §10`, "DAR→V-MPO as corollary"); `"lagged"`: a copy refreshed every `ref_period` rollouts
+  (a slow anchor, like the time-lagged reference of `[PMPO] §5.1`), so α and β weigh different policies.
+- The decoupled Gaussian KL of V-MPO (α_μ on the mean part, α_Σ on the covariance part; docs/reference-settings.md) for
   `vmpo` with kl_split="decoupled" and for `gempi` tuples with a 2-part M-step (`loss_decoupled`).
 - `value`, `value_old`, `value_target`: a separate critic MLP; PPO's loss holds its own (clipped) value
   term; for every other method the loop adds `vf_coef · ½ (V − target)²`.
@@ -27,7 +27,7 @@ Returns. `returns = "gae"`: GAE(γ, λ) advantages and λ-returns (PPO, AWR, DAR
 n-step targets bootstrapped at the end of each unroll (`unroll` steps, or the whole per-env rollout),
 advantage A = G − V(s). In both, an episode cut by the time limit is *truncated*, not terminated: its
 last step bootstraps from V(final observation) (`next_values`), while a termination (discount 0)
-bootstraps from nothing. CleanRL treats time-limit truncation as termination; SPEC §5 asks for the
+bootstraps from nothing. CleanRL treats time-limit truncation as termination; docs/reference-settings.md asks for the
 bootstrap (every dm_control suite episode ends on its time limit, so this matters on every episode).
 
 Duals (V-MPO's η, α; AT-DAR's α, β; DAR-TR's γ) are the method's parameters, optimised by their own
@@ -84,7 +84,7 @@ from tasks.seeding import generator, stream_seed
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
-    """The on-policy control loop. Defaults: CleanRL `ppo_continuous_action` (SPEC §5) unless noted."""
+    """The on-policy control loop. Defaults: CleanRL `ppo_continuous_action` (docs/reference-settings.md) unless noted."""
 
     total_steps: int = field(1_000_000, "agent steps of training summed over envs; CleanRL default 1M, its DMC benchmark 8M")
     num_envs: int = field(8, "environments stepped in lockstep; CleanRL 1 (more envs batch inference; the rollout size is unchanged)")
@@ -107,7 +107,7 @@ class OnPolicyConfig:
     norm_reward: bool = field(True, "divide rewards by the running std of a discounted return; CleanRL: True")
     clip_obs: float = field(10.0, "clip of normalised observations; CleanRL 10")
     clip_reward: float = field(10.0, "clip of normalised rewards; CleanRL 10")
-    policy: Literal["gaussian", "binned"] = field("gaussian", "action distribution: diagonal Gaussian or per-dimension bins (004 §5.2)")
+    policy: Literal["gaussian", "binned"] = field("gaussian", "action distribution: diagonal Gaussian or per-dimension bins ([PMPO] §5.2)")
     hidden: tuple[int, ...] = field((64, 64), "hidden sizes of the policy MLP and of the separate critic MLP (tanh); CleanRL (64, 64)")
     bins: int = field(11, "bins per action dimension for policy='binned'")
     init_log_std: float = field(0.0, "initial log-std of the Gaussian policy (state-independent, CleanRL)")

@@ -13,7 +13,7 @@ step of a new episode: nothing from before it reaches that step or the later ste
 
 Block equations, E the layer input [T steps], SG(M) its detached memory, f the position-wise MLP
 (Parisotto et al. 2020, "Stabilizing Transformers for RL", eqs. of TrXL, TrXL-I and GTrXL;
-`papers/000_18d00f82fad2bd94.txt App. B`, `papers/001_8b44b9ea6e2e604b.txt §8`):
+`[EM-LLM] App. B`, `[EM-SFT] §8`):
 
     trxl     Y = LN(E + MHA(E, SG(M)))                     E' = LN(Y + f(Y))
     trxl_i   Y = E + ReLU(MHA(LN(E), LN(SG(M))))           E' = Y + ReLU(f(LN(Y)))

@@ -8,12 +8,12 @@ The control loops (`tasks/control_*.py`) build on these pieces:
   with discount 0 is *terminated*. `step` returns both flags and the final observation, then resets.
 - `RunningNorm` keeps a running mean/variance (parallel Welford) and normalises with a clip at ±10.
 - `GaussianPolicy` (diagonal, state-independent log-std as in CleanRL's PPO, or state-dependent) and
-  `BinnedPolicy` (a categorical over evenly spaced bins per action dimension, as in `004 §5.2`), each
+  `BinnedPolicy` (a categorical over evenly spaced bins per action dimension, as in `[PMPO] §5.2`), each
   with sampling, log-probs, the deterministic action, entropy and the closed-form KL — computed by the
   kernels of `algorithms/common.py`.
 - `evaluate` runs deterministic-policy episodes on the "eval" seed stream.
 
-Source: Tunyasuvunakool et al. 2020 (dm_control); `papers/004_71574c67b927da2f.txt §5.2`; SPEC §5.
+Source: Tunyasuvunakool et al. 2020 (dm_control); `[PMPO] §5.2`; docs/reference-settings.md.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ generator is re-seeded identically before each copy's forward pass, so both draw
 - copy A minimises the model's own causal-LM loss, `model(input_ids, labels=labels).loss` (token-mean cross-entropy over
   the response tokens);
 - copy B minimises the registered algorithm's loss (`sft`: the GEMPI M-step with uniform, delta-target weights,
-  `papers/001_8b44b9ea6e2e604b.txt §6` eq. 2–3) on a `Batch` whose samples are the response tokens, each weighted by the
-  E-step (the "Token-Level Form" of `001 §6`: per-token weights).
+  `[EM-SFT] §6` eq. 2–3) on a `Batch` whose samples are the response tokens, each weighted by the
+  E-step (the "Token-Level Form" of `[EM-SFT] §6`: per-token weights).
 Step for step: before every step copy B is set to copy A's parameters, so each step compares two updates from the same
 point (otherwise float rounding, ~1e-7 relative, compounds through the training dynamics and the trajectories drift
 apart for reasons that have nothing to do with the losses). Both copies take plain SGD steps: Adam divides by √v, which turns float rounding in gradients that are exactly zero in

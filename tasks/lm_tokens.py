@@ -46,7 +46,7 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: in
            generator: torch.Generator, eos_id: int, pad_id: int, greedy: bool = False) -> tuple[Tensor, Tensor]:
     """Sample up to `max_new_tokens` tokens per prompt from softmax(logits / temperature) (or argmax if greedy).
 
-    The model runs in eval mode (no dropout: rollouts are collected as in `001 §9`, "Why PPO disables dropout")
+    The model runs in eval mode (no dropout: rollouts are collected as in `[EM-SFT] §9`, "Why PPO disables dropout")
     and is put back in its previous mode afterwards. Generation stops early once every row has emitted EOS.
     Returns: response_ids LongTensor [B, T] (right-padded with pad_id after the first EOS), response_mask float
     [B, T] (1 up to and including the first EOS).

@@ -13,19 +13,19 @@ Weights are read off a loss through autograd: every EM loss here is −Σ_i w_i 
 detached weights, so ∂L/∂logp_i = −w_i (times the loss's own normalisation).
 
     task                  claim  algo     source
-    multikl-closed-form   T1     gempi    papers/000_18d00f82fad2bd94.txt §10 eq. 22–23
-    dar-to-vmpo           T2     dar      papers/001_8b44b9ea6e2e604b.txt §7 ("Mapping DAR to V-MPO"); 000 §10
-    ess-chi2              T3     gempi    papers/000_18d00f82fad2bd94.txt §10 (approximation error 2)
-    snis-bias             T4     gempi    papers/000_18d00f82fad2bd94.txt §10 (approximation errors 1 and 3)
-    dpo-gradient          T5     dpo      papers/000_18d00f82fad2bd94.txt §5
-    ipo-variance          T6     ipo      papers/004_71574c67b927da2f.txt App. E
-    em-improvement        T7     mpo      papers/004_71574c67b927da2f.txt App. C (C.2)
-    gempi-unified         T8     gempi    papers/000_18d00f82fad2bd94.txt §10 ("Recovering existing methods")
-    temperature-dual      T9     vmpo     papers/001_8b44b9ea6e2e604b.txt §6 (dual, log-sum-exp form)
-    dropout-ratio         T10    ppo      papers/001_8b44b9ea6e2e604b.txt §9 (problems 1–3)
-    dropout-em-gradient   T10    vmpo     papers/001_8b44b9ea6e2e604b.txt §9; 000 §10 ("Dropout compatibility")
-    gro-unified           T11    gro      papers/003_247b3d75aed8bde4.txt §5, Table 1; SPEC §3
-    dar-practical         T12    dar      papers/000_18d00f82fad2bd94.txt §7 (last display, eq. 7)
+    multikl-closed-form   T1     gempi    [EM-LLM] §10 eq. 22–23
+    dar-to-vmpo           T2     dar      [EM-SFT] §7 ("Mapping DAR to V-MPO"); 000 §10
+    ess-chi2              T3     gempi    [EM-LLM] §10 (approximation error 2)
+    snis-bias             T4     gempi    [EM-LLM] §10 (approximation errors 1 and 3)
+    dpo-gradient          T5     dpo      [EM-LLM] §5
+    ipo-variance          T6     ipo      [PMPO] App. E
+    em-improvement        T7     mpo      [PMPO] App. C (C.2)
+    gempi-unified         T8     gempi    [EM-LLM] §10 ("Recovering existing methods")
+    temperature-dual      T9     vmpo     [EM-SFT] §6 (dual, log-sum-exp form)
+    dropout-ratio         T10    ppo      [EM-SFT] §9 (problems 1–3)
+    dropout-em-gradient   T10    vmpo     [EM-SFT] §9; 000 §10 ("Dropout compatibility")
+    gro-unified           T11    gro      [GRO] §5, Table 1; the GRO equations restated in algorithms/gro.py
+    dar-practical         T12    dar      [EM-LLM] §7 (last display, eq. 7)
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def seeded_global_rng(seed: int, stream: str):
 
 
 # ------------------------------------------------------------------------------------------------
-# T1 — Multi-KL closed form (000 §10 eq. 22–23)
+# T1 — Multi-KL closed form ([EM-LLM] §10 eq. 22–23)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -367,7 +367,7 @@ def check_multikl(cfg: MultiKLConfig, algo: GEMPIConfig, loop: TheoryLoopConfig,
 
 
 # ------------------------------------------------------------------------------------------------
-# T2 — DAR → V-MPO (001 §7)
+# T2 — DAR → V-MPO ([EM-SFT] §7)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -381,7 +381,7 @@ def dar_weights(A: Tensor, logp_old: Tensor, logp_ref: Tensor, cfg: DARConfig) -
 
 
 def vmpo_weights(A: Tensor, eta: float, cfg: VMPOConfig) -> Tensor:
-    """V-MPO's ψ from `vmpo_loss` (−∂L/∂logp) at temperature η, normalised over the batch (001 §6)."""
+    """V-MPO's ψ from `vmpo_loss` (−∂L/∂logp) at temperature η, normalised over the batch ([EM-SFT] §6)."""
     logp = torch.zeros_like(A, requires_grad=True)
     kl = torch.zeros(A.shape[0], dtype=D)
     loss, _ = vmpo_loss(A, torch.ones_like(A), logp, kl, torch.tensor(eta, dtype=D), torch.tensor(cfg.alpha, dtype=D),
@@ -420,7 +420,7 @@ def check_dar_to_vmpo(cfg: DARToVMPOConfig, algo: DARConfig, loop: TheoryLoopCon
 
 
 # ------------------------------------------------------------------------------------------------
-# T3 — ESS ≈ N/(1 + χ²(q*‖π_t)) (000 §10)
+# T3 — ESS ≈ N/(1 + χ²(q*‖π_t)) ([EM-LLM] §10)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -450,7 +450,7 @@ def check_ess(cfg: ESSConfig, algo: GEMPIConfig, loop: TheoryLoopConfig, seed: i
 
 
 # ------------------------------------------------------------------------------------------------
-# T4 — SNIS bias O(1/N) (000 §10)
+# T4 — SNIS bias O(1/N) ([EM-LLM] §10)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -501,7 +501,7 @@ def check_snis_bias(cfg: SNISConfig, algo: GEMPIConfig, loop: TheoryLoopConfig, 
 
 
 # ------------------------------------------------------------------------------------------------
-# T5 — DPO gradient (000 §5)
+# T5 — DPO gradient ([EM-LLM] §5)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -644,7 +644,7 @@ def normalise_log(log_d: Tensor, support: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# T8 — Unified EM: generic GEMPI = dedicated loss (000 §10 "Recovering existing methods")
+# T8 — Unified EM: generic GEMPI = dedicated loss ([EM-LLM] §10 "Recovering existing methods")
 # ------------------------------------------------------------------------------------------------
 
 GEMPI_CASES: tuple[tuple[str, str, Any], ...] = (
@@ -660,7 +660,7 @@ GEMPI_CASES: tuple[tuple[str, str, Any], ...] = (
     ("rlem[batch, penalty]", "rlem", RLEMConfig(normalize="batch", m_step="penalty", beta=0.5)),
     ("rlem[constraint]", "rlem", RLEMConfig(m_step="constraint", kl_coef=2.0)),
 )
-"""T8: (label, dedicated method, its config): each paper row of `000 §10`'s table, defaults and a variant."""
+"""T8: (label, dedicated method, its config): each paper row of `[EM-LLM] §10`'s table, defaults and a variant."""
 
 
 def unified_batch(g: torch.Generator, B: int, K: int) -> Batch:
@@ -708,7 +708,7 @@ def check_gempi_unified(cfg: UnifiedEMConfig, algo: GEMPIConfig, loop: TheoryLoo
 
 
 # ------------------------------------------------------------------------------------------------
-# T9 — the temperature dual's derivative and its log-sum-exp form (001 §6)
+# T9 — the temperature dual's derivative and its log-sum-exp form ([EM-SFT] §6)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -751,7 +751,7 @@ def check_temperature_dual(cfg: TemperatureDualConfig, algo: VMPOConfig, loop: T
 
 
 # ------------------------------------------------------------------------------------------------
-# T10 — dropout: PPO's ratio at θ = θ_old, and the EM M-step gradient (001 §9, 000 §10)
+# T10 — dropout: PPO's ratio at θ = θ_old, and the EM M-step gradient ([EM-SFT] §9, 000 §10)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -893,7 +893,7 @@ def check_dropout_em_gradient(cfg: DropoutGradientConfig, algo: VMPOConfig, loop
 
 
 # ------------------------------------------------------------------------------------------------
-# T11 — GRO unification (003 §5, Table 1; SPEC §3)
+# T11 — GRO unification ([GRO] §5, Table 1; the GRO equations restated in algorithms/gro.py)
 # ------------------------------------------------------------------------------------------------
 
 GRO_CASES: tuple[tuple[str, str, Any], ...] = (
@@ -961,7 +961,7 @@ def check_gro_unified(cfg: GROUnifiedConfig, algo: Any, loop: TheoryLoopConfig, 
 
 
 # ------------------------------------------------------------------------------------------------
-# T12 — DAR's practical (sampled, importance-weighted) objective vs the closed-form target (000 §7)
+# T12 — DAR's practical (sampled, importance-weighted) objective vs the closed-form target ([EM-LLM] §7)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -1026,28 +1026,28 @@ class Check:
 
 CHECKS: dict[str, Check] = {c.task: c for c in (
     Check("T1", "multikl-closed-form", check_multikl, MultiKLConfig(),
-          "q* ∝ Π π_j^{λ_j/Λ} exp(A/Λ) from the GEMPI E-step vs a numerical maximiser (000 §10 eq. 23)"),
+          "q* ∝ Π π_j^{λ_j/Λ} exp(A/Λ) from the GEMPI E-step vs a numerical maximiser ([EM-LLM] §10 eq. 23)"),
     Check("T2", "dar-to-vmpo", check_dar_to_vmpo, DARToVMPOConfig(),
-          "DAR weights vs V-MPO weights: π_ref = π_t, and α → 0 at fixed α+β (001 §7)"),
-    Check("T3", "ess-chi2", check_ess, ESSConfig(), "ESS of the E-step weights vs N/(1+χ²(q*‖π_t)) across Λ (000 §10)"),
-    Check("T4", "snis-bias", check_snis_bias, SNISConfig(), "bias of the self-normalised M-step gradient and log Ẑ vs N (000 §10)"),
-    Check("T5", "dpo-gradient", check_dpo_gradient, DPOGradientConfig(), "DPO autograd vs the closed-form gradient (000 §5)"),
+          "DAR weights vs V-MPO weights: π_ref = π_t, and α → 0 at fixed α+β ([EM-SFT] §7)"),
+    Check("T3", "ess-chi2", check_ess, ESSConfig(), "ESS of the E-step weights vs N/(1+χ²(q*‖π_t)) across Λ ([EM-LLM] §10)"),
+    Check("T4", "snis-bias", check_snis_bias, SNISConfig(), "bias of the self-normalised M-step gradient and log Ẑ vs N ([EM-LLM] §10)"),
+    Check("T5", "dpo-gradient", check_dpo_gradient, DPOGradientConfig(), "DPO autograd vs the closed-form gradient ([EM-LLM] §5)"),
     Check("T6", "ipo-variance", check_ipo_variance, IPOVarianceConfig(),
           "IPO's regulariser vs 2·Var_{π_ref}[log π_θ/π_ref] (004 App. E)"),
     Check("T7", "em-improvement", check_em_improvement, EMImprovementConfig(),
           "δ_{k+1} ∝ δ_k exp(f/τ) increases E[f] until a fixed point (004 App. C)"),
     Check("T8", "gempi-unified", check_gempi_unified, UnifiedEMConfig(),
-          "generic GEMPI loss vs SFT, AWR, V-MPO, DAR, RL-EM (000 §10)"),
+          "generic GEMPI loss vs SFT, AWR, V-MPO, DAR, RL-EM ([EM-LLM] §10)"),
     Check("T9", "temperature-dual", check_temperature_dual, TemperatureDualConfig(),
-          "V-MPO's dL_η/dη vs autograd; log-sum-exp finite up to |A|/η = 1e4 (001 §6)"),
+          "V-MPO's dL_η/dη vs autograd; log-sum-exp finite up to |A|/η = 1e4 ([EM-SFT] §6)"),
     Check("T10", "dropout-ratio", check_dropout_ratio, DropoutRatioConfig(),
-          "PPO's ratio, clip fraction and KL estimate at θ = θ_old under dropout p (001 §9)"),
+          "PPO's ratio, clip fraction and KL estimate at θ = θ_old under dropout p ([EM-SFT] §9)"),
     Check("T10", "dropout-em-gradient", check_dropout_em_gradient, DropoutGradientConfig(),
-          "EM M-step gradient under dropout vs the exact expected gradient (001 §9, 000 §10)"),
+          "EM M-step gradient under dropout vs the exact expected gradient ([EM-SFT] §9, 000 §10)"),
     Check("T11", "gro-unified", check_gro_unified, GROUnifiedConfig(),
-          "RLOO, ReMax, GRPO, REINFORCE++, DPO, KTO, CPL vs their GRO instances (003 §5)"),
+          "RLOO, ReMax, GRPO, REINFORCE++, DPO, KTO, CPL vs their GRO instances ([GRO] §5)"),
     Check("T12", "dar-practical", check_dar_practical, DARPracticalConfig(),
-          "DAR's sampled importance-weighted loss vs the enumerated closed-form target (000 §7)"),
+          "DAR's sampled importance-weighted loss vs the enumerated closed-form target ([EM-LLM] §7)"),
 )}
 
 

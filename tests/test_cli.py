@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import Dirs, run_cli_subprocess, snapshot
@@ -192,7 +193,7 @@ def test_smoke_report_has_verdicts_rule_profile_provenance_and_citation(smoke):
         assert f"## {cid}" in readme and f"[{cid}](#{cid.lower()})" in readme
     assert re.search(r"\*\*Verdict: \S+ (supported|not supported|inconclusive)\*\*", readme)
     assert readme.count("*Rule (fixed in code before the data):*") == 2
-    assert "Profile **smoke**" in readme and "2 seeds per variant" in readme and "30 runs (30 ok)" in readme
+    assert "Profile **smoke**" in readme and "budget 40 steps; 2 seeds" in readme and "30 runs (30 ok)" in readme
     assert re.search(r"^- commit: `([0-9a-f]{12}|unknown)( \(dirty\))?`$", readme, re.M)
     assert re.search(r"^- command: `emrl .*run B1 --profile smoke --workers 1 --quiet`$", readme, re.M)
     assert "- overrides: none" in readme
@@ -240,7 +241,7 @@ def test_override_run_writes_its_report_under_results_ablations(smoke, cli):
     assert result.rc == 0, result.err
     assert "30 runs, 0 already stored, trained: 30 ok" in result.out  # a changed config is a new run
     ablations = list((dirs.results / "ablations").glob("bandits-pmpo-*"))
-    assert len(ablations) == 1 and re.fullmatch(r"bandits-pmpo-[0-9a-f]{8}", ablations[0].name)
+    assert len(ablations) == 1 and re.fullmatch(r"bandits-pmpo-smoke-[0-9a-f]{8}", ablations[0].name)
     readme = (ablations[0] / "README.md").read_text()
     assert "- overrides: `train.steps=20`" in readme
     assert json.loads((ablations[0] / "verdicts.json").read_text())["overrides"] == ["train.steps=20"]
@@ -295,3 +296,25 @@ def test_report_of_one_question_rewrites_it_from_the_store(smoke, cli):
     readme = (dirs.reports / "bandits-pmpo" / "README.md").read_text()
     assert "- command: `emrl --results" in readme and "report bandits-pmpo --profile smoke`" in readme
     assert snapshot(dirs.results / "runs") == runs_before
+
+
+def test_smoke_run_without_a_reports_folder_leaves_the_committed_reports_byte_identical(smoke, cli, tmp_path, monkeypatch):
+    """`emrl run B1 --profile smoke` from a checkout: the committed `reports/` (a copy of the repository's here) keep every
+    byte and mtime, and the smoke report goes to `<results>/ablations/`, saying it is an ablation and linking the
+    committed one."""
+    import shutil
+
+    dirs, _ = smoke
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "reports", checkout / "reports")
+    before = snapshot(checkout / "reports")
+    monkeypatch.delenv("EMRL_REPORTS", raising=False)
+    monkeypatch.chdir(checkout)
+    result = cli("--results", str(dirs.results), "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert result.rc == 0, result.err
+    assert snapshot(checkout / "reports") == before
+    (folder,) = [f for f in (dirs.results / "ablations").glob("bandits-pmpo-smoke-*")
+                 if json.loads((f / "verdicts.json").read_text())["overrides"] == []]
+    readme = (folder / "README.md").read_text()
+    assert "**Ablation report** — not the committed verdict. Profile `smoke`" in readme
+    assert "(an ablation: the committed report is untouched)" in result.out

@@ -1,4 +1,4 @@
-"""Claim T8 (`papers/000_18d00f82fad2bd94.txt §10`, "Recovering existing methods"): the generic GEMPI loss,
+"""Claim T8 (`[EM-LLM] §10`, "Recovering existing methods"): the generic GEMPI loss,
 configured by each method's own `to_gempi()` tuple, equals the dedicated implementation in value and
 gradient (to 1e-6 relative). Plus invariances (batch permutation, padding), robustness (|A|/η up to 1e4,
 one sample per context, all-masked contexts) and a learning check on a bandit with a known optimum.

@@ -117,7 +117,7 @@ def test_vmpo_estep_keeps_top_half_over_the_batch():
 
 
 def test_vmpo_temperature_gradient_matches_closed_form():
-    # dL_η/dη = ε + g(η) − E_p[A]/η, g = log mean_S exp(A/η), p = softmax_S(A/η)   (`001 §6`)
+    # dL_η/dη = ε + g(η) − E_p[A]/η, g = log mean_S exp(A/η), p = softmax_S(A/η)   (`[EM-SFT] §6`)
     g = torch.Generator().manual_seed(0)
     adv = torch.randn(4, 6, generator=g, dtype=DT) * 2
     mask = torch.ones(4, 6, dtype=DT)

@@ -238,7 +238,7 @@ def test_method_configs_reject_bad_values():
 
 def test_gempi_table_rows_follow_the_papers_recovering_table():
     rows = {r["method"]: r for r in gempi_table()}
-    # `000 §10` table: SFT m=0; AWR m=1 π_t fixed none; V-MPO m=1 π_t adaptive KL top-k; DAR m=2 π_ref,π_t fixed; RL-EM m=1 π_ref fixed
+    # `[EM-LLM] §10` table: SFT m=0; AWR m=1 π_t fixed none; V-MPO m=1 π_t adaptive KL top-k; DAR m=2 π_ref,π_t fixed; RL-EM m=1 π_ref fixed
     assert [r["method"] for r in gempi_table()][:5] == ["sft", "awr", "vmpo", "dar", "rlem"]
     assert (rows["sft"]["m"], rows["sft"]["anchors"], rows["sft"]["M-step"]) == (0, "—", "none")
     assert (rows["awr"]["m"], rows["awr"]["anchors"], rows["awr"]["temperature"], rows["awr"]["filter"]) == (1, "π_t", "fixed", "none")

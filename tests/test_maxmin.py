@@ -1,4 +1,4 @@
-"""Tests for algorithms.maxmin (MaxMin-RLHF, `papers/000_18d00f82fad2bd94.txt §8`).
+"""Tests for algorithms.maxmin (MaxMin-RLHF, `[EM-LLM] §8`).
 
 Hand derivations are in the comments. Useful values: σ(ln 3) = 3/4, σ(−ln 3) = 1/4, σ(0) = 1/2.
 """

@@ -352,3 +352,32 @@ def test_fit_loglog_slope_rejects_invalid_input():
         fit_loglog_slope([1.0], [1.0])
     with pytest.raises(ValueError, match="equal"):
         fit_loglog_slope([2.0, 2.0], [1.0, 3.0])
+
+
+# ------------------------------------------------------------------------------------------------ power
+def test_seeds_to_decide_matches_the_closed_form_normal_power_calculation():
+    from scipy.stats import norm
+
+    from suite.stats import normal_power, seeds_to_decide
+
+    # n = ((z_.975 + z_.8) σ / δ)² = (2.8016 · 2 / 1)² = 31.4 -> 32 seeds per cell for δ = 1, σ = 2
+    assert seeds_to_decide(1.0, 2.0) == 32
+    assert normal_power(1.0, 2.0, 32) >= 0.8 > normal_power(1.0, 2.0, 31)
+    # a difference of two cells: variances add; σ = hypot(1.5, 2) = 2.5, δ = 0.5 -> (2.8016 · 5)² = 196.2 -> 197
+    assert seeds_to_decide(-0.5, 1.5, 2.0) == 197
+    # the closed form itself: Φ(z − z_crit) + Φ(−z − z_crit) with z = δ√n/σ
+    z = 0.7 * np.sqrt(20) / 1.3
+    assert normal_power(0.7, 1.3, 20) == pytest.approx(norm.cdf(z - 1.959964) + norm.cdf(-z - 1.959964), rel=1e-6)
+    assert seeds_to_decide(1e-4, 1.0) is None  # too close to the margin for any affordable number
+    assert seeds_to_decide(0.0, 1.0) is None and seeds_to_decide(1.0, 0.0) == 1
+
+
+def test_seeds_to_decide_gives_the_power_it_promises_in_simulation():
+    from suite.stats import seeds_to_decide
+
+    rng = np.random.default_rng(7)
+    delta, sd = 0.8, 2.0
+    n = seeds_to_decide(delta, sd)
+    draws = rng.normal(delta, sd, size=(4000, n))
+    z = draws.mean(axis=1) / (sd / np.sqrt(n))
+    assert 0.77 < np.mean(np.abs(z) > 1.959964) < 0.84

@@ -1,4 +1,4 @@
-"""Tests for algorithms.virel (VIREL, `papers/000_18d00f82fad2bd94.txt §9`).
+"""Tests for algorithms.virel (VIREL, `[EM-LLM] §9`).
 
 Hand derivations are in the comments. Notation: δ = T Q − Q, ε = max(c·mean|δ|^p, floor),
 Boltzmann target b = softmax(Q/ε), Z = Σ_a exp(Q_a/ε).
