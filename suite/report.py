@@ -72,6 +72,9 @@ def analyse(question: Question, points: list[GridPoint], store: Store) -> tuple[
     runs["variant"] = runs.run_id.map(variant)
     rng = np.random.default_rng(ANALYSIS_SEED)
     analysis = question.analyse(runs, loaded.rows, rng)
+    for v in analysis.verdicts:  # the framework's contract: an outcome comes from verdict checks of the quoted sentence
+        if not any(c.kind == "verdict" for c in v.checks):
+            raise RuntimeError(f"question {question.name!r}: claim {v.claim.id}'s verdict has no verdict check")
     min_seeds = int(runs.groupby(["task", "variant"]).size().min())
     analysis.verdicts = [require_seeds(v, min_seeds) for v in analysis.verdicts]
     return analysis, runs

@@ -381,7 +381,7 @@ class Theory(Question):
         ax.set_xlabel("α (α + β = 0.05 fixed)")
         ax.set_ylabel("max_i |w_DAR − ψ_V-MPO| / max ψ")
         ax.set_title(f"T2: gap → 0 as α → 0; median slope {np.median(list(slopes.values())):.3f}")
-        ax.legend(loc="upper left")
+        plotting.legend_below(fig, [ax])
         summary = (f"with π_ref = π_t the largest gap over {n_instances(df)} instances is {exact:.1e} (tolerance {EXACT_TOL:g}); "
                    f"the gap's log–log slope against α ranges over [{min(slopes.values()):.3f}, {max(slopes.values()):.3f}] "
                    f"(target 1 ± {SLOPE_TOL:g}).")
@@ -414,7 +414,7 @@ class Theory(Question):
         ax.set_xlabel("temperature Λ")
         ax.set_ylabel(f"ESS (N = {int(f['ess-chi2'].N.dropna().iloc[0])})")
         ax.set_title("T3: ESS against Λ, one colour per instance")
-        ax.legend(loc="lower right")
+        plotting.legend_below(fig, [ax])
         summary = (f"the mean ESS is within {worst:.1%} of N/(1+χ²) at every Λ on {n_instances(df)} instances (tolerance "
                    f"{ESS_RTOL:.0%}); ESS rises strictly with Λ on {sum(increasing.values())} of {len(increasing)} instances.")
         return Verdict(claim, outcome, summary, table), {"t3_ess_vs_lambda.png": fig}
@@ -541,9 +541,11 @@ class Theory(Question):
                                    f"max abs(z) {g.eval_max_abs_z.min():.1f}–{g.eval_max_abs_z.max():.1f}"})
         outcome = combine([ppo, em_part])
         fig, axes = plotting.figure(ncols=4, width=3.0, height=2.8)
-        panels = (("ratio_std", "std of π_θ/π_old at θ = θ_old"), ("clipfrac", "clip fraction, first minibatch"),
-                  ("kl_k1", "KL estimate E[ℓ_old − ℓ_θ] (true 0)"))
-        for ax, (metric, ylabel) in zip(axes, panels):
+        panels = (("ratio_std", "std of π_θ/π_old", "PPO: ratio spread at θ = θ_old"),
+                  ("clipfrac", "clip fraction", "PPO: clipped at the first minibatch"),
+                  ("kl_k1", "E[ℓ_old − ℓ_θ]", "PPO: k1 KL estimate (true KL 0)"))
+        for ax, (metric, ylabel, title) in zip(axes, panels):
+            ax.set_title(title)
             c = [dict(variant="PPO", p=p, **dict(zip(("iqm", "lo", "hi"), iqm_ci(g[metric].to_numpy(), rng))))
                  for p, g in ratio.groupby("p")]
             plotting.ci_lines(ax, pd.DataFrame(c), ["PPO"], x="p")
@@ -559,7 +561,8 @@ class Theory(Question):
         ax.set_yscale("log")
         ax.set_xlabel("dropout p")
         ax.set_ylabel("max |z| vs exact E_mask[∇L]")
-        ax.legend(loc="upper left", fontsize=7)
+        ax.set_title("EM: M-step gradient bias under dropout")
+        plotting.legend_below(fig, axes)
         k1_all = ratio[ratio.p > 0].groupby("p").kl_k1.median()
         summary = (f"PPO at θ = θ_old: ratio std {ratio[ratio.p > 0].groupby('p').ratio_std.median().min():.3f}–"
                    f"{ratio.groupby('p').ratio_std.median().max():.3f}, first-minibatch clip fraction "
