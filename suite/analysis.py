@@ -113,10 +113,21 @@ def check(name: str, words: str, x: np.ndarray, rng: np.random.Generator, *, tes
     `test`: "above" (the CI wholly above the threshold supports), "below", or "within" (equivalence: the CI inside
     ±threshold). An open outcome carries what would decide it. `fmt` formats the CI into the statistic text.
     """
-    statistic = statistic or stats.iqm
+    outcome, ci, decide = ci_test(x, rng, test=test, threshold=threshold, y=y, statistic=statistic or stats.iqm)
+    if not np.isfinite(ci[0]):
+        return Check(name, "verdict", "inconclusive", "no runs", words=words, group=group, decide=decide)
+    bound = {"above": f"> {threshold:.{digits}f}", "below": f"< {threshold:.{digits}f}", "within": f"within ±{threshold:.{digits}f}"}[test]
+    text = fmt.format(fmt_ci(ci, digits)) + f"; needs {bound}"
+    return Check(name, "verdict", outcome, text, words=words, group=group, decide=decide)
+
+
+def ci_test(x, rng: np.random.Generator, *, test: str, threshold: float, y=None,
+            statistic: Callable = stats.iqm) -> tuple[str, tuple[float, float, float], str]:
+    """One cell's IQM (or the difference x − y, or another `statistic`) with its 95% CI against `threshold`:
+    (outcome, CI, what would decide it when open). No runs: inconclusive with a NaN CI."""
     x = np.asarray(x, dtype=float)
     if len(x) == 0 or (y is not None and len(y) == 0):
-        return Check(name, "verdict", "inconclusive", "no runs", words=words, group=group, decide="runs of this cell")
+        return "inconclusive", (float("nan"),) * 3, "runs of this cell"
     if y is None:
         ci = stats.stratified_bootstrap_ci(x, statistic, rng)
         sd_y = 0.0
@@ -125,10 +136,8 @@ def check(name: str, words: str, x: np.ndarray, rng: np.random.Generator, *, tes
         ci = stats.difference_ci(x, y, statistic, rng)
         sd_y = _sd(y)
     outcome = _TESTS[test](ci, threshold)
-    bound = {"above": f"> {threshold:.{digits}f}", "below": f"< {threshold:.{digits}f}", "within": f"within ±{threshold:.{digits}f}"}[test]
-    text = fmt.format(fmt_ci(ci, digits)) + f"; needs {bound}"
     decide = decide_note(ci[0], threshold, test, _sd(x), sd_y, len(x)) if outcome == "inconclusive" else ""
-    return Check(name, "verdict", outcome, text, words=words, group=group, decide=decide)
+    return outcome, ci, decide
 
 
 def observation(name: str, finding: str, statistic: str = "", group: str = "") -> Check:

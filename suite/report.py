@@ -158,7 +158,7 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
         md += [f"*Rule (fixed in code before the data):* {c.rule}", ""]
         if v.checks:
             md += ["Checks — only *verdict* checks, each testing the quoted words, move the verdict; *observations* are "
-                   "reported beside it:", "", markdown_table([ch.row() for ch in v.checks])]
+                   "reported beside it:", "", markdown_table(check_rows(v.checks))]
         if c.knob is not None:
             k = c.knob
             md += [f"*Sensitivity* — open knob **{k.name}** (the paper: {k.paper}; pre-registered values "
@@ -184,7 +184,8 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
            f"- seeds: {seeds[0]}–{seeds[-1]} ({len(seeds)} per variant; the profile's default is {budget.seeds})",
            f"- budget: {budget_str}",
            f"- overrides: {', '.join(f'`{o}`' for o in overrides) if overrides else 'none'}", "",
-           "Training-loop settings that differ between runs of this grid (every other field is the same in all runs):", "",
+           "Algorithm and training-loop settings that differ between runs of this grid (every other field is the same in all "
+           "runs; — where a field does not apply):", "",
            knob_table(points),
            "## Provenance", "",
            f"- command: `{command}`", f"- commit: `{commit}`", f"- date: {date}",
@@ -206,11 +207,24 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
     return out_dir / "README.md"
 
 
+def check_rows(checks) -> list[dict]:
+    """One row per check; the "at" column (knob value or sub-claim) shows "—" where a check belongs to no group."""
+    rows = [c.row() for c in checks]
+    if any("at" in r for r in rows):
+        rows = [{k: r.get(k, "—") for k in ("check", "kind", "tests the words", "at", "statistic [95% CI]", "outcome",
+                                             "what would decide it")} for r in rows]
+    return rows
+
+
 def knob_table(points: list[GridPoint]) -> str:
-    """The training-loop fields whose values differ between the grid's runs, one row per variant and task."""
-    cfgs = [(p.variant, p.spec.task, to_dict(p.spec.train_config)) for p in points]
+    """The algorithm and training-loop fields whose values differ between the grid's runs, one row per variant and task."""
+    cfgs = [(p.variant, p.spec.task, {**{f"{p.spec.algo}.{k}": v for k, v in to_dict(p.spec.algo_config).items()},
+                                      **{f"train.{k}": v for k, v in to_dict(p.spec.train_config).items()}})
+            for p in points]
     keys = sorted({k for _, _, c in cfgs for k in c})
-    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for _, _, c in cfgs}) > 1]
+    # a field varies when the runs that have it do not all agree (an algorithm's own fields are not "varying" merely
+    # because another algorithm of the grid lacks them)
+    varying = [k for k in keys if len({json.dumps(c[k], sort_keys=True) for _, _, c in cfgs if k in c}) > 1]
     rows, seen = [], set()
     for variant, task, c in cfgs:
         key = (variant, task)

@@ -1,8 +1,8 @@
 """Online RLHF of a small `transformers` causal LM: every method as one loss on a `[B, K]` batch of sequences.
 
-One update (`papers/001_8b44b9ea6e2e604b.txt §6`, `papers/000_18d00f82fad2bd94.txt §4, §7`):
+One update (`[EM-SFT] §6`, `[EM-LLM] §4, §7`):
 1. draw `prompts_per_update` training prompts and sample K = `samples_per_prompt` responses each at `temperature`
-   from the current policy in eval mode (`tasks.lm_tokens.sample`, the rollout of `001 §9`);
+   from the current policy in eval mode (`tasks.lm_tokens.sample`, the rollout of `[EM-SFT] §9`);
 2. score them with the task's reward: the programmatic gold reward, or the learned Bradley–Terry proxy
    (`tasks.lm_models.reward_model`); both are always logged;
 3. teacher-forced passes under the sampling policy (eval mode, no gradient) and the frozen reference (the SFT
@@ -16,23 +16,38 @@ What `score` holds depends on what the method is (decided from its declared `Nee
 - a method with its own critic term (PPO, `needs.values`): advantages from the value head on the policy's last
   hidden states — per token with GAE (γ = 1, `gae_lambda`) on token rewards −β·k1_t plus the reward at the last
   token (Ziegler et al. 2019, TRL), or per sequence A = r − β·Σ_t k1_t − V(x) when `ratio_level = "sequence"`;
-- `advantage = "value"` for a method without a critic term (V-MPO's A = r − V_φ(x) of `001 §6`, AWR): the same
+- `advantage = "value"` for a method without a critic term (V-MPO's A = r − V_φ(x) of `[EM-SFT] §6`, AWR): the same
   sequence-level advantage, the value head trained by the loop's ½(V − r)² with weight `vf_coef`;
 - otherwise the reward itself; the method forms its own baseline (RLOO, GRPO, REINFORCE++, ReMax, DAR, GRO).
 A method that regularises towards π_ref inside its loss (needs logp_ref or kl_ref: DPO, PMPO, DAR, RLOO, GRPO,
 REINFORCE++) sees the raw reward; every other method sees the KL-shaped reward r − β·Σ_t (log π_old − log π_ref)
-with β = `reward_kl`, the usual RLHF objective (`001 §6` "E-step / M-step for RL Fine-Tuning"). Labels: the top
-half of each prompt's K samples by score are accepted (+1), the rest rejected (−1) (PMPO's 2 of 4, `004 §5`).
+with β = `reward_kl`, the usual RLHF objective (`[EM-SFT] §6` "E-step / M-step for RL Fine-Tuning"). Labels: the top
+half of each prompt's K samples by score are accepted (+1), the rest rejected (−1) (PMPO's 2 of 4, `[PMPO] §5`).
 ReMax's baseline is the reward of each prompt's greedy response.
 
 Logged every update (step = updates done): `reward/gold`, `reward/proxy` (mean over the rollout), `kl/ref_seq` (mean
 over sequences of Σ_t KL(π_old(·|s_t) ‖ π_ref(·|s_t)), closed form at the sampled prefixes: an unbiased estimate
 of the sequence-level KL), `length`, the method's metrics averaged over minibatches, `first/ratio_std` and
 `first/clipfrac` (the first minibatch, at θ = θ_old: pure dropout noise for a ratio method), `update/early_stop`
-(PPO's KL early stopping, `target_kl`). Every `eval_every` updates and at the start and end: `eval/gold`,
-`eval/proxy`, `eval/kl_ref`, `eval/grammatical` on the held-out prompts and `eval_train/gold` on as many training
-prompts. A non-finite loss, gradient or parameter, or a KL to the reference above `kl_limit`, stops the run as
-`diverged` with the update and the reason.
+(PPO's KL early stopping, `target_kl`), `labels/boundary_ties` (the fraction of prompts whose K/2-th and
+(K/2 + 1)-th scores tie, where the accept/reject labels fall to the lower sample index).
+
+Two evaluations, both with the policy in eval mode (no dropout) and sampling at `temperature`:
+- **curves** (cheap): every `eval_every` updates and at the start and end, one sample for each of `eval_prompts`
+  held-out prompts: `eval/gold`, `eval/proxy`, `eval/kl_ref`, `eval/grammatical` (and, with `final_train`,
+  `eval_train/gold` on as many training prompts); the generator is the run's own (`eval/<step>` of its seed);
+- **the fixed score set** (low noise, what every L claim's score reads): at the start and the end (and every
+  `final_every` updates if set), `final_samples` samples for each of the first `final_prompts` held-out prompts —
+  the same prompts for every seed and method — drawn with one generator fixed by the task (`prompt_seed`), not by the
+  run, so that every run, method and evaluation point sees the same sampling noise (common random numbers: the
+  differences between runs are paired). Rows `final/gold`, `final/proxy`, `final/kl_ref`, `final/grammatical`
+  (means over every sample); with `final_train`, `final_train/gold` and `final_train/kl_ref` on the training pool's
+  first prompts (as many samples as the held-out set has prompts). The start is the same model for every run of a
+  task, so its evaluation is computed once per process and reused (same numbers). Its cost, measured on one core of the
+  2-core machine with the default model: 1.6 s per evaluation of 256 × 4 samples, against 0.22 s per update of
+  16 × 4 samples (a quick run of 40 updates: ~10 s).
+A non-finite loss, gradient or parameter, or a KL to the reference above `kl_limit`, stops the run as
+`diverged` with the update and the reason (its rows stop there: a diverged run has no end-of-training evaluation).
 """
 
 from __future__ import annotations
@@ -74,7 +89,12 @@ class LMTaskConfig:
     reward: Literal["gold", "proxy"] = field("gold", "what the policy optimises: the gold reward or the learned "
                                                      "Bradley–Terry proxy (both are logged)")
     train_prompts: int = field(2048, "size of the training prompt pool (small-data regime: a few dozen)")
-    eval_prompts: int = field(64, "held-out prompts (and training prompts) per evaluation, one sample each")
+    eval_prompts: int = field(64, "held-out prompts (and training prompts) per curve evaluation, one sample each")
+    final_prompts: int = field(256, "held-out prompts of the fixed score set (the same for every seed and method)")
+    final_samples: int = field(4, "samples per prompt of the fixed score set")
+    final_train: bool = field(False, "also score the training pool's first n = min(train_prompts, final_prompts) prompts, "
+                                     "ceil(final_prompts / n) samples each (the train/held-out gap), and log the cheap "
+                                     "curve on as many training prompts")
     max_new_tokens: int = field(16, "cap on generated tokens (the longest sentence plus EOS is 15)")
     temperature: float = field(1.0, "sampling temperature of rollouts and evaluation")
     rm_pairs: int = field(0, "gold-labelled comparisons the proxy reward model is trained on (0: the "
@@ -85,7 +105,8 @@ class LMTaskConfig:
 
     def __post_init__(self):
         check_choices(self)
-        check_positive(self, "train_prompts", "eval_prompts", "max_new_tokens", "temperature")
+        check_positive(self, "train_prompts", "eval_prompts", "final_prompts", "final_samples", "max_new_tokens",
+                       "temperature")
         check_positive(self, "rm_pairs", strict=False)
 
 
@@ -111,14 +132,15 @@ class LMRLHFConfig:
     dropout: float = field(0.0, "dropout p of the policy's training passes (residual, embedding, attention)")
     target_kl: float | None = field(None, "PPO early stopping: end the update's epochs once a minibatch's "
                                           "k3 KL(π_old‖π_θ) exceeds 1.5·target_kl (Spinning Up); None: never")
-    eval_every: int = field(10, "updates between evaluations (also at the start and the end)")
+    eval_every: int = field(10, "updates between curve evaluations (also at the start and the end)")
+    final_every: int = field(0, "updates between evaluations on the fixed score set; 0: at the start and the end only")
     kl_limit: float = field(50.0, "a mean sequence KL to the reference above this (nats) marks the run diverged")
 
     def __post_init__(self):
         check_choices(self)
         check_positive(self, "updates", "prompts_per_update", "samples_per_prompt", "epochs", "minibatches", "lr",
                        "dual_lr", "max_grad_norm", "eval_every", "kl_limit", "target_kl")
-        check_positive(self, "reward_kl", "vf_coef", strict=False)
+        check_positive(self, "reward_kl", "vf_coef", "final_every", strict=False)
         check_range(self, "gae_lambda", 0.0, 1.0)
         check_range(self, "dropout", 0.0, 1.0, hi_open=True)
         if self.minibatches > self.prompts_per_update:
@@ -207,6 +229,7 @@ class Learner:
         if missing:
             raise ConfigError(f"algorithm {spec.algo!r} needs {', '.join(missing)}, which the LM RLHF loop does not provide.")
         path = self.task.policy or str(sft_model(stages(self.task)[0]))
+        self.path = path
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stream_seed(spec.seed, "run/init"))
             self.policy, self.tokenizer = load_causal_lm(path, dropout=self.cfg.dropout)
@@ -304,7 +327,10 @@ class Learner:
         """`epochs` passes of `minibatches` minibatches; returns the averaged metrics, or the divergence reason."""
         cfg = self.cfg
         score, target = self.scores(ro)
-        label = (2.0 * top_k_mask(self.shaped_reward(ro).reshape(B, K), torch.ones(B, K), k=K // 2) - 1.0).reshape(-1)
+        ranked = self.shaped_reward(ro).reshape(B, K)
+        label = (2.0 * top_k_mask(ranked, torch.ones(B, K), k=K // 2) - 1.0).reshape(-1)
+        ordered = ranked.sort(-1, descending=True).values
+        boundary_ties = float((ordered[:, K // 2 - 1] == ordered[:, K // 2]).float().mean()) if K >= 2 else 0.0
         logged: list[dict[str, Tensor]] = []
         early_stop = 0.0
         for epoch in range(cfg.epochs):
@@ -341,6 +367,7 @@ class Learner:
         keys = sorted({k for m in logged for k in m})
         out = {k: float(torch.stack([m[k] for m in logged if k in m]).mean()) for k in keys}
         out["update/early_stop"] = early_stop
+        out["labels/boundary_ties"] = boundary_ties
         out["update/minibatches"] = float(len(logged))
         if not all(torch.isfinite(p).all() for p in self.params):
             return out, "non-finite parameters"
@@ -348,13 +375,19 @@ class Learner:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator) -> dict[str, float]:
-        ro = self.rollout(prompt_texts, rewards, gen, k=1)
-        texts = rewards.texts(ro.response_ids, ro.mask)
-        grammatical = [is_grammatical(t) for t in texts]
-        kl = token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1)
-        return {"gold": float(ro.gold.mean()), "proxy": float(ro.proxy.mean()), "kl_ref": float(kl.mean()),
-                "grammatical": float(np.mean(grammatical))}
+    def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator, k: int = 1,
+                 chunk: int = 256) -> dict[str, float]:
+        """Means over `k` samples of each prompt (eval mode): gold, proxy, KL to the reference, grammatical share.
+        Prompts go through in chunks of `chunk` (memory), all drawing from the one generator `gen`."""
+        gold, proxy, kl, grammatical = [], [], [], []
+        for i in range(0, len(prompt_texts), chunk):
+            ro = self.rollout(prompt_texts[i:i + chunk], rewards, gen, k=k)
+            gold.append(ro.gold)
+            proxy.append(ro.proxy)
+            kl.append(token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1))
+            grammatical += [is_grammatical(t) for t in rewards.texts(ro.response_ids, ro.mask)]
+        return {"gold": float(torch.cat(gold).mean()), "proxy": float(torch.cat(proxy).mean()),
+                "kl_ref": float(torch.cat(kl).mean()), "grammatical": float(np.mean(grammatical))}
 
 
 def train(specs: list[RunSpec]) -> list[RunResult]:
@@ -363,7 +396,44 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
             for s in specs]
 
 
+FINAL_STREAM = "final-eval"
+"""The generator stream of the fixed score set, seeded by the task's `prompt_seed` (never by the run's seed)."""
+
+_START_SCORES: dict[tuple, list[tuple[str, float]]] = {}
+"""The fixed score set's evaluation of each task's starting policy, computed once per process (same numbers)."""
+
+
+def score_sets(task: LMTaskConfig) -> tuple[list[str], list[str], int]:
+    """The fixed score set: (held-out prompts, training prompts scored beside them or [], samples per training prompt)."""
+    language = language_of(task)
+    heldout = prompts(language, "heldout", task.final_prompts, seed=task.prompt_seed)
+    if not task.final_train:
+        return heldout, [], 0
+    n = min(task.train_prompts, task.final_prompts)
+    train = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)[:n]
+    return heldout, train, math.ceil(task.final_prompts / n)
+
+
+def final_scores(learner: Learner, rewards: Rewards, task: LMTaskConfig) -> list[tuple[str, float]]:
+    """(metric, value) rows of the fixed score set for the learner's current policy."""
+    heldout, train, k_train = score_sets(task)
+    out = [(f"final/{name}", v) for name, v in
+           learner.evaluate(heldout, rewards, generator(task.prompt_seed, FINAL_STREAM), k=task.final_samples).items()]
+    if train:
+        m = learner.evaluate(train, rewards, generator(task.prompt_seed, FINAL_STREAM + "/train"), k=k_train)
+        out += [("final_train/gold", m["gold"]), ("final_train/kl_ref", m["kl_ref"])]
+    return out
+
+
 def train_one(spec: RunSpec) -> RunResult:
+    """One run. The dropout masks of its training passes come from the global torch RNG, seeded here from the run's
+    seed (stream `run/dropout`) inside `fork_rng`, so a run's numbers never depend on what its process ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(spec.seed, "run/dropout"))
+        return _train_one(spec)
+
+
+def _train_one(spec: RunSpec) -> RunResult:
     cfg: LMRLHFConfig = spec.train_config
     task: LMTaskConfig = spec.task_config
     learner = Learner(spec)
@@ -380,9 +450,21 @@ def train_one(spec: RunSpec) -> RunResult:
         eval_gen = generator(spec.seed, f"eval/{step}")
         for name, value in learner.evaluate(heldout, rewards, eval_gen).items():
             rows.append((step, f"eval/{name}", value))
-        rows.append((step, "eval_train/gold", learner.evaluate(train_eval, rewards, eval_gen)["gold"]))
+        if task.final_train:
+            rows.append((step, "eval_train/gold", learner.evaluate(train_eval, rewards, eval_gen)["gold"]))
+
+    def score(step: int) -> None:
+        if step == 0:  # the starting policy is the same for every run of the task: evaluate it once per process
+            key = (learner.path, repr(task))
+            if key not in _START_SCORES:
+                _START_SCORES[key] = final_scores(learner, rewards, task)
+            values = _START_SCORES[key]
+        else:
+            values = final_scores(learner, rewards, task)
+        rows.extend((step, name, v) for name, v in values)
 
     evaluate(0)
+    score(0)
     for update in range(1, cfg.updates + 1):
         chosen = torch.randint(len(pool), (B,), generator=gen).tolist()
         prompt_texts = [pool[i] for i in chosen]
@@ -403,6 +485,8 @@ def train_one(spec: RunSpec) -> RunResult:
             return RunResult("diverged", rows, diverged={"step": update, "reason": reason})
         if update % cfg.eval_every == 0 or update == cfg.updates:
             evaluate(update)
+        if update == cfg.updates or (cfg.final_every and update % cfg.final_every == 0):
+            score(update)
     return RunResult("ok", rows)
 
 
@@ -411,8 +495,8 @@ def _register() -> None:
                     description="online RLHF of a small transformers GPT-2 on a synthetic language (gold and proxy rewards)")
     register_task("lm-grammar", family, LMTaskConfig(), "LM family: continue a sentence of the suite's grammar; "
                                                          "gold reward = sentiment and topic of a grammatical reply")
-    register_task("lm-grammar-small", family, LMTaskConfig(train_prompts=32),
-                  "LM family, small-data regime: 32 training prompts, evaluated on held-out prompts")
+    register_task("lm-grammar-small", family, LMTaskConfig(train_prompts=32, final_train=True),
+                  "LM family, small-data regime: 32 training prompts, scored on held-out prompts and on its training prompts")
     register_task("lm-grammar-proxy", family, LMTaskConfig(reward="proxy", rm_pairs=300),
                   "LM family optimising a Bradley–Terry proxy reward model trained on 300 gold-labelled pairs")
 

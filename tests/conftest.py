@@ -109,3 +109,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def assert_readable_figures(figures: dict) -> None:
+    """The report's figure rules: no legend inside an axes (legends go below the panels), every panel titled, at most
+    `plotting.MAX_SERIES` labelled series per axes. Closes the figures."""
+    import matplotlib.pyplot as plt
+
+    from suite import plotting
+
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            assert ax.get_legend() is None and ax.get_title(), f"{name}: legends go below the panels; every panel is titled"
+            labels = [h for h in ax.get_legend_handles_labels()[1] if not h.startswith("_")]
+            assert len(labels) <= plotting.MAX_SERIES, f"{name}: {len(labels)} series on one axes"
+        plt.close(fig)

@@ -96,3 +96,121 @@ def test_bad_config_names_the_field(field, value, allowed):
 def test_decoupled_kl_is_refused_for_categorical_policies():
     with pytest.raises(ConfigError, match="decoupled"):
         run("vmpo", VMPOConfig(kl_split="decoupled"), TINY)
+
+
+# ------------------------------------------------------------------------------------------ verdict rules on made-up runs
+import pandas as pd  # noqa: E402
+
+from suite.questions import atari as A  # noqa: E402
+
+STEPS = (512, 1024, 1536, 2048)
+
+
+def _frames(question, profile="quick", *, curve, final=None, diverged=(), layers=None):
+    """runs/rows as the store gives them for `question`'s grid: `curve(variant, task, seed)` gives the training-episode
+    return at STEPS, `final(variant, task, seed)` the final evaluation return (default: the curve's last value);
+    runs in `diverged` ((variant, seed) pairs) are recorded diverged after their second iteration."""
+    runs, rows = [], []
+    for p in question.grid(profile):
+        rid, cfg = f"{p.variant}/{p.spec.task}/{p.spec.seed}", p.spec.train_config
+        div = (p.variant, p.spec.seed) in diverged
+        runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "seed": p.spec.seed,
+                     "status": "diverged" if div else "ok", "train_config.total_steps": STEPS[-1],
+                     "train_config.core_layers": layers or cfg.core_layers, "train_config.eval_episodes": cfg.eval_episodes})
+        values = curve(p.variant, p.spec.task, p.spec.seed)
+        for step, v in list(zip(STEPS, values))[: 2 if div else None]:
+            rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "train/episode_return", "value": v})
+        if not div:
+            f = final(p.variant, p.spec.task, p.spec.seed) if final else values[-1]
+            rows.append({"run_id": rid, "seed": p.spec.seed, "step": STEPS[-1], "metric": "eval/return", "value": f})
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def _verdict(question, **kw):
+    runs, rows = _frames(question, **kw)
+    return question.analyse(runs, rows, np.random.default_rng(0))
+
+
+def _flat(level, seed, spread=0.05):
+    return [level + spread * (seed - 2)] * len(STEPS)
+
+
+def test_every_final_score_is_the_mean_of_at_least_ten_evaluation_episodes_at_quick_and_paper():
+    for q in (A.AtariVMPOvsPPO(), A.AtariDivergence(), A.AtariTrXLFails(), A.AtariMemory()):
+        for profile in ("quick", "paper"):
+            assert all(p.spec.train_config.eval_episodes >= 10 for p in q.grid(profile)), (q.name, profile)
+
+
+def test_a1_runs_the_knob_only_where_it_says_and_its_rule():
+    q = A.AtariVMPOvsPPO()
+    assert {p.variant for p in q.grid("quick")} == {"PPO", "V-MPO", A.RANDOM}
+    paper = {p.variant: p.spec.train_config.lr for p in q.grid("paper") if p.variant.startswith("V-MPO")}
+    assert sorted(paper.values()) == sorted(A.VMPO_LRS) and A.A1_KNOB.run_at == ("paper",)
+    level = {"PPO": 10.0, "V-MPO": 10.0, A.RANDOM: 0.5}
+    a = _verdict(q, curve=lambda v, t, s: _flat(level[v], s))
+    assert a.verdicts[0].outcome == "supported"
+    level["V-MPO"] = 4.0  # learns, but far below 80% of PPO
+    assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s)).verdicts[0].outcome == "not supported"
+    level.update({"PPO": 1.0, "V-MPO": 1.0})  # below random + 1: V-MPO does not learn; PPO, the yardstick, neither
+    v = _verdict(q, curve=lambda v, t, s: _flat(level[v], s)).verdicts[0]
+    outcomes = {c.name: c.outcome for c in v.checks if c.kind == "verdict"}
+    assert v.outcome == "not supported" and outcomes["(a) V-MPO learns"] == "not supported"
+    assert outcomes["(b) V-MPO ≥ 80% of PPO"] == "inconclusive"  # equal to a PPO that does not learn says nothing
+    fig = a.figures["learning_curves.png"]
+    assert all(ax.get_title() and ax.get_legend() is None for ax in fig.axes) and fig.legends
+
+
+def test_a2_rates_are_wilson_and_newcombe_and_the_power_number_is_the_two_proportion_formula():
+    # Wilson 0/10: centre = (z²/20)/(1 + z²/10), half the same: [0, z²/(10 + z²)] = [0, 0.2775]
+    p, lo, hi = A.wilson(0, 10)
+    assert p == 0 and lo == 0 and hi == pytest.approx(1.959964**2 / (10 + 1.959964**2))
+    d, lo, hi = A.newcombe(0, 10, 0, 10)  # neither arm diverged: ± the Wilson upper end, not [0, 0]
+    assert d == 0 and lo == pytest.approx(-hi) and hi == pytest.approx(0.2775, abs=1e-4)
+    assert A.runs_to_separate(0.5, 0.3) == 93  # the textbook two-proportion sample size (Fleiss, no continuity correction)
+    assert A.runs_to_separate(0.16, 0.0) == 44
+    q = A.AtariDivergence()
+    v = _verdict(q, curve=lambda v, t, s: _flat(0.0, s)).verdicts[0]
+    assert v.outcome == "inconclusive" and "44 runs per core" in v.decide and "16%" in v.paper
+    trxl_i = {(f"TrXL-I lr={lr:g}", s) for lr in A.LRS for s in range(5)}
+    v = _verdict(q, curve=lambda v, t, s: _flat(0.0, s), diverged=trxl_i).verdicts[0]
+    assert v.outcome == "supported"  # 10/10 against 0/10
+    gtrxl = {(f"GTrXL lr={lr:g}", s) for lr in A.LRS for s in range(5)}
+    assert _verdict(q, curve=lambda v, t, s: _flat(0.0, s), diverged=gtrxl).verdicts[0].outcome == "not supported"
+
+
+def test_a3_area_under_the_curve_counts_a_diverged_run_at_its_floor():
+    runs = pd.DataFrame({"run_id": ["a", "b"], "task": [A.MEMORY] * 2, "status": ["ok", "diverged"]})
+    rows = pd.DataFrame({"run_id": ["a", "a", "a", "a", "b", "b"], "step": [1, 2, 3, 4, 1, 2], "metric": "train/episode_return",
+                         "value": [0.0, 0.0, 1.0, 1.0, 0.5, 0.5]})
+    got = A.auc(runs, rows)
+    assert got["a"] == pytest.approx(0.5)  # (0 + 0 + 1 + 1) / 4
+    assert got["b"] == pytest.approx((0.5 + 0.5 - 1 - 1) / 4)  # −1 from its divergence on
+
+
+def test_a3_rule_on_areas():
+    q = A.AtariMemory()
+    early, late, flat = [0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0] * 4  # early and late: the same final return
+
+    def curves(memory: dict, reactive: dict):
+        return lambda v, t, s: [x + 0.02 * (s - 2) for x in (memory if t == A.MEMORY else reactive)[v]]
+
+    memory = {"GTrXL": early, "LSTM": late, "feed-forward": flat}
+    reactive = {"GTrXL": early, "LSTM": early, "feed-forward": early}
+    assert _verdict(q, curve=curves(memory, reactive)).verdicts[0].outcome == "supported"
+    regress = {"GTrXL": late, "LSTM": early, "feed-forward": early}  # GTrXL learns the reactive task later than LSTM
+    assert _verdict(q, curve=curves(memory, regress)).verdicts[0].outcome == "not supported"
+    no_memory_needed = {"GTrXL": early, "LSTM": late, "feed-forward": early}  # the feed-forward core solves it
+    v = _verdict(q, curve=curves(no_memory_needed, reactive)).verdicts[0]
+    assert v.outcome == "inconclusive" and "feed-forward" in v.decide
+
+
+def test_a4_is_inconclusive_below_six_layers_whatever_the_data():
+    q = A.AtariTrXLFails()
+    level = {"TrXL lr=0.0003": 0.0, "TrXL-I lr=0.0003": 1.0, "GTrXL lr=0.0003": 1.0, A.RANDOM: 0.0}
+    shallow = _verdict(q, curve=lambda v, t, s: _flat(level[v], s)).verdicts[0]
+    assert shallow.outcome == "inconclusive" and "depth not tested" in shallow.summary and "6 layers" in shallow.decide
+    assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s), layers=8).verdicts[0].outcome == "supported"
+    level["TrXL lr=0.0003"] = 1.0
+    assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s), layers=8).verdicts[0].outcome == "not supported"
+    level.update({"TrXL-I lr=0.0003": 0.0, "GTrXL lr=0.0003": 0.0, "TrXL lr=0.0003": 0.0})  # no core learns: no test
+    assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s), layers=8).verdicts[0].outcome == "inconclusive"

@@ -314,12 +314,15 @@ def test_offline_learners_run_end_to_end(shared_results, monkeypatch, algo, cfg,
 # ------------------------------------------------------------------------------------------------ verdict rules on made-up scores
 
 
-def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str, list[float]]] | None = None):
-    """runs/rows DataFrames as the store gives them, with made-up final returns per variant (5 seeds each)."""
+def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str, list[float]]] | None = None,
+            run_columns: dict | None = None):
+    """runs/rows DataFrames as the store gives them, with made-up final returns per variant (5 seeds each); `extra` adds
+    metrics at step 0 (per variant and seed), `run_columns` config columns of every run."""
     runs, rows = [], []
     for p in question.grid("quick"):
         rid = f"{p.variant}/{p.spec.seed}"
-        runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "status": "ok"})
+        runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "status": "ok", "seed": p.spec.seed,
+                     **(run_columns or {})})
         value = finals[p.variant][p.spec.seed]
         for step, frac in ((1000, 0.5), (5000, 1.0)):
             rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "eval/return", "value": frac * value})
@@ -330,66 +333,211 @@ def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str,
     return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
-def _verdict(question, finals, extra=None):
-    runs, rows = _frames(question, finals, extra)
-    return question.analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+def _analysis(question, finals, extra=None, run_columns=None):
+    runs, rows = _frames(question, finals, extra, run_columns)
+    return question.analyse(runs, rows, np.random.default_rng(0))
+
+
+def _verdict(question, finals, extra=None, run_columns=None):
+    import matplotlib.pyplot as plt
+
+    verdict = _analysis(question, finals, extra, run_columns).verdicts[0]
+    plt.close("all")
+    return verdict
 
 
 def around(x, spread=2.0):
     return [x - 2 * spread, x - spread, x, x + spread, x + 2 * spread]
 
 
-def test_c1_rule():
-    from suite.questions.control_ac import RANDOM_LABEL, ControlPMPO
+def _groups(verdict) -> dict[str, str]:
+    """Each check group's combined outcome."""
+    from suite.claims import combine
+
+    out: dict[str, list[str]] = {}
+    for c in verdict.checks:
+        if c.kind == "verdict":
+            out.setdefault(c.group, []).append(c.outcome)
+    return {g: combine(o) for g, o in out.items()}
+
+
+def test_random_bar_has_a_floor_and_a_relative_margin():
+    from suite.questions.control_ac import LEARN_FLOOR, bar
+
+    assert bar(0.0) == LEARN_FLOOR == 50.0  # a near-zero random score still needs 50 return points
+    assert bar(30.0) == 80.0  # cartpole-swingup's random policy (~30): the floor decides
+    assert bar(200.0) == 400.0  # a strong random score: doubling it decides
+
+
+def test_quick_scores_are_means_of_at_least_10_evaluation_episodes_for_every_method_and_the_random_policy():
+    from suite.questions.control_ac import EVAL_EPISODES_QUICK, ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
+    from tasks.control_ac import ActorCriticConfig as AC
+
+    assert EVAL_EPISODES_QUICK >= 10
+    for q in (ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL()):
+        for p in q.grid("quick"):
+            if isinstance(p.spec.train_config, (AC, OfflineConfig)):
+                assert p.spec.train_config.eval_episodes == EVAL_EPISODES_QUICK, (q.name, p.variant)
+
+
+def test_c1_rule_pmpo_against_mpo_at_each_beta():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlPMPO, ar_label
 
     q = ControlPMPO()
     labels = [v.label for v in q.variants()]
     finals = {v: around(300.0) for v in labels}
     finals[RANDOM_LABEL] = around(25.0, 1.0)
-    assert _verdict(q, finals).outcome == "supported"  # every PMPO equal to MPO, MPO learns
-    finals["PMPO-R (binned)"] = around(50.0)  # far below MPO − 20%
+    v = _verdict(q, finals)
+    assert v.outcome == "supported" and set(_groups(v)) == {"PMPO-AR β=0.5", "PMPO-AR β=1", "PMPO-AR β=2"}
+    assert all(c.words == "PMPO matches or outperforms the strong MPO baseline" for c in v.checks if c.kind == "verdict")
+    finals["PMPO-R (binned)"] = around(50.0)  # one variant alone far below MPO: an observation, never the verdict
+    finals["PMPO-A (Gaussian)"] = around(50.0)
+    assert _verdict(q, finals).outcome == "supported"
+    for kind in ("Gaussian", "binned"):
+        finals[ar_label(2.0, kind)] = around(50.0)  # PMPO-AR at β = 2 far below MPO: the knob decides
+    v = _verdict(q, finals)
+    assert v.outcome == "depends on" and v.label == "depends on PMPO-AR β"
+    assert _groups(v) == {"PMPO-AR β=0.5": "supported", "PMPO-AR β=1": "supported", "PMPO-AR β=2": "not supported"}
+    low = {v: around(30.0) for v in labels}  # MPO has not learned: no comparison can decide, and the report says why
+    low[RANDOM_LABEL] = around(25.0, 1.0)
+    v = _verdict(q, low)
+    assert v.outcome == "inconclusive" and "MPO" in v.decide and "would read: supported" in v.checks[0].statistic
+
+
+def test_c2_rule_dpo_beta_groups():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlDPO, dpo_label
+
+    q = ControlDPO()
+    finals = {RANDOM_LABEL: around(25.0, 1.0), "PMPO-AR (binned)": around(200.0), "PMPO-AR (Gaussian)": around(250.0)}
+    for b in (1.0, 5.0, 20.0):
+        finals[dpo_label(b, "binned")] = around(200.0)
+        finals[dpo_label(b, "Gaussian")] = around(150.0 if b == 20.0 else 10.0)  # needs the large β; slower than PMPO-AR
+    v = _verdict(q, finals)
+    assert v.outcome == "supported" and set(_groups(v)) == {"DPO β=1", "DPO β=5", "DPO β=20"}
+    words = {c.words for c in v.checks if c.kind == "verdict"}
+    assert words == {"works well when using a discretized action representation", "a strong algorithm",
+                     "requires a very high implicit regularization parameter", "slow learning", "suboptimal policies"}
+    assert not any(c.group == "DPO β=20" and "requires" in c.words for c in v.checks)  # no check of β = 20 against itself
+    finals[dpo_label(5.0, "Gaussian")] = around(300.0)  # β = 5 works better than β = 20 and PMPO-AR: the claim holds at 1, 20
+    v = _verdict(q, finals)
+    assert v.outcome == "depends on" and v.label == "depends on DPO β" and _groups(v)["DPO β=5"] == "not supported"
+    for b in (1.0, 5.0, 20.0):
+        finals[dpo_label(b, "Gaussian")] = around(300.0)  # Gaussian DPO neither slow nor suboptimal at any β
     assert _verdict(q, finals).outcome == "not supported"
-    low = {v: around(30.0) for v in labels}  # nothing learns: no comparison can decide
-    assert _verdict(q, low).outcome == "inconclusive"
+    for b in (1.0, 5.0, 20.0):
+        finals[dpo_label(b, "binned")] = around(20.0)  # binned DPO at random level: 'works well' contradicted
+    v = _verdict(q, finals)
+    assert any(c.words.startswith("works well") and c.outcome == "not supported" for c in v.checks)
 
 
-def test_c3_rule_mirrors_the_paper_prediction():
-    from suite.questions.control_ac import ALPHAS, BETAS, RANDOM_LABEL, ControlPMPOKL, c3_prediction, cell_label
+def test_c3_rule_per_feedback_type():
+    from suite.questions.control_ac import ALPHAS, BETAS, FEEDBACK, RANDOM_LABEL, ControlPMPOKL, cell_label
 
     q = ControlPMPOKL()
     finals = {RANDOM_LABEL: around(25.0, 1.0)}
     for a in ALPHAS:
         for b in BETAS:
-            finals[cell_label(a, b)] = around(300.0 if c3_prediction(a, b) == "learns" else 10.0)
-    finals[cell_label(0.5, 0.0)] = around(150.0)  # learns, but worse than at β ≥ 1
+            finals[cell_label(a, b)] = around(300.0)
+    for b in (0.0, 0.5, 1.0):
+        finals[cell_label(0.0, b)] = around(10.0)  # reject-only collapses at β ≤ 1
+    finals[cell_label(0.5, 0.0)] = around(150.0)  # accept&reject learns below β = 0.5, but worse
     finals[cell_label(0.5, 0.5)] = around(200.0)
-    assert _verdict(q, finals).outcome == "supported"
-    finals[cell_label(0.0, 0.0)] = around(300.0)  # reject-only without KL learns: contradicts the claim
-    assert _verdict(q, finals).outcome == "not supported"
+    v = _verdict(q, finals)
+    assert v.outcome == "supported" and set(_groups(v)) == set(FEEDBACK.values())
+    finals[cell_label(0.0, 0.0)] = around(300.0)  # reject-only without KL learns as well as at β > 1: contradicts its sub-claim
+    v = _verdict(q, finals)
+    assert _groups(v)[FEEDBACK[0.0]] == "not supported" and v.label == "depends on feedback type"
+    finals[cell_label(0.0, 0.0)] = around(10.0)
+    finals[cell_label(1.0, 2.0)] = around(100.0)  # accept-only sensitive to β
+    assert _groups(_verdict(q, finals))[FEEDBACK[1.0]] == "not supported"
 
 
-def test_c6_rule_and_paper_numbers():
+def test_c6_premise_of_a_mostly_bad_dataset_gates_every_check():
     from suite.questions.control_ac import PAPER_TABLE1, ControlOffline
 
     q = ControlOffline()
-    verdict = _verdict(q, {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()})
+    like_paper = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()}
+    bad = lambda f: {"data/bad_episode_fraction": {v: [f] * 5 for v in PAPER_TABLE1}}  # noqa: E731
+    verdict = _verdict(q, like_paper, extra=bad(0.8))
     assert verdict.outcome == "supported" and "93" in verdict.paper
+    assert {c.words for c in verdict.checks if c.kind == "verdict"} == {
+        "integrating the rejection loss bad data can be masked and performance goes up", "Only when integrating the rejection loss",
+        "Best performance is achieved when combining acceptance, rejection and BC loss signals"}
     reversed_ = {v: around(300.0 - float(x) * 3) for v, x in PAPER_TABLE1.items()}
-    assert _verdict(q, reversed_).outcome == "not supported"
+    assert _verdict(q, reversed_, extra=bad(0.8)).outcome == "not supported"
+    # a dataset that is mostly good: the data would support the ordering, but the premise is missing, and the report names it
+    v = _verdict(q, like_paper, extra=bad(0.2))
+    assert v.outcome == "inconclusive" and "bad" in v.decide and "premise" in v.summary
+    assert _verdict(q, reversed_, extra=bad(0.2)).outcome == "inconclusive"  # never a 'not supported' the setup cannot carry
 
 
-def test_c2_and_c7_rules():
-    from suite.questions.control_ac import RANDOM_LABEL, ControlDPO, ControlVIREL
+def test_c6_share_of_bad_episodes_is_bounded_from_the_dataset_make_up():
+    from suite.questions.control_ac import PAPER_TABLE1, ControlOffline, dataset_bad_share
 
-    finals = {"DPO β=1 (binned)": around(200.0), "PMPO-AR (binned)": around(200.0), "DPO β=20 (Gaussian)": around(150.0),
-              "DPO β=1 (Gaussian)": around(10.0), "PMPO-AR (Gaussian)": around(250.0), RANDOM_LABEL: around(25.0, 1.0)}
-    assert _verdict(ControlDPO(), finals).outcome == "supported"
-    finals["DPO β=1 (Gaussian)"] = around(300.0)  # the small β does better: 'needs a very large β' is contradicted
-    assert _verdict(ControlDPO(), finals).outcome == "not supported"
+    q = ControlOffline()
+    like_paper = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()}
+    episodes = {"data/episodes": {v: [18.0] * 5 for v in PAPER_TABLE1}}
+    runs, rows = _frames(q, like_paper, episodes, {"train_config.random_episodes": 3, "train_config.final_episodes": 5})
+    lo, hi, how = dataset_bad_share(runs, rows)
+    assert (lo, hi) == pytest.approx((3 / 18, 13 / 18)) and "3 uniform-random (bad)" in how  # today's quick dataset: undecided
+    assert _verdict(q, like_paper, episodes, {"train_config.random_episodes": 3, "train_config.final_episodes": 5}).outcome == "inconclusive"
+    mostly_random = {"train_config.random_episodes": 12, "train_config.final_episodes": 2}
+    assert _verdict(q, like_paper, episodes, mostly_random).outcome == "supported"
+    mostly_final = {"train_config.random_episodes": 1, "train_config.final_episodes": 12}
+    v = _verdict(q, like_paper, episodes, mostly_final)
+    assert v.outcome == "inconclusive" and "not met" in v.summary
+
+
+def test_c7_rule_tests_policy_improvement_and_never_compares_unequal_budgets():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlVIREL
+
+    q = ControlVIREL()
     c7 = {"VIREL": around(200.0), "AWR": around(100.0), "V-MPO": around(300.0), RANDOM_LABEL: around(25.0, 1.0)}
-    assert _verdict(ControlVIREL(), c7).outcome == "supported"
+    v = _verdict(q, c7)
+    assert v.outcome == "supported" and [c.words for c in v.checks if c.kind == "verdict"] == ["the E-step performs policy improvement"]
+    c7["AWR"] = c7["V-MPO"] = around(0.0)  # the on-policy methods are observations
+    assert _verdict(q, c7).outcome == "supported"
     c7["VIREL"] = around(20.0)
-    assert _verdict(ControlVIREL(), c7).outcome == "not supported"
+    assert _verdict(q, c7).outcome == "not supported"
+    assert "no empirical claim" in q.claims[0].statement
+
+
+def _made_up(question):
+    """Made-up finals that exercise every figure of a question."""
+    finals = {v.label: around(100.0 + 10 * i) for i, v in enumerate(question.variants())}
+    return _analysis(question, finals, extra={"dual/epsilon": {"VIREL": around(1.0, 0.1)}})
+
+
+@pytest.mark.parametrize("name", ["ControlPMPO", "ControlDPO", "ControlPMPOKL", "ControlOffline", "ControlVIREL"])
+def test_figures_have_no_legend_over_data_no_clipped_labels_titled_panels_and_one_colour_per_method(name):
+    import matplotlib.pyplot as plt
+
+    import suite.questions.control_ac as m
+    from suite.plotting import MAX_SERIES
+
+    analysis = _made_up(getattr(m, name)())
+    assert analysis.figures
+    for fname, fig in analysis.figures.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        colours: dict[str, set] = {}
+        for ax in fig.axes:
+            assert ax.get_legend() is None, f"{fname}: a legend inside the axes"
+            assert ax.get_title(), f"{fname}: an untitled panel"
+            for text in (t for t in (ax.yaxis.label, ax.xaxis.label, ax.title) if t.get_text()):
+                ext = text.get_window_extent(renderer)
+                assert ext.x0 >= box.x0 - 1 and ext.y0 >= box.y0 - 1 and ext.x1 <= box.x1 + 1 and ext.y1 <= box.y1 + 1, \
+                    f"{fname}: {text.get_text()!r} is clipped"
+            series = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_") and "random" not in ln.get_label()]
+            assert len(series) <= MAX_SERIES, f"{fname}: {len(series)} series on one axes"
+            for ln in series:
+                colours.setdefault(ln.get_label(), set()).add(ln.get_color())
+        for artist in [*fig.legends, *([fig._suptitle] if fig._suptitle is not None else [])]:
+            ext = artist.get_window_extent(renderer)
+            assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1, f"{fname}: a figure legend or title is clipped"
+        assert all(len(c) == 1 for c in colours.values()), f"{fname}: a method changes colour between panels: {colours}"
+        plt.close(fig)
 
 
 def test_questions_are_registered_with_their_claims_and_grids():

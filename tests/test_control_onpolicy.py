@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import assert_readable_figures
 import torch
 from torch.distributions import Categorical, Normal, kl_divergence
 
@@ -339,15 +340,17 @@ def test_the_paper_profile_compiles_learner_steps_and_quick_runs_eagerly():
 
 def test_control_questions_run_at_smoke_and_write_reports(cli, dirs):
     """C4, C5, C8 through the CLI at the smoke profile: every run stored, a report per question with its figures; C5's
-    adaptive-η runs are C4's V-MPO cartpole runs (same configuration), so C5 finds them stored."""
+    adaptive-η runs are C4's V-MPO cartpole runs at ε_αμ = 0.01 and C5's and C8's random-policy runs are C4's (same
+    configurations), so C5 and C8 find them stored."""
     out = {}
     for claim in ("C4", "C5", "C8"):
         result = cli(*dirs.options(), "run", claim, "--profile", "smoke", "--workers", "1", "--quiet")
         assert result.rc == 0, result.err
         out[claim] = result.out
-        assert re.search(rf"^  {claim}: (supported|not supported|inconclusive) — ", result.out, re.M), result.out
-    assert "2 already stored" in out["C5"]
-    for name, figures in (("control-vmpo-ppo", ("learning_curves.png", "per_update_kl.png", "final_returns.png")),
+        assert re.search(rf"^  {claim}: (supported|not supported|inconclusive|depends on [^—]+) — ", result.out, re.M), result.out
+    assert "4 already stored" in out["C5"] and "2 already stored" in out["C8"]
+    for name, figures in (("control-vmpo-ppo", ("learning_curves.png", "per_update_kl.png", "final_returns.png",
+                                                "sensitivity.png")),
                           ("control-temperature", ("temperature_sweep.png", "learning_curves.png")),
                           ("control-gempi-variants", ("learning_curves.png", "differences.png"))):
         folder = dirs.reports / name
@@ -370,3 +373,184 @@ def test_seed_status_keeps_the_first_reason_and_step_of_each_stopped_seed():
     assert res[1].diverged == {"step": 10, "reason": "non-finite loss"}
     assert res[2].diverged == {"step": 20, "reason": "KL too large"}
     assert res[0].rows == [(0, "x", 1.0)]
+
+
+# ------------------------------------------------------------------------------------------------ C4, C5, C8: grids and rules
+
+
+def _ids(question, profile):
+    from suite.runner import run_id
+
+    return {(p.variant, p.spec.task, p.spec.seed): run_id(p.spec) for p in QUESTIONS[question].grid(profile)}
+
+
+def test_quick_scores_are_means_of_ten_evaluation_episodes_and_the_sweeps_run_where_their_knobs_say():
+    from suite.questions import control_onpolicy as q
+
+    for name in ("control-vmpo-ppo", "control-temperature", "control-gempi-variants"):
+        for profile in ("quick", "paper"):
+            assert {p.spec.train_config.eval_episodes for p in QUESTIONS[name].grid(profile)} == {10}
+    quick = {(p.variant, p.spec.task) for p in QUESTIONS["control-vmpo-ppo"].grid("quick")}
+    paper = {(p.variant, p.spec.task) for p in QUESTIONS["control-vmpo-ppo"].grid("paper")}
+    sweep = {q.vmpo_label(e) for e in q.EPS_ALPHA_MU}
+    assert {v for v, t in quick if t == q.CARTPOLE} >= sweep  # every ε_αμ on cartpole-swingup at quick
+    assert {v for v, t in quick if t == q.WALKER} & sweep == {q.vmpo_label(0.01)}  # walker-walk: 0.01 only
+    assert {v for v, t in paper if t == q.WALKER} >= sweep
+    c4 = QUESTIONS["control-vmpo-ppo"].claims[0]
+    assert c4.knob.values == q.EPS_ALPHA_MU and {"quick", "paper"} <= set(c4.knob.run_at)
+    for name, extra in (("control-temperature", [q.adaptive_label(e) for e in q.EPS_ETA if e != 0.01]),
+                        ("control-gempi-variants", [q.dar_label(m, k) for m, _, _ in q.C8_METHODS for k in q.REF_PERIODS
+                                                    if k != q.REF_PERIOD])):
+        assert not {p.variant for p in QUESTIONS[name].grid("quick")} & set(extra)  # the knob runs at paper only
+        assert {p.variant for p in QUESTIONS[name].grid("paper")} >= set(extra)
+        assert QUESTIONS[name].claims[0].knob.run_at == ("paper",)
+
+
+def test_c5_and_c8_share_c4s_runs_where_their_configurations_are_the_same():
+    from suite.questions import control_onpolicy as q
+
+    c4, c5, c8 = (_ids(n, "quick") for n in ("control-vmpo-ppo", "control-temperature", "control-gempi-variants"))
+    for seed in range(5):
+        assert c5[(q.adaptive_label(0.01), q.CARTPOLE, seed)] == c4[(q.vmpo_label(0.01), q.CARTPOLE, seed)]
+        assert c5[(q.RANDOM, q.CARTPOLE, seed)] == c4[(q.RANDOM, q.CARTPOLE, seed)] == c8[(q.RANDOM, q.CARTPOLE, seed)]
+
+
+def _synthetic(question: str, profile: str, score, *, kl=None, diverged=()):
+    """Stored-looking runs and rows for a question's grid: `score(variant, task, seed)` is the final evaluation return,
+    `kl(variant)` the per-update KL; (variant, seed) in `diverged` diverged."""
+    import pandas as pd
+
+    from suite.runner import run_id
+
+    runs, rows = [], []
+    for p in QUESTIONS[question].grid(profile):
+        rid, cfg = run_id(p.spec), p.spec.train_config
+        status = "diverged" if (p.variant, p.spec.seed) in diverged else "ok"
+        runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "seed": p.spec.seed, "status": status,
+                     "wall_time_s": 1.0, "train_config.total_steps": cfg.total_steps})
+        if cfg.random_baseline:
+            rows.append((rid, 0, "eval/return", score(p.variant, p.spec.task, p.spec.seed)))
+            continue
+        for k in (1, 2, 3, 4):
+            step = cfg.total_steps * k // 4
+            for metric, value in (("update/kl", (kl or (lambda v: 0.01))(p.variant)), ("update/lr", 3e-4),
+                                  ("train/episode_return", score(p.variant, p.spec.task, p.spec.seed) * k / 4),
+                                  ("weights/ess", 10.0), ("dual/eta", 1.0)):
+                rows.append((rid, step, metric, value))
+        rows.append((rid, cfg.total_steps, "eval/return", score(p.variant, p.spec.task, p.spec.seed)))
+    return pd.DataFrame(runs), pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
+
+
+def _analyse(question, runs, rows):
+    from suite.questions import QUESTIONS
+
+    analysis = QUESTIONS[question].analyse(runs, rows, np.random.default_rng(0))
+    assert_readable_figures(analysis.figures)
+    return analysis.verdicts[0]
+
+
+def _noise(seed: int) -> float:
+    return (-2.0, -1.0, 0.0, 1.0, 2.0, -1.5, 1.5, -0.5, 0.5, 0.0)[seed]
+
+
+def test_c4_verdict_per_eps_alpha_mu_and_kl_and_spread_never_decide():
+    """V-MPO matches PPO at ε_αμ = 0.005 and 0.01 but falls far behind at 0.0025: the headline depends on ε_αμ. A much
+    larger per-update KL and a wider spread are observations: they do not change a group's outcome."""
+    from suite.questions import control_onpolicy as q
+
+    def score(v, task, seed):
+        if v == q.RANDOM:
+            return 30.0 + _noise(seed)
+        spread = 10.0 if v.startswith("V-MPO") else 1.0
+        return (100.0 if v == q.vmpo_label(0.0025) else 400.0) + spread * _noise(seed)
+
+    runs, rows = _synthetic("control-vmpo-ppo", "quick", score, kl=lambda v: 0.05 if v.startswith("V-MPO") else 0.005)
+    v = _analyse("control-vmpo-ppo", runs, rows)
+    groups = {c.group: c.outcome for c in v.checks if c.kind == "verdict" and c.group != "ε_αμ=0.01"}
+    assert groups == {"ε_αμ=0.0025": "not supported", "ε_αμ=0.005": "supported"}
+    assert v.outcome == "depends on" and v.label == "depends on ε_αμ"
+    kl_obs = [c for c in v.checks if c.name.endswith("per-update KL")]
+    assert kl_obs and all(c.kind == "observation" and "anneals linearly to 0" in c.statistic for c in kl_obs)
+    assert all(c.words == C4_WORDS for c in v.checks if c.kind == "verdict")
+    assert "0.0025" in v.sensitivity and "walker-walk" in v.sensitivity
+
+
+C4_WORDS = "differ from direct policy-gradient optimization (e.g. PPO)"
+
+
+def test_c4_matching_a_method_that_has_not_learned_is_inconclusive_with_what_would_decide_it():
+    from suite.questions import control_onpolicy as q
+
+    runs, rows = _synthetic("control-vmpo-ppo", "quick", lambda v, t, s: 30.0 + 0.1 * _noise(s))
+    v = _analyse("control-vmpo-ppo", runs, rows)
+    ret = [c for c in v.checks if c.kind == "verdict"]
+    assert ret and all(c.outcome == "inconclusive" and "random bar" in c.decide for c in ret)
+    assert v.outcome == "inconclusive" and "random bar" in v.decide
+    assert q.bar(30.0) == 80.0  # random IQM + max(1 × 30, 50)
+
+
+def test_c5_compares_the_adaptive_eta_with_every_fixed_eta_and_counts_divergences():
+    from suite.questions import control_onpolicy as q
+
+    def score(v, task, seed):
+        return {q.RANDOM: 30.0, "η=0.01": 60.0}.get(v, 300.0) + _noise(seed)
+
+    runs, rows = _synthetic("control-temperature", "quick", score)
+    v = _analyse("control-temperature", runs, rows)
+    ret = [c for c in v.checks if c.kind == "verdict" and c.name.startswith("return")]
+    assert len(ret) == len(q.ETAS) and {c.outcome for c in ret} == {"supported"}  # no selection of a "best" on these runs
+    assert v.outcome == "supported"
+    extremes = next(c for c in v.checks if "extremes" in c.name)
+    assert extremes.kind == "observation" and extremes.outcome == "η=0.01"
+    # the adaptive η diverges in 4 of 5 seeds, the fixed sweep never: the stability check fails
+    runs, rows = _synthetic("control-temperature", "quick", score,
+                            diverged={(q.adaptive_label(0.01), s) for s in range(4)})
+    v = _analyse("control-temperature", runs, rows)
+    div = next(c for c in v.checks if c.name == "divergence rate")
+    assert div.outcome == "not supported" and v.outcome == "not supported"
+    # at paper every ε_η is a group
+    runs, rows = _synthetic("control-temperature", "paper", lambda v, t, s: 30.0 if v == q.RANDOM else 300.0 + _noise(s))
+    v = _analyse("control-temperature", runs, rows)
+    assert {c.group for c in v.checks if c.kind == "verdict"} == {f"ε_η={e:g}" for e in q.EPS_ETA}
+
+
+def test_c8_gives_one_verdict_per_variant_and_no_difference_is_not_a_refutation():
+    from suite.questions import control_onpolicy as q
+
+    means = {q.RANDOM: 30.0, "DAR": 300.0, "AT-DAR": 100.0, "DAR-TR": 300.0, "Top-k DAR": 400.0}
+    runs, rows = _synthetic("control-gempi-variants", "quick", lambda v, t, s: means[v] + _noise(s))
+    v = _analyse("control-gempi-variants", runs, rows)
+    per = {}
+    for c in v.checks:
+        if c.kind == "verdict":
+            per.setdefault(c.group, []).append(c.outcome)
+    assert set(per) == {"AT-DAR", "DAR-TR", "Top-k DAR"}
+    assert "not supported" in per["AT-DAR"] and set(per["DAR-TR"]) == set(per["Top-k DAR"]) == {"supported"}
+    assert v.outcome == "depends on" and v.label == "depends on variant"
+    finding = {c.group: c.outcome for c in v.checks if c.name == "against DAR (the finding)"}
+    assert finding == {"AT-DAR": "worse", "DAR-TR": "no difference", "Top-k DAR": "improves"}
+    for g in per:  # the finding, the summary and the figure quote the very CI the verdict check used
+        check_ci = next(c for c in v.checks if c.group == g and c.name == "not worse than DAR").statistic.split(";")[0]
+        assert next(c for c in v.checks if c.group == g and c.name.startswith("against")).statistic.startswith(check_ci)
+        assert check_ci.split("= ")[1] in v.summary
+    # a variant that fails to learn where DAR fails too puts the budget on trial, not the variant
+    runs, rows = _synthetic("control-gempi-variants", "quick", lambda v, t, s: 30.0 + 0.1 * _noise(s))
+    v = _analyse("control-gempi-variants", runs, rows)
+    learn = [c for c in v.checks if c.name == "learns"]
+    assert learn and all(c.outcome == "inconclusive" and "DAR clears" in c.decide for c in learn)
+
+
+def test_the_paper_grids_give_a_verdict_per_knob_value():
+    from suite.questions import control_onpolicy as q
+
+    def score(v, task, seed):
+        return 30.0 + _noise(seed) if v == q.RANDOM else 300.0 + 5 * _noise(seed)
+
+    expect = {"control-vmpo-ppo": {f"ε_αμ={e:g}" for e in q.EPS_ALPHA_MU},
+              "control-gempi-variants": {q.dar_label(m, k) for m, _, _ in q.C8_METHODS[1:] for k in q.REF_PERIODS}}
+    for name, groups in expect.items():
+        v = _analyse(name, *_synthetic(name, "paper", score))
+        assert {c.group for c in v.checks if c.kind == "verdict"} == groups
+        assert v.outcome == "supported"
+    v = _analyse("control-vmpo-ppo", *_synthetic("control-vmpo-ppo", "paper", score))
+    assert {c.name.split(":")[0] for c in v.checks if c.kind == "verdict" and c.group == "ε_αμ=0.0025"} == {q.CARTPOLE, q.WALKER}

@@ -1,4 +1,6 @@
-"""The LM RLHF loop: token plumbing (padding, closed-form KL, sampling), PPO's ratio at θ_old, every method end to end.
+"""The LM RLHF loop: token plumbing (padding, closed-form KL, sampling), PPO's ratio at θ_old, every method end to end,
+the fixed score set (the same prompts and sampling noise for every seed and method), and the LM questions' verdict rules
+on synthetic stored runs (premises, diverged runs, the knob's groups).
 
 Artifacts are the tiny stages (`tasks.lm_rlhf.TINY_STAGES`), built once per session in a temporary directory.
 """
@@ -19,13 +21,14 @@ from algorithms.ppo import PPOConfig
 from algorithms.sft import SFTConfig
 from algorithms.vmpo import VMPOConfig
 from tasks.base import RunSpec
-from tasks.lm_rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, train_one
+from tasks import lm_rlhf
+from tasks.lm_rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, final_scores, score_sets, train_one
 from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
 from tasks.seeding import generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TASK = LMTaskConfig(stages="tiny", eval_prompts=4, train_prompts=64)
+TASK = LMTaskConfig(stages="tiny", eval_prompts=4, train_prompts=64, final_prompts=6, final_samples=2)
 LOOP = LMRLHFConfig(updates=2, prompts_per_update=4, eval_every=2, epochs=2, minibatches=2)
 
 
@@ -141,11 +144,12 @@ def test_every_method_runs_end_to_end_at_smoke_scale(name):
     result = train_one(_spec(algo, cfg))
     assert result.status == "ok", result.diverged
     metrics = {m for _, m, _ in result.rows}
-    for key in ("reward/gold", "reward/proxy", "kl/ref_seq", "eval/gold", "eval/kl_ref", "eval/proxy", "eval_train/gold",
-                "update/grad_norm"):
+    for key in ("reward/gold", "reward/proxy", "kl/ref_seq", "eval/gold", "eval/kl_ref", "eval/proxy", "final/gold",
+                "final/kl_ref", "final/proxy", "final/grammatical", "update/grad_norm", "labels/boundary_ties"):
         assert key in metrics, key
     assert all(math.isfinite(v) for _, _, v in result.rows)
     assert max(s for s, m, _ in result.rows if m == "eval/gold") == LOOP.updates
+    assert sorted(s for s, m, _ in result.rows if m == "final/gold") == [0, LOOP.updates]
 
 
 def test_same_seed_same_numbers_and_seeds_differ():
@@ -169,3 +173,169 @@ def test_bad_loop_and_task_values_are_refused_with_the_field():
         LMTaskConfig(temperature=-1.0)
     with pytest.raises(ConfigError, match="reward"):
         LMTaskConfig(reward="silver")
+    with pytest.raises(ConfigError, match="LMTaskConfig.final_samples"):
+        LMTaskConfig(final_samples=0)
+    with pytest.raises(ConfigError, match="LMRLHFConfig.final_every"):
+        LMRLHFConfig(final_every=-1)
+
+
+# ---------------------------------------------------------------------------------------------------- the fixed score set
+def _finals(rows, prefix="final/"):
+    return {(s, m): v for s, m, v in rows if m.startswith(prefix)}
+
+
+def test_the_score_set_is_the_same_prompts_and_sampling_noise_for_every_seed_and_method():
+    """The starting policy is scored identically by every run (paired differences), and two learners holding the same
+    policy score the same numbers whatever their run seed: the set's generator is the task's, not the run's."""
+    a = train_one(_spec("vmpo", VMPOConfig(), seed=0))
+    b = train_one(_spec("awr", None, seed=3))
+    start_a = {m: v for (s, m), v in _finals(a.rows).items() if s == 0}
+    start_b = {m: v for (s, m), v in _finals(b.rows).items() if s == 0}
+    assert start_a == start_b and set(start_a) == {"final/gold", "final/proxy", "final/kl_ref", "final/grammatical"}
+    assert start_a["final/kl_ref"] == 0.0  # the start is the reference itself
+    l0, l1 = Learner(_spec(seed=0)), Learner(_spec(seed=5))
+    rewards = Rewards(TASK, l0.tokenizer)
+    assert final_scores(l0, rewards, TASK) == final_scores(l1, rewards, TASK)
+
+
+def test_the_cached_start_evaluation_equals_a_fresh_one():
+    spec = _spec("vmpo", VMPOConfig())
+    lm_rlhf._START_SCORES.clear()
+    fresh = _finals(train_one(spec).rows)
+    assert lm_rlhf._START_SCORES  # filled by that run
+    cached = _finals(train_one(spec).rows)
+    assert fresh == cached
+
+
+def test_score_set_sizes_and_the_train_prompt_counterpart():
+    heldout, train, k = score_sets(TASK)
+    assert len(heldout) == 6 and len(set(heldout)) == 6 and train == [] and k == 0
+    small = dataclasses.replace(TASK, train_prompts=4, final_train=True)
+    heldout, train, k = score_sets(small)
+    assert len(train) == 4 and k == 2  # ceil(6 / 4): as many samples as the held-out set has prompts
+    result = train_one(_spec("awr", None, task=small, loop=dataclasses.replace(LOOP, final_every=1)))
+    steps = sorted(s for s, m, _ in result.rows if m == "final_train/gold")
+    assert steps == [0, 1, 2] and sorted(s for s, m, _ in result.rows if m == "final/gold") == [0, 1, 2]
+    assert any(m == "eval_train/gold" for _, m, _ in result.rows)
+    assert not any(m == "eval_train/gold" for _, m, _ in train_one(_spec("awr", None)).rows)
+
+
+def test_a_dropout_run_does_not_depend_on_what_its_process_ran_before():
+    spec = _spec("vmpo", VMPOConfig(), loop=dataclasses.replace(LOOP, dropout=0.2))
+    a = train_one(spec)
+    torch.rand(1000)  # move the global RNG, as another run in the same worker would
+    b = train_one(spec)
+    assert a.rows == b.rows
+
+
+def test_boundary_ties_are_the_share_of_prompts_tied_at_the_accept_reject_line():
+    result = train_one(_spec("pmpo", PMPOConfig(alpha=0.5, beta=0.5)))
+    ties = [v for _, m, v in result.rows if m == "labels/boundary_ties"]
+    assert len(ties) == LOOP.updates and all(0.0 <= t <= 1.0 for t in ties)
+    assert all(abs(t * LOOP.prompts_per_update - round(t * LOOP.prompts_per_update)) < 1e-9 for t in ties)
+
+
+# ---------------------------------------------------------------------------------------------------- verdict rules
+def _synthetic(cells: dict[tuple[str, str], list[dict]], diverged: set = frozenset()):
+    """runs and rows frames as the store gives them: cells maps (task, variant) to per-seed {(step, metric): value}."""
+    import pandas as pd
+
+    runs, rows = [], []
+    for (task, variant), per_seed in cells.items():
+        for seed, values in enumerate(per_seed):
+            rid = f"{task}/{variant}/{seed}"
+            runs.append(dict(run_id=rid, task=task, variant=variant, seed=seed,
+                             status="diverged" if (variant, seed) in diverged else "ok"))
+            rows += [dict(run_id=rid, seed=seed, step=s, metric=m, value=v) for (s, m), v in values.items()]
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def _gold(start, end, extra: dict | None = None):
+    return {(0, "final/gold"): start, (40, "final/gold"): end, **(extra or {})}
+
+
+def test_l3_without_the_reference_refresh_is_never_not_supported():
+    import numpy as np
+    from suite.questions.lm import LM, PMPO_VARIANTS, LMPMPO
+
+    ar, acc, rej, rej_low = (label for label, _ in PMPO_VARIANTS)
+    g = np.random.default_rng(0)
+    cells = {(LM, v): [_gold(0.0, mu + 0.01 * g.standard_normal()) for _ in range(5)]
+             for v, mu in ((ar, 0.1), (acc, 1.0), (rej, 1.0), (rej_low, 0.5), ("DPO", 2.0))}  # AR loses everywhere
+    runs, rows = _synthetic(cells)
+    v = LMPMPO().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    assert v.outcome == "inconclusive" and "refresh" in v.decide
+    assert all(c.outcome != "not supported" for c in v.checks if c.kind == "verdict")
+    assert any("the data alone say not supported" in c.statistic for c in v.checks)
+
+
+def test_l2_reads_the_verdict_per_dropout_p_and_names_the_missing_base_model_premise():
+    import numpy as np
+    from suite.questions.lm import BASE_DROPOUT, LEVELS, LM, SMALL, SWEEP, LMDropout
+
+    g = np.random.default_rng(1)
+    mu = {"PPO": 1.0, "V-MPO": 1.2, "AWR": 1.1, "DAR": 1.0}
+    cells = {}
+    for m, base in mu.items():
+        for p in (SWEEP if m in ("PPO", "V-MPO") else (0.0, 0.1)):
+            cells[(LM, f"{m} p={p:g}")] = [_gold(0.0, base - (3 * p if m == "V-MPO" else p) + 0.01 * g.standard_normal(),
+                                                 {(1, "first/ratio_std"): p, (1, "first/clipfrac"): p / 2})
+                                           for _ in range(5)]
+    for m in ("V-MPO", "AWR", "DAR"):
+        for p in (0.0, 0.1):
+            cells[(SMALL, f"{m} p={p:g}")] = [_gold(0.0, 1.0 + 0.01 * g.standard_normal(),
+                                                    {(0, "final_train/gold"): 0.0, (40, "final_train/gold"): 1.0})
+                                              for _ in range(5)]
+    runs, rows = _synthetic(cells)
+    v = LMDropout().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    groups = {c.group for c in v.checks if c.kind == "verdict"}
+    assert groups == {f"dropout p={p:g}" for p in LEVELS} and v.by == "dropout p"
+    assert BASE_DROPOUT == 0.0  # the default base model: the premise is missing, so nothing reads as not supported
+    assert v.outcome == "inconclusive" and "base model" in v.decide
+    small = [c for c in v.checks if c.kind == "verdict" and c.name.startswith("(3)")]
+    assert len(small) == 1 and small[0].outcome == "inconclusive" and "train/held-out gap" in small[0].decide
+
+
+def test_l4_diverged_runs_feed_no_number_and_the_first_to_over_optimise_is_read_off_the_plotted_curve():
+    import numpy as np
+    from suite.questions.lm import PROXY, LMRewardHacking
+
+    def run(mid, end, peak_at):
+        curve = {(s, "eval/gold"): (1.0 if s == peak_at else 0.0) for s in range(0, 101, 10)}
+        return {(0, "final/gold"): 0.0, (50, "final/gold"): mid, (100, "final/gold"): end,
+                (0, "final/proxy"): 0.0, (50, "final/proxy"): 1.0, (100, "final/proxy"): 2.0, **curve}
+
+    g = np.random.default_rng(2)
+    cells = {(PROXY, "PPO"): [{(0, "final/gold"): 0.0, (0, "final/proxy"): 0.0, (0, "eval/gold"): 0.0,
+                               (10, "eval/gold"): -2.0} for _ in range(5)],
+             (PROXY, "V-MPO"): [run(1.0 + 0.01 * g.standard_normal(), 0.2, 60) for _ in range(5)],
+             (PROXY, "DAR"): [run(1.0 + 0.01 * g.standard_normal(), 0.1, 30) for _ in range(5)]}
+    runs, rows = _synthetic(cells, diverged={("PPO", s) for s in range(5)})
+    analysis = LMRewardHacking().analyse(runs, rows, np.random.default_rng(0))
+    v = analysis.verdicts[0]
+    ppo = [c for c in v.checks if c.group == "PPO" and c.kind == "verdict"]
+    assert all(c.outcome == "inconclusive" and "diverged" in c.statistic for c in ppo)
+    assert {c.outcome for c in v.checks if c.kind == "verdict" and c.group in ("V-MPO", "DAR")} == {"supported"}
+    assert v.outcome == "inconclusive" and v.by == "method"
+    assert "DAR over-optimises first" in v.summary and "update 30" in v.summary and "PPO 5/5 diverged" in v.summary
+
+
+def test_l1_an_adaptive_eta_that_does_not_move_leaves_the_verdict_open_whatever_the_gold():
+    import numpy as np
+    from suite.questions.lm import ETAS, LM, LMTemperature
+    from suite.questions.bandits import eta_label
+
+    g = np.random.default_rng(3)
+    eta_path = {(u, "dual/eta"): 1.0 + 0.01 * u for u in range(1, 41)}  # 1.01 -> 1.4: a factor 1.39 < 2
+    cells = {(LM, eta_label(e)): [_gold(0.0, 2.0 + 0.01 * g.standard_normal()) for _ in range(5)] for e in ETAS}
+    cells[(LM, "adaptive η")] = [_gold(0.0, 0.5 + 0.01 * g.standard_normal(), eta_path) for _ in range(5)]
+    runs, rows = _synthetic(cells)
+    v = LMTemperature().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    premise = next(c for c in v.checks if c.name.startswith("(a)"))
+    assert premise.outcome == "inconclusive" and "1.39" in premise.statistic
+    assert v.outcome == "inconclusive"  # the data alone (adaptive far below every fixed η) would say not supported
+    assert any("the data alone say not supported" in c.statistic for c in v.checks if c.name.startswith("(b)"))
+    cells[(LM, "adaptive η")] = [_gold(0.0, 0.5, {(1, "dual/eta"): 1.0, (40, "dual/eta"): 5.0}) for _ in range(5)]
+    runs, rows = _synthetic(cells)
+    v = LMTemperature().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    assert v.outcome == "not supported"  # η moved: the comparison tests adaptation, and it loses

@@ -1,11 +1,15 @@
 """The small-LM RLHF family (`tasks/lm_rlhf.py`): claims L1, L2, L3, L4, L5, L8 and L9.
 
 Every RLHF run starts from the suite's SFT model (a `transformers` GPT-2 pretrained and SFT'd on the synthetic language of
-`tasks/lm_language.py`) and is scored by its **gold improvement**: the mean gold reward of one sampled response per
-held-out prompt at the end of training minus the same at the start (the SFT model, same evaluation seed). A diverged run
-scores `UNGRAMMATICAL` − start (its policy is no longer usable). KL to the reference (closed form, summed over a
-response's tokens, on the same held-out samples) is reported beside every reward. Aggregates are IQMs over seeds with
-stratified-bootstrap 95% CIs; comparisons use the CI of the IQM difference (`suite.stats.difference_ci`).
+`tasks/lm_language.py`). **Scores** come from one fixed score set: 4 samples for each of the same 256 held-out prompts, for
+every seed and method, drawn with one generator fixed by the task rather than the run, so that the differences between
+runs are paired (`tasks.lm_rlhf`, rows `final/…`). A run's **gold improvement** is the mean gold reward on that set at the
+end of training minus the same at the start (the SFT model: one number for every run of a task). Where a rule says so, a
+diverged run scores `UNGRAMMATICAL` − start (its policy is no longer usable); it feeds no other number. The cheap curve
+evaluation (64 prompts × 1 sample every `eval_every` updates) is plotted and never scored, except where a rule reads a
+curve and says so. Aggregates are IQMs over seeds with stratified-bootstrap 95% CIs; comparisons use the CI of the IQM
+difference (`suite.stats.difference_ci`). Every verdict check names the words of the quoted sentence it tests
+(`suite.claims.Check`); everything else is an observation.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from algorithms.awr import AWRConfig
 from algorithms.dar import DARConfig
@@ -23,24 +28,26 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import at_least, cell, curve, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged, per_run_mean
-from suite.claims import Claim, Deviation, Outcome, Verdict, combine
-from suite.questions.base import Analysis, Budget, Question, Variant
+from suite.analysis import (cell, check, curve, decide_note, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged,
+                            observation, per_run_mean, split_seeds)
+from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.bandits import eta_label
-from tasks.lm_language import UNGRAMMATICAL
+from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.base import get_task
-from tasks.lm_rlhf import LMRLHFConfig
+from tasks.lm_language import UNGRAMMATICAL
+from tasks.lm_rlhf import LMRLHFConfig, stages
 from tasks.lm_sft_check import LMSFTCheckConfig
 
 LM, SMALL, PROXY = "lm-grammar", "lm-grammar-small", "lm-grammar-proxy"
 SMALL_PROMPTS = get_task(SMALL).config.train_prompts
 PROXY_PAIRS = get_task(PROXY).config.rm_pairs
+FINAL_PROMPTS, FINAL_SAMPLES = get_task(LM).config.final_prompts, get_task(LM).config.final_samples
+BASE_DROPOUT = stages(get_task(LM).config)[0].pretrain.model.dropout
+"""The dropout p the base model was pretrained and SFT'd with (`tasks.lm_models.ModelConfig.dropout`)."""
 
 # ---------------------------------------------------------------------------------------------------- rules (constants)
 MATCH_FRACTION = 0.2
 """Two methods *match* when the CI of their IQM difference lies above −20% of the reference method's IQM improvement."""
-EQUIVALENCE_FRACTION = 0.2
-"""L5 (b): *behaves like* when the CI of the IQM difference lies within ±20% of the reference's IQM improvement."""
 FALL_MARGIN = 0.0
 """L4: gold *falls* when the CI of IQM(gold at mid-training − gold at the end) lies wholly above this."""
 L8_TOLERANCE = 1e-5
@@ -48,17 +55,20 @@ L8_TOLERANCE = 1e-5
 gradients never differ by more than `L8_GRAD_TOLERANCE` relative to their norm."""
 L8_GRAD_TOLERANCE = 1e-4
 DROPOUT = 0.1
-"""The dropout p of L2 and L9 (GPT-2's own value; `001 §9`)."""
+"""The dropout p of L9 and of L2's small-data arm (GPT-2's own value; `[EM-SFT] §9`)."""
 SWEEP = (0.0, 0.05, DROPOUT, 0.2)
-"""L2's figure of reward against dropout p runs PPO and V-MPO (the policy gradient and the EM method the claim contrasts)
-at every level; the verdict reads p = 0 and p = DROPOUT only."""
+"""L2 runs PPO and V-MPO (the policy gradient and the EM method its sentence names) at every level; its verdict is read at
+each p > 0 against p = 0 (the knob)."""
+ETA_MOVES = 2.0
+"""L1's premise: the adaptive η *adapts* when it ends at least this factor away from its start (IQM over runs)."""
 
 # ---------------------------------------------------------------------------------------------------- budgets
 SMOKE = dict(updates=2, prompts_per_update=4, eval_every=2)
 QUICK = dict(updates=40, eval_every=10)
 PAPER = dict(updates=500, prompts_per_update=64, eval_every=50)
-TASK_CONFIGS = {"smoke": dict(stages="tiny", eval_prompts=8)}
-"""smoke: the tiny artifact stages (seconds to build), 8 evaluation prompts; quick and paper use the default stages."""
+TASK_CONFIGS = {"smoke": dict(stages="tiny", eval_prompts=8, final_prompts=8, final_samples=2)}
+"""smoke: the tiny artifact stages (seconds to build), 8 evaluation prompts, a score set of 8 prompts × 2 samples; quick and
+paper use the default stages and the task's score set (256 held-out prompts × 4 samples)."""
 
 LOOP = dict(epochs=2, minibatches=2)
 """Every method: two passes over each update's samples in two minibatches of prompts (4 gradient steps per update)."""
@@ -66,15 +76,15 @@ PPO = PPOConfig()
 """Token-level PPO (TRL / Ziegler et al.): per-token ratio, clip 0.2, clipped value head, GAE(γ=1, λ=0.95) on per-token
 KL-shaped rewards, advantages normalised per minibatch."""
 PPO_LOOP = LMRLHFConfig(**LOOP, target_kl=0.1)
-"""PPO's KL early stopping (1.5 × 0.1) counts the 'early stops' of L2."""
+"""PPO's KL early stopping (1.5 × 0.1) counts the 'early stops' L2 reports."""
 VMPO = VMPOConfig(epsilon_eta=0.1)
-"""Sequence-level V-MPO (`001 §6`): dual η (softplus, init 1), top half of the batch's advantages, α trust region on the
+"""Sequence-level V-MPO (`[EM-SFT] §6`): dual η (softplus, init 1), top half of the batch's advantages, α trust region on the
 per-sequence KL(π_old‖π_θ); ε_η = 0.1 (V-MPO's DMLab value: the batch is 64 sequences)."""
 VALUE_LOOP = LMRLHFConfig(**LOOP, advantage="value")
-"""V-MPO and AWR: A = r − β·KL − V(x) from the value head on the prompt's last hidden state (`001 §6`)."""
+"""V-MPO and AWR: A = r − β·KL − V(x) from the value head on the prompt's last hidden state (`[EM-SFT] §6`)."""
 AWR = AWRConfig()
 DAR = DARConfig()
-"""SPEC §5: α + β = 0.05, α/(α+β) = 0.1, K-sample baseline, batch-normalised advantages, weights clipped at 20."""
+"""docs/reference-settings.md: α + β = 0.05, α/(α+β) = 0.1, K-sample baseline, batch-normalised advantages, weights clipped at 20."""
 DPO = DPOConfig(beta=0.1)
 """Online DPO on the best and worst of each prompt's 4 samples by reward (TRL β = 0.1)."""
 BASE_LOOP = LMRLHFConfig(**LOOP)
@@ -84,8 +94,8 @@ def _dropout(loop: LMRLHFConfig, p: float) -> LMRLHFConfig:
     return dataclasses.replace(loop, dropout=p)
 
 
-def _budgets(quick: dict = QUICK, paper: dict = PAPER, seeds: int = 5) -> dict[str, Budget]:
-    return {"smoke": Budget(seeds=2, train=SMOKE), "quick": Budget(seeds=seeds, train=quick),
+def _budgets(quick: dict = QUICK, paper: dict = PAPER, smoke: dict = SMOKE, seeds: int = 5) -> dict[str, Budget]:
+    return {"smoke": Budget(seeds=2, train=smoke), "quick": Budget(seeds=seeds, train=quick),
             "paper": Budget(seeds=10, train=paper)}
 
 
@@ -94,13 +104,25 @@ COMMON_DEVIATIONS = (
               "a synthetic grammar", "no weights can be downloaded here; `policy=<hub id>` loads any causal LM"),
     Deviation("reward", "human or AI preference / reward models", "a programmatic gold reward (sentiment and topic of a "
               "grammatical reply), or a Bradley–Terry proxy trained on gold-labelled pairs", "the gold reward is known exactly"),
+    Deviation("evaluation", "held-out benchmarks judged by a stronger model (GPT-4, MT-bench, Arena-Hard)",
+              f"gold reward of {FINAL_SAMPLES} samples for each of {FINAL_PROMPTS} fixed held-out prompts, the same prompts and "
+              "sampling generator for every seed and method (paired differences)", "the gold reward is the judge here"),
     Deviation("scale (quick)", "thousands of updates", "40 updates of 16 prompts × 4 samples, 5 seeds",
               "the family fits 25 minutes on 2 cores"),
 )
 
 
-def scores(runs: pd.DataFrame, rows: pd.DataFrame, metric: str = "eval/gold") -> pd.Series:
-    """Gold improvement per run (indexed by run_id): last − first `metric`; a diverged run ends at UNGRAMMATICAL."""
+# ---------------------------------------------------------------------------------------------------- scores
+def end_value(runs: pd.DataFrame, rows: pd.DataFrame, metric: str) -> pd.Series:
+    """`metric` at the end of training per run (indexed by run_id); NaN for a diverged run (it has no end)."""
+    end = last_value(rows, metric).reindex(runs.run_id)
+    diverged = runs.set_index("run_id").status.eq("diverged").reindex(end.index).fillna(False).to_numpy()
+    end[diverged] = np.nan
+    return end
+
+
+def scores(runs: pd.DataFrame, rows: pd.DataFrame, metric: str = "final/gold") -> pd.Series:
+    """Gold improvement per run (indexed by run_id) on the fixed score set: end − start; a diverged run ends at UNGRAMMATICAL."""
     start = first_value(rows, metric).reindex(runs.run_id)
     end = last_value(rows, metric).reindex(runs.run_id)
     diverged = runs.set_index("run_id").status.eq("diverged").reindex(end.index).fillna(False).to_numpy()
@@ -108,9 +130,9 @@ def scores(runs: pd.DataFrame, rows: pd.DataFrame, metric: str = "eval/gold") ->
     return end - start
 
 
-def improves(ci: tuple[float, float, float]) -> Outcome:
-    """`supported` if the IQM improvement's CI lies wholly above 0, `not supported` if wholly below."""
-    return "supported" if ci[1] > 0 else ("not supported" if ci[2] < 0 else "inconclusive")
+def improvement(runs: pd.DataFrame, rows: pd.DataFrame, metric: str = "final/gold") -> pd.Series:
+    """End − start of `metric` per run; NaN for a diverged run (where a rule leaves diverged runs out of every number)."""
+    return end_value(runs, rows, metric) - first_value(rows, metric).reindex(runs.run_id)
 
 
 def _diff(runs, s, task, a, b, rng):
@@ -118,33 +140,103 @@ def _diff(runs, s, task, a, b, rng):
     return stats.difference_ci(x, y, stats.iqm, rng) if len(x) and len(y) else (float("nan"),) * 3
 
 
-def summary_table(runs, rows, rng, task, labels) -> pd.DataFrame:
-    """Per variant: gold improvement, final held-out gold, final KL to the reference, proxy, grammatical share."""
-    s = scores(runs, rows)
-    final = {m: last_value(rows, f"eval/{m}") for m in ("gold", "kl_ref", "proxy", "grammatical")}
+def _iqm(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return float(stats.iqm(x)) if len(x) else float("nan")
+
+
+def with_premise(c: Check, holds: bool, missing: str, decide: str) -> Check:
+    """A verdict check whose setup may lack the paper's premise (SPEC §2): where it does, a `not supported` from the data
+    becomes `inconclusive` naming the missing premise (a supported one stands: it holds even without the premise)."""
+    if not holds and c.outcome == "not supported":
+        c.outcome = "inconclusive"
+        c.statistic += f"; the data alone say not supported, but {missing}"
+        c.decide = decide
+    return c
+
+
+def grouped_decide(checks: list[Check], profile: str = "paper") -> str:
+    """What would decide an open verdict: one line per distinct remedy, with the open checks (and their groups) it applies
+    to, instead of repeating a shared remedy once per check."""
+    remedies: dict[str, dict[str, list[str]]] = {}
+    for c in checks:
+        if c.kind == "verdict" and c.outcome == "inconclusive" and c.decide:
+            remedy = c.decide.split("; planned at")[0]
+            groups = remedies.setdefault(remedy, {}).setdefault(c.name, [])
+            if c.group and c.group not in c.name:
+                groups.append(c.group)
+    if not remedies:
+        return ""
+    return "; ".join(f"{d} — for " + ", ".join(f"{n}" + (f" at {', '.join(g)}" if g else "") for n, g in names.items())
+                     for d, names in remedies.items()) + f" (planned at the `{profile}` profile)."
+
+
+def difference_in_differences(a1, a0, b1, b0, rng: np.random.Generator, n_boot: int = 2000) -> tuple[float, float, float]:
+    """[IQM(a1) − IQM(a0)] − [IQM(b1) − IQM(b0)] with a 95% percentile CI, each of the four cells resampled on its own."""
+    cells = [np.asarray(c, dtype=float) for c in (a1, a0, b1, b0)]
+    if any(len(c) == 0 for c in cells):
+        return (float("nan"),) * 3
+    point = _iqm(cells[0]) - _iqm(cells[1]) - (_iqm(cells[2]) - _iqm(cells[3]))
+    boot = []
+    for c in cells:
+        idx = rng.integers(0, len(c), size=(n_boot, len(c)))
+        boot.append(scipy.stats.trim_mean(c[idx], 0.25, axis=1))
+    reps = boot[0] - boot[1] - (boot[2] - boot[3])
+    return point, float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+
+
+def summary_table(runs, rows, rng, task, labels, train: bool = False, diverged_scored: bool = True) -> pd.DataFrame:
+    """Per variant, on the fixed score set: gold improvement, final gold, KL to the reference, proxy, grammatical share
+    (a diverged run has no final value: it feeds only the gold improvement, at UNGRAMMATICAL, unless `diverged_scored` is
+    False, and the count)."""
+    s = scores(runs, rows) if diverged_scored else improvement(runs, rows)
+    final = {m: end_value(runs, rows, f"final/{m}") for m in ("gold", "kl_ref", "proxy", "grammatical")}
     out = []
     for v in labels:
-        out.append({"variant": v, "gold improvement IQM [95% CI]": fmt_ci(iqm_or_nan(cell(runs, s, task, v), rng)),
-                    "final gold": fmt_ci(iqm_or_nan(cell(runs, final["gold"], task, v), rng)),
-                    "final KL to ref (nats)": fmt_ci(iqm_or_nan(cell(runs, final["kl_ref"], task, v), rng)),
-                    "final proxy": fmt_ci(iqm_or_nan(cell(runs, final["proxy"], task, v), rng)),
-                    "grammatical": fmt_ci(iqm_or_nan(cell(runs, final["grammatical"], task, v), rng)),
-                    "diverged": f"{n_diverged(runs, task, v)}/{int(((runs.task == task) & (runs.variant == v)).sum())}"})
+        n = int(((runs.task == task) & (runs.variant == v)).sum())
+        row = {"variant": v, "gold improvement IQM [95% CI]": fmt_ci(iqm_or_nan(cell(runs, s, task, v), rng)),
+               "final gold": fmt_ci(iqm_or_nan(cell(runs, final["gold"], task, v), rng)),
+               "final KL to ref (nats)": fmt_ci(iqm_or_nan(cell(runs, final["kl_ref"], task, v), rng)),
+               "final proxy": fmt_ci(iqm_or_nan(cell(runs, final["proxy"], task, v), rng)),
+               "grammatical": fmt_ci(iqm_or_nan(cell(runs, final["grammatical"], task, v), rng)),
+               "diverged": f"{n_diverged(runs, task, v)}/{n}"}
+        if train:
+            row["train-prompt gold improvement"] = fmt_ci(iqm_or_nan(cell(runs, improvement(runs, rows, "final_train/gold"), task, v),
+                                                                     rng))
+        out.append(row)
     return pd.DataFrame(out)
 
 
-def curves_figure(runs, rows, rng, order, metrics: tuple[tuple[str, str], ...], task: str | None = None):
-    """One panel per metric: IQM over seeds with 95% CIs against RLHF updates."""
-    fig, axes = plotting.figure(ncols=len(metrics))
+# ---------------------------------------------------------------------------------------------------- figures
+def panel_curves(ax, runs, rows, rng, metric: str, variants: list[str], palette: dict[str, str], *,
+                 label=lambda v: v, style=lambda v: "-", ok_only: bool = False) -> None:
+    """IQM over seeds with a 95% CI against RLHF updates, one line per variant (at most `plotting.MAX_SERIES`).
+    `ok_only`: leave diverged runs out (else they hold their last value, `suite.analysis.curve`)."""
+    if len(variants) > plotting.MAX_SERIES:
+        raise ValueError(f"{len(variants)} series on one axes; at most {plotting.MAX_SERIES}")
+    sel = runs[runs.variant.isin(variants)]
+    if ok_only:
+        sel = sel[sel.status != "diverged"]
+    c = curve(rows, sel, metric, rng) if len(sel) else pd.DataFrame()
+    for v in variants:
+        cv = c[c.variant == v].sort_values("step") if len(c) else c
+        if len(cv) == 0:
+            continue
+        ax.plot(cv.step, cv.iqm, color=palette[v], linestyle=style(v), label=label(v))
+        ax.fill_between(cv.step, cv.lo, cv.hi, color=palette[v], alpha=0.15, linewidth=0)
+    ax.set_xlabel("RLHF updates")
+
+
+def curves_figure(runs, rows, rng, order, panels: tuple[tuple[str, str, str], ...], task: str | None = None):
+    """One titled panel per (metric, short y-label, title); one colour per variant of `order`; the legend below."""
+    fig, axes = plotting.figure(ncols=len(panels))
     palette = plotting.colors(order)
     sel = runs if task is None else runs[runs.task == task]
-    for ax, (metric, ylabel) in zip(axes, metrics):
-        c = curve(rows, sel, metric, rng)
-        if len(c):
-            plotting.ci_lines(ax, c, [v for v in order if v in set(c.variant)], palette=palette)
-        ax.set_xlabel("RLHF updates")
+    for ax, (metric, ylabel, title) in zip(axes, panels):
+        panel_curves(ax, sel, rows, rng, metric, list(order), palette)
         ax.set_ylabel(ylabel)
-    axes[0].legend(loc="best", fontsize=6)
+        ax.set_title(title)
+    plotting.legend_below(fig, axes)
     return fig
 
 
@@ -159,6 +251,13 @@ class LMQuestion(Question):
 # ---------------------------------------------------------------------------------------------------------------- L1
 ETAS = (0.01, 0.1, 1.0, 10.0)
 """Fixed temperatures spanning three orders of magnitude on the sequence advantages (rewards lie in [−2, 7])."""
+DUAL_LRS = (0.01, 0.1, 1.0)
+"""L1's knob: the step size of η's dual (Adam learning rate); the runs use the loop's 0.01."""
+
+
+ETA_STILL = "the adaptive η barely moved, so this compares fixed temperatures, not adaptation"
+ETA_DECIDE = ("the full `[EM-SFT] §6` procedure with an η start and dual step size that let η move (issue 18; the knob); "
+              "planned at the `paper` profile")
 
 
 def fixed_eta(eta: float) -> GEMPIConfig:
@@ -166,23 +265,47 @@ def fixed_eta(eta: float) -> GEMPIConfig:
     return dataclasses.replace(VMPO.to_gempi(), coefficients=(eta,), temperature="fixed", epsilons=())
 
 
+def eta_path(runs: pd.DataFrame, rows: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """Per run of `variant`: η at the first update, at the middle update and at the last (columns start, mid, end)."""
+    ids = set(runs[runs.variant == variant].run_id)
+    sel = rows[(rows.metric == "dual/eta") & rows.run_id.isin(ids)].sort_values(["run_id", "step"])
+    out = {}
+    for rid, g in sel.groupby("run_id"):
+        v = g.value.to_numpy()
+        out[rid] = dict(start=v[0], mid=v[len(v) // 2], end=v[-1])
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
 class LMTemperature(LMQuestion):
     name = "lm-temperature"
     title = "Sequence-level V-MPO: dual-adaptive temperature against fixed η (RQ3 at sequence level)"
-    description = ("Sequence-level V-MPO on the LM task with its E-step temperature adapted by the dual of `001 §6` (top-k, "
+    description = ("Sequence-level V-MPO on the LM task with its E-step temperature adapted by the dual of `[EM-SFT] §6` (top-k, "
                    "log-sum-exp, softplus) or held fixed across three orders of magnitude; everything else identical.")
     claims = (Claim(
-        "L1", "At sequence level, a dual-adaptive temperature (the full `001 §6` procedure) gives stable learning without "
-        "tuning: it matches the best fixed η, without more KL blow-ups, while some fixed η do worse.",
-        "papers/001_8b44b9ea6e2e604b.txt §6; papers/000_18d00f82fad2bd94.txt §1 (RQ3)",
-        f"On gold improvements (diverged runs end at {UNGRAMMATICAL:g}): (a) the CI of IQM(adaptive) − IQM(best fixed η) lies "
-        f"above −{MATCH_FRACTION:g}×IQM(best fixed η) (wholly below: not supported); (b) the adaptive variant's divergence "
-        "(KL blow-up or non-finite) rate is at most the fixed sweep's pooled rate (above: not supported); (c) some fixed η "
-        f"is worse: the CI of IQM(adaptive) − IQM(fixed η) lies wholly above +{MATCH_FRACTION:g}×IQM(best fixed η), or it "
-        "diverges more often. Supported if (a), (b), (c); not supported if any is contradicted; else inconclusive. ESS, η "
-        "and KL to the reference are reported beside.",
+        "L1", "An answer to RQ3, an open question (no experiment in the papers), on a small GPT-2 far below LLM scale: does "
+        "adapting V-MPO's E-step temperature by its dual give a practical stability advantage over a fixed η?",
+        "[EM-SFT] §2 (RQ3); procedure in §6 'Full Adaptive EM Procedure'",
+        f"On gold improvements on the fixed score set (diverged runs end at {UNGRAMMATICAL:g}). Verdict checks: (a) premise, "
+        f"“adaptive temperature optimization”: the dual moves η — IQM over runs of max(η_end/η_start, η_start/η_end) ≥ "
+        f"{ETA_MOVES:g} (else inconclusive: an adaptive η that does not move is a fixed η near its start, and no comparison "
+        f"tests adaptation, and a `not supported` of (b) or (c) is then reported as inconclusive); (b) “practical … "
+        f"advantage over fixed-temperature weighting”: against every fixed η of the sweep "
+        f"(no selection), the CI of IQM(adaptive) − IQM(fixed η) lies above −{MATCH_FRACTION:g}×|IQM(fixed η)| (wholly below "
+        "for some η: not supported); (c) “stability advantage”: the adaptive variant diverges (KL to the reference above the "
+        "loop's limit, or a non-finite loss) in a smaller share of runs than the fixed sweep pooled (larger: not supported; "
+        "equal, e.g. no run diverges: inconclusive). Supported if (a)–(c); not supported if (b) or (c) is contradicted; "
+        "else inconclusive. Observations: η's path, the best fixed η chosen on even seeds and compared on odd seeds, ESS, KL "
+        "to the reference.",
         COMMON_DEVIATIONS + (Deviation("fixed-η V-MPO", "—", "GEMPI tuple of V-MPO with temperature 'fixed'",
-                                       "V-MPO has no fixed-η option; T8 checks GEMPI equals V-MPO"),)),)
+                                       "V-MPO has no fixed-η option; T8 checks GEMPI equals V-MPO"),
+                             Deviation("η dual", "the full `[EM-SFT] §6` procedure at LLM scale", "η starts at 1, Adam "
+                                       "step 0.01, 40 updates × 4 minibatches = 160 dual steps",
+                                       "at this step size η barely moves (the premise check); issue 18 sets a start and "
+                                       "step size that let it move")),
+        quote="Does adaptive temperature optimization in the E-step provide a practical stability advantage over "
+              "fixed-temperature weighting at LLM scale?",
+        knob=Knob("η dual step size (Adam learning rate)", DUAL_LRS, "not given"),
+        decides="paper"),)
 
     def variants(self):
         fixed = [Variant(eta_label(e), "gempi", fixed_eta(e), train_config=VALUE_LOOP) for e in ETAS]
@@ -192,44 +315,99 @@ class LMTemperature(LMQuestion):
         task, s = LM, scores(runs, rows)
         fixed = [eta_label(e) for e in ETAS]
         labels = [*fixed, "adaptive η"]
-        cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
-        best = max(fixed, key=lambda v: cis[v][0] if np.isfinite(cis[v][0]) else -np.inf)
-        ref = abs(cis[best][0])
-        d_best = _diff(runs, s, task, "adaptive η", best, rng)
-        a = at_least(d_best, MATCH_FRACTION * ref)
-        rate = {v: n_diverged(runs, task, v) / max(len(cell(runs, s, task, v)), 1) for v in labels}
-        pooled = sum(n_diverged(runs, task, v) for v in fixed) / max(sum(len(cell(runs, s, task, v)) for v in fixed), 1)
-        b = "supported" if rate["adaptive η"] <= pooled else "not supported"
-        worse, within_all, checks = [], True, []
+        adaptive = cell(runs, s, task, "adaptive η")
+        # (a) premise: does the dual move η?
+        path = eta_path(runs, rows, "adaptive η")
+        ratio = (np.maximum(path.end / path.start, path.start / path.end).to_numpy() if len(path) else np.array([]))
+        moved = _iqm(ratio)
+        a = Check("(a) the dual moves η (premise)", "verdict", "supported" if moved >= ETA_MOVES else "inconclusive",
+                  f"IQM of max(η_end/η_start, η_start/η_end) = {moved:.2f} (needs ≥ {ETA_MOVES:g}); η "
+                  f"{_iqm(path.start) if len(path) else float('nan'):.2f} → {_iqm(path.mid) if len(path) else float('nan'):.2f} → "
+                  f"{_iqm(path.end) if len(path) else float('nan'):.2f} (first, middle, last update)",
+                  words="adaptive temperature optimization",
+                  decide="" if moved >= ETA_MOVES else ETA_DECIDE)
+        # (b) against every fixed η (no selection)
+        checks = [a]
         for v in fixed:
-            d = _diff(runs, s, task, "adaptive η", v, rng)
-            is_worse = d[1] > MATCH_FRACTION * ref or rate[v] > rate["adaptive η"]
-            worse.append(is_worse)
-            within_all &= -MATCH_FRACTION * ref < d[1] and d[2] < MATCH_FRACTION * ref and not rate[v] > rate["adaptive η"]
-            checks.append({"check": f"(c) adaptive − {v}", "statistic [95% CI]": fmt_ci(d),
-                           "outcome": "fixed η worse" if is_worse else "not shown worse"})
-        c = "supported" if any(worse) else ("not supported" if within_all else "inconclusive")
-        checks = [{"check": f"(a) adaptive − best fixed ({best})", "statistic [95% CI]": f"{fmt_ci(d_best)}; margin "
-                   f"−{MATCH_FRACTION * ref:.2f}", "outcome": a},
-                  {"check": "(b) divergence rate", "statistic [95% CI]": f"adaptive {rate['adaptive η']:.2f} vs fixed sweep "
-                   f"{pooled:.2f}", "outcome": b}, *checks,
-                  {"check": "(c) some fixed η worse", "statistic [95% CI]": f"{sum(worse)} of {len(fixed)}", "outcome": c}]
-        verdict = Verdict(self.claims[0], combine([a, b, c]), f"(a) {a}, (b) {b}, (c) {c}: adaptive "
-                          f"{fmt_ci(cis['adaptive η'])} vs best fixed {best} {fmt_ci(cis[best])} (gold improvement).", checks)
+            y = cell(runs, s, task, v)
+            m = MATCH_FRACTION * abs(_iqm(y))
+            checks.append(with_premise(check(f"(b) adaptive − {v}", "advantage over fixed-temperature weighting", adaptive, rng,
+                                             test="above", threshold=-m, y=y, fmt="{} (gold improvement)"),
+                                       moved >= ETA_MOVES, ETA_STILL, ETA_DECIDE))
+        # (c) divergence
+        rate = {v: n_diverged(runs, task, v) / max(int(((runs.task == task) & (runs.variant == v)).sum()), 1) for v in labels}
+        n_fixed = int(((runs.task == task) & runs.variant.isin(fixed)).sum())
+        pooled = sum(n_diverged(runs, task, v) for v in fixed) / max(n_fixed, 1)
+        c_out = ("supported" if rate["adaptive η"] < pooled else "not supported" if rate["adaptive η"] > pooled else "inconclusive")
+        checks.append(with_premise(Check("(c) divergence rate, adaptive vs fixed sweep", "verdict", c_out,
+                                         f"adaptive {rate['adaptive η']:.2f} vs fixed sweep pooled {pooled:.2f}",
+                                         words="stability advantage",
+                                         decide="" if c_out != "inconclusive" else "a budget at which some fixed η blows up "
+                                         "(longer training or a larger step); no run diverged or the rates tie at this one"),
+                                   moved >= ETA_MOVES, ETA_STILL, ETA_DECIDE))
+        # observations
+        even, odd = split_seeds(runs)
+        ev = runs[runs.seed.isin(even)]
+        od = runs[runs.seed.isin(odd)]
+        best = max(fixed, key=lambda v: (_iqm(cell(ev, s, task, v)) if len(cell(ev, s, task, v)) else -np.inf))
+        d_fair = _diff(od, s, task, "adaptive η", best, rng)
+        checks.append(observation("best fixed η chosen on even seeds, compared on odd seeds", _trend(d_fair),
+                                  f"adaptive − {best}: {fmt_ci(d_fair)} ({len(odd)} odd seeds per cell)"))
+        checks.append(observation("η path of the adaptive variant (IQM over runs)",
+                                  "η barely moves" if moved < ETA_MOVES else "η moves",
+                                  f"first update {_iqm(path.start) if len(path) else float('nan'):.3f}, middle "
+                                  f"{_iqm(path.mid) if len(path) else float('nan'):.3f}, last "
+                                  f"{_iqm(path.end) if len(path) else float('nan'):.3f}; the plot shows every update"))
+        kl_max = rows[rows.metric == "kl/ref_seq"].groupby("run_id").value.max()
+        worst = max((_iqm(cell(runs, kl_max, task, v)) for v in labels if len(cell(runs, kl_max, task, v))), default=np.nan)
+        checks.append(observation("largest rollout KL to the reference over training (IQM over runs, nats)",
+                                  f"at most {worst:.1f} nats (the divergence limit: {VALUE_LOOP.kl_limit:g})",
+                                  "; ".join(f"{v} {_iqm(cell(runs, kl_max, task, v)):.1f}" for v in labels)))
+        ci_ad = iqm_or_nan(adaptive, rng)
+        summary = ((f"the adaptive η stays within a factor {moved:.2f} of its start (needs {ETA_MOVES:g}), so the runs "
+                    "compare fixed temperatures only" if moved < ETA_MOVES else
+                    f"the adaptive η moves by a factor {moved:.2f} over training")
+                   + f"; adaptive {fmt_ci(ci_ad)} gold improvement, fixed "
+                   + ", ".join(f"{v} {_iqm(cell(runs, s, task, v)):.2f}" for v in fixed)
+                   + f"; {sum(n_diverged(runs, task, v) for v in labels)} of {int((runs.task == task).sum())} runs diverged.")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks),
+                          sensitivity=f"not run at this profile: every run uses the dual step size 0.01; the values "
+                                      f"{', '.join(f'{x:g}' for x in DUAL_LRS)} are planned at `paper`.")
         table = summary_table(runs, rows, rng, task, labels)
-        ess, eta = per_run_mean(rows, "weights/ess"), pd.concat([per_run_mean(rows, "dual/eta"), per_run_mean(rows, "dual/Lambda")])
+        ess, eta = per_run_mean(rows, "weights/ess"), per_run_mean(rows, "dual/eta")
         table["ESS (mean over updates)"] = [fmt_ci(iqm_or_nan(cell(runs, ess, task, v), rng), 1) for v in labels]
-        table["η (mean over updates)"] = [fmt_ci(iqm_or_nan(cell(runs, eta, task, v), rng), 3) for v in labels]
-        fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"), ("kl/ref_seq", "KL to reference"),
-                                                     ("weights/ess", "ESS of the E-step weights"), ("dual/eta", "η (adaptive)")))
-        return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant", table)])
+        table["η (mean over updates)"] = [fmt_ci(iqm_or_nan(cell(runs, eta, task, v), rng), 3) if v == "adaptive η" else
+                                          v.split("=")[1] for v in labels]
+        fig = curves_figure(runs, rows, rng, labels, (
+            ("eval/gold", "gold reward", "Held-out gold (curve)"),
+            ("kl/ref_seq", "KL (nats)", "Rollout KL to π_ref"),
+            ("weights/ess", "ESS", "ESS of E-step weights"),
+            ("dual/eta", "η", "Adaptive η per update")))
+        return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant (fixed score set)", table)])
 
 
 # ---------------------------------------------------------------------------------------------------------------- L2, L9
 EM_METHODS = (("V-MPO", "vmpo", VMPO, VALUE_LOOP), ("AWR", "awr", AWR, VALUE_LOOP), ("DAR", "dar", DAR, BASE_LOOP))
-
-
+METHOD_ORDER = ["PPO", "V-MPO", "AWR", "DAR"]
+"""One colour per method across every panel of L2 and L9 (`plotting.colors(METHOD_ORDER)`)."""
 SWEPT = ("PPO", "V-MPO")
+LEVELS = tuple(p for p in SWEEP if p > 0)
+"""L2's knob values: each dropout p > 0 is compared with p = 0."""
+
+NO_DROPOUT_BASE = (f"the base model was pretrained and SFT'd without dropout (p = {BASE_DROPOUT:g}), so switching dropout on "
+                   "moves the policy itself — the sentence's premise (a model trained with dropout, as GPT-2-style models are) "
+                   "is missing")
+DROPOUT_BASE_DECIDE = ("a base model pretrained and SFT'd with dropout (GPT-2's 0.1), built by issue 18; planned at the "
+                       "`paper` profile")
+FORWARD_PASSES = Deviation(
+    "forward passes under dropout", "not specified ([EM-SFT] §9: rollouts and old log-probs without dropout)",
+    "rollouts, π_old, π_ref and every evaluation in eval mode (no dropout); the training pass of π_θ with dropout: PPO's "
+    "ratio and k3 KL(π_old‖π_θ), and V-MPO's trust-region KL(π_old‖π_θ), compare a dropout pass with a no-dropout pass",
+    "as the loop implements it today; issue 18 runs V-MPO's KL both ways")
+
+
+def _method(label: str) -> str:
+    return label.split(" p=")[0]
 
 
 def _dropout_variants(with_ppo: bool = True, sweep: bool = False) -> list[Variant]:
@@ -239,34 +417,64 @@ def _dropout_variants(with_ppo: bool = True, sweep: bool = False) -> list[Varian
             for p in (SWEEP if sweep and label in SWEPT else (0.0, DROPOUT))]
 
 
-def _dropout_effect(runs, s, task, label, rng):
-    return _diff(runs, s, task, f"{label} p={DROPOUT:g}", f"{label} p=0", rng)
+def _at(runs, values, task, method, p):
+    return cell(runs, values, task, f"{method} p={p:g}")
+
+
+def _dot_panel(ax, runs, values, task, rng, methods, levels, palette, digits_offset: float = 0.004):
+    """IQM with 95% CI against dropout p, one line per method (slightly offset so the bars do not hide each other)."""
+    for i, m in enumerate(methods):
+        ps = [p for p in levels if len(_at(runs, values, task, m, p))]
+        if not ps:
+            continue
+        cis = np.array([iqm_or_nan(_at(runs, values, task, m, p), rng) for p in ps])
+        x = np.array(ps) + (i - (len(methods) - 1) / 2) * digits_offset
+        ax.errorbar(x, cis[:, 0], yerr=[cis[:, 0] - cis[:, 1], cis[:, 2] - cis[:, 0]], fmt="o-", capsize=2,
+                    color=palette[m], label=m)
+    ax.set_xlabel("dropout p")
 
 
 class LMDropout(LMQuestion):
     name = "lm-dropout"
     title = "Dropout under PPO and under EM methods (RQ5), with a small-data regime"
     description = (f"PPO (token level) and the EM methods V-MPO, AWR and DAR, each with dropout p = 0 and p = {DROPOUT:g} in "
-                   "their training passes (rollouts and old log-probs in eval mode, `001 §9`), PPO and V-MPO also at p ∈ "
+                   "their training passes (rollouts and old log-probs in eval mode, `[EM-SFT] §9`), PPO and V-MPO also at p ∈ "
                    f"{{{', '.join(f'{p:g}' for p in SWEEP)}}}; then the EM methods on a pool of {SMALL_PROMPTS} training "
-                   "prompts, scored on held-out prompts.")
+                   "prompts, scored on held-out prompts and on their training prompts.")
     tasks = (LM, SMALL)
     claims = (Claim(
-        "L2", "With dropout on, PPO degrades (ratio noise, clip fraction, early stops, reward) while V-MPO, AWR and DAR are "
-        "unaffected; in a small-data regime dropout helps the EM methods on held-out prompts.",
-        "papers/001_8b44b9ea6e2e604b.txt §9; papers/000_18d00f82fad2bd94.txt §1 (RQ5), §10",
-        f"On {LM}: (a) PPO degrades: the CI of IQM(first-minibatch ratio std, p={DROPOUT:g}) − IQM(p=0) lies above 0 and the "
-        f"CI of IQM(gold improvement, p={DROPOUT:g}) − IQM(p=0) lies wholly below 0 (the reward CI wholly above 0: not "
-        f"supported); (b) each EM method is unaffected: the CI of IQM(p={DROPOUT:g}) − IQM(p=0) lies above "
-        f"−{MATCH_FRACTION:g}×IQM(p=0) (wholly below for any: not supported). On {SMALL} ({SMALL_PROMPTS} training prompts): (c) the CI of "
-        f"IQM(held-out gold improvement, p={DROPOUT:g}) − IQM(p=0) lies wholly above 0 for at least one EM method and wholly "
-        "below for none (wholly below for any, or every CI within ±the margin: not supported). Supported if (a), (b), (c); "
-        "not supported if any is contradicted; else inconclusive.",
-        COMMON_DEVIATIONS + (Deviation("dropout p", "not given", f"{DROPOUT:g} (GPT-2's value) for the verdict; PPO and V-MPO "
-                                       f"also at p ∈ {{{', '.join(f'{p:g}' for p in SWEEP)}}} for the sweep figure",
-                                       "one level keeps the grid small"),
-                             Deviation("small data", "not specified", f"{SMALL_PROMPTS} training prompts ({SMALL})",
-                                       "few enough that the policy can overfit them")),),)
+        "L2", "In a model trained with dropout, dropout can be switched on in V-MPO's M-step without changing the algorithm "
+        "(it learns as well as without), which is an advantage over PPO (dropout costs V-MPO less than it costs PPO); where "
+        "training data are few and the policy overfits them, dropout brings V-MPO a held-out gain.",
+        "[EM-SFT] §9 'The Case for Dropout', 'Practical Implications' (RQ5)",
+        f"Per dropout p ∈ {{{', '.join(f'{p:g}' for p in LEVELS)}}} (the knob; each against p = 0), on gold improvements on "
+        f"the fixed score set of {LM}: (1) “can be enabled during the M-step without any algorithmic modification”: the CI "
+        f"of IQM(V-MPO p) − IQM(V-MPO p=0) lies above −{MATCH_FRACTION:g}×|IQM(V-MPO p=0)| (wholly below: not supported); (2) "
+        "“offers a regularisation advantage over PPO”: the CI of [IQM(V-MPO p) − IQM(V-MPO 0)] − [IQM(PPO p) − IQM(PPO 0)] "
+        f"(each cell resampled) lies wholly above 0 (wholly below: not supported). At p = {DROPOUT:g} on {SMALL} "
+        f"({SMALL_PROMPTS} training prompts): (3) “providing the same generalisation benefits observed in supervised "
+        f"fine-tuning”: the CI of IQM(held-out gold improvement, V-MPO p={DROPOUT:g}) − IQM(p=0) lies wholly above 0 (wholly "
+        "below: not supported) — tested only where the regime overfits: V-MPO at p = 0 must gain more on its training "
+        "prompts than on held-out ones (CI of the IQM gap wholly above 0), else (3) is inconclusive. Premise: where the base "
+        "model was trained without dropout, a `not supported` of (1)–(3) is reported as inconclusive, naming it. A p "
+        "supports if all its checks do; the headline is the verdict across p (`depends on dropout p` where they disagree). "
+        "Observations: PPO's ratio spread and clip fraction at θ = θ_old, early stops and gold; AWR and DAR (the sentence "
+        "names V-MPO); V-MPO's trust-region KL.",
+        COMMON_DEVIATIONS + (Deviation("dropout p", "not given (GPT-2: 0.1)", f"PPO and V-MPO at p ∈ {{{', '.join(f'{p:g}' for p in SWEEP)}}}; "
+                                       f"AWR, DAR and the small-data arm at p ∈ {{0, {DROPOUT:g}}}", "the grid's budget"),
+                             Deviation("base model", "trained with dropout (GPT-2-style)", f"pretrained and SFT'd with dropout "
+                                       f"p = {BASE_DROPOUT:g}", "the premise the verdict names; issue 18 retrains it with 0.1"),
+                             FORWARD_PASSES,
+                             Deviation("small data", "'data is limited and overfitting is a practical concern'",
+                                       f"{SMALL_PROMPTS} training prompts ({SMALL}); the gold reward ignores the prompt, so the "
+                                       "policy has little to overfit (the train/held-out gap is measured)",
+                                       "issue 18 builds a prompt-dependent reward")),
+        quote="In the LLM fine-tuning regime where data is limited and overfitting is a practical concern, V-MPO’s EM "
+              "structure therefore offers a regularisation advantage over PPO: dropout (and related stochastic regularisers "
+              "such as DropPath or stochastic depth) can be enabled during the M-step without any algorithmic modification, "
+              "providing the same generalisation benefits observed in supervised fine-tuning.",
+        knob=Knob("dropout p", LEVELS, "not given (GPT-2: 0.1)", run_at=("quick", "paper")),
+        decides="paper"),)
 
     def variants(self):
         return _dropout_variants(sweep=True)
@@ -278,138 +486,241 @@ class LMDropout(LMQuestion):
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
-        std = first_value(rows, "first/ratio_std")
-        r_std = _dropout_effect(runs, std, LM, "PPO", rng)
-        r_gold = _dropout_effect(runs, s, LM, "PPO", rng)
-        a = combine(["supported" if r_std[1] > 0 else "inconclusive",
-                     "supported" if r_gold[2] < 0 else ("not supported" if r_gold[1] > 0 else "inconclusive")])
-        checks = [{"check": "(a) PPO ratio std at θ = θ_old, dropout − none", "statistic [95% CI]": fmt_ci(r_std, 4), "outcome": "—"},
-                  {"check": "(a) PPO gold improvement, dropout − none", "statistic [95% CI]": fmt_ci(r_gold), "outcome": a}]
-        bs, cs, helps, within = [], [], [], True
-        for label, *_ in EM_METHODS:
-            ref = abs(iqm_or_nan(cell(runs, s, LM, f"{label} p=0"), rng)[0])
-            d = _dropout_effect(runs, s, LM, label, rng)
-            bs.append(at_least(d, MATCH_FRACTION * ref))
-            checks.append({"check": f"(b) {label} gold improvement, dropout − none", "statistic [95% CI]":
-                           f"{fmt_ci(d)}; margin −{MATCH_FRACTION * ref:.2f}", "outcome": bs[-1]})
-            ref_small = abs(iqm_or_nan(cell(runs, s, SMALL, f"{label} p=0"), rng)[0])
-            d = _dropout_effect(runs, s, SMALL, label, rng)
-            helps.append(d[1] > 0)
-            cs.append(d[2] < 0)
-            within &= -MATCH_FRACTION * ref_small < d[1] and d[2] < MATCH_FRACTION * ref_small
-            checks.append({"check": f"(c) {label}, {SMALL_PROMPTS} prompts: held-out gold, dropout − none", "statistic [95% CI]": fmt_ci(d),
-                           "outcome": "helps" if d[1] > 0 else ("hurts" if d[2] < 0 else "no clear effect")})
-        b = combine(bs)
-        c = "not supported" if any(cs) or within else ("supported" if any(helps) else "inconclusive")
-        checks.append({"check": "(c) dropout helps an EM method on held-out prompts", "statistic [95% CI]":
-                       f"{sum(helps)} help, {sum(cs)} hurt", "outcome": c})
-        verdict = Verdict(self.claims[0], combine([a, b, c]), f"(a) PPO degrades: {a}; (b) EM unaffected: {b}; "
-                          f"(c) dropout helps with small data: {c}.", checks)
+        premise = BASE_DROPOUT > 0
+        std, clip = per_run_mean(rows, "first/ratio_std"), per_run_mean(rows, "first/clipfrac")
+        stops, kl_old = per_run_mean(rows, "update/early_stop"), per_run_mean(rows, "kl/old")
+        checks: list[Check] = [observation("premise: the base model's own dropout", "missing" if not premise else "present",
+                                           f"pretrained and SFT'd with p = {BASE_DROPOUT:g}", "every p")]
+        vm0, pp0 = _at(runs, s, LM, "V-MPO", 0.0), _at(runs, s, LM, "PPO", 0.0)
+        margin = MATCH_FRACTION * abs(_iqm(vm0))
+        per_p = {}
+        for p in LEVELS:
+            g = f"dropout p={p:g}"
+            vm, pp = _at(runs, s, LM, "V-MPO", p), _at(runs, s, LM, "PPO", p)
+            c1 = with_premise(check("(1) V-MPO with dropout − without", "can be enabled during the M-step without any algorithmic "
+                                    "modification", vm, rng, test="above", threshold=-margin, y=vm0,
+                                    fmt="{} (gold improvement)", group=g), premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE)
+            did = difference_in_differences(vm, vm0, pp, pp0, rng)
+            out = "supported" if did[1] > 0 else "not supported" if did[2] < 0 else "inconclusive"
+            sd_v, sd_p = float(np.hypot(_sd(vm), _sd(vm0))), float(np.hypot(_sd(pp), _sd(pp0)))
+            c2 = with_premise(Check("(2) dropout's effect on V-MPO − on PPO", "verdict", out,
+                                    f"{fmt_ci(did)}; needs > 0.00", words="offers a regularisation advantage over PPO", group=g,
+                                    decide=decide_note(did[0], 0.0, "above", sd_v, sd_p, min(len(vm), len(pp)))
+                                    if out == "inconclusive" else ""),
+                              premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE)
+            checks += [c1, c2]
+            per_p[p] = (iqm_or_nan(vm, rng), _diff(runs, s, LM, f"PPO p={p:g}", "PPO p=0", rng))
+            checks.append(observation(f"PPO p={p:g} − PPO p=0 (gold improvement)", _trend(per_p[p][1]), fmt_ci(per_p[p][1]), g))
+            checks.append(observation(f"PPO ratio std / clip fraction at θ = θ_old, p={p:g} (p=0)",
+                                      "dropout noise in the ratio",
+                                      f"{_iqm(_at(runs, std, LM, 'PPO', p)):.3f} ({_iqm(_at(runs, std, LM, 'PPO', 0.0)):.3f}) / "
+                                      f"{_iqm(_at(runs, clip, LM, 'PPO', p)):.3f} ({_iqm(_at(runs, clip, LM, 'PPO', 0.0)):.3f}); "
+                                      f"early stops per update {_iqm(_at(runs, stops, LM, 'PPO', p)):.2f}", g))
+            checks.append(observation(f"V-MPO trust-region KL(π_old‖π_θ) per sequence, p={p:g} (p=0)",
+                                      "the dropout pass enters the trust region",
+                                      f"{_iqm(_at(runs, kl_old, LM, 'V-MPO', p)):.3f} ({_iqm(_at(runs, kl_old, LM, 'V-MPO', 0.0)):.3f}) "
+                                      "nats, mean over updates", g))
+            if p == DROPOUT:
+                checks += self._small_data(runs, rows, rng, s, premise, g)
+                for m in ("AWR", "DAR"):
+                    d = _diff(runs, s, LM, f"{m} p={p:g}", f"{m} p=0", rng)
+                    checks.append(observation(f"{m} p={p:g} − {m} p=0 (gold improvement)", _trend(d), fmt_ci(d), g))
+        summary = ("V-MPO's gold improvement with dropout, p " + ", ".join(
+            f"{p:g}: {fmt_ci(per_p[p][0])}" for p in LEVELS) + f" (p = 0: {fmt_ci(iqm_or_nan(vm0, rng))}); PPO with dropout − "
+            "without, p " + ", ".join(f"{p:g}: {per_p[p][1][0]:+.2f}" for p in LEVELS)
+            + ("" if premise else f"; the base model was trained without dropout (p = {BASE_DROPOUT:g}), so no check reads "
+               "as not supported") + ".")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, by="dropout p", decide=grouped_decide(checks),
+                          sensitivity=f"run at every value: PPO and V-MPO at p ∈ {{{', '.join(f'{p:g}' for p in SWEEP)}}}, the "
+                                      f"verdict read per p > 0 against p = 0; the small-data check at p = {DROPOUT:g} only.")
         labels = [v.label for v in self.variants()]
         table = summary_table(runs, rows, rng, LM, labels)
-        for col, metric, digits in (("ratio std, 1st minibatch", "first/ratio_std", 4), ("clip fraction, 1st minibatch",
-                                    "first/clipfrac", 3), ("early stops per update", "update/early_stop", 2)):
-            values = per_run_mean(rows, metric)
+        for col, values, digits in (("ratio std, 1st minibatch", std, 4), ("clip fraction, 1st minibatch", clip, 3),
+                                    ("early stops per update", stops, 2)):
             table[col] = [fmt_ci(iqm_or_nan(cell(runs, values, LM, v), rng), digits) if v.startswith("PPO") else "—"
                           for v in labels]
-        # the trust-region term: with dropout on, θ is evaluated in train mode and π_old in eval mode, so this KL holds
-        # the dropout noise too (V-MPO's α term then pulls against it). PPO logs the k3 estimate per token; V-MPO the
-        # closed form summed over a sequence's tokens.
-        kl_old = per_run_mean(rows, "kl/old")
-        table["KL(π_old‖π_θ) (PPO per token, V-MPO per sequence)"] = [fmt_ci(iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3)
-                                                if len(cell(runs, kl_old, LM, v)) else "—" for v in labels]
-        small = summary_table(runs, rows, rng, SMALL, [v.label for v in _dropout_variants(with_ppo=False)])
-        train_gap = scores(runs, rows, "eval_train/gold")
-        small["train-prompt gold improvement"] = [fmt_ci(iqm_or_nan(cell(runs, train_gap, SMALL, v), rng))
-                                                  for v in small.variant]
-        figures = {"dropout.png": self._figure(runs, rows, rng),
-                   "curves.png": curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"),
-                                                                         ("kl/ref_seq", "KL to reference")), LM)}
-        return Analysis([verdict], figures, tables=[(f"{LM}: every variant", table), (f"{SMALL}: {SMALL_PROMPTS} training prompts", small)])
+        table["KL(π_old‖π_θ) (PPO k3 per token, V-MPO per sequence)"] = [
+            fmt_ci(iqm_or_nan(cell(runs, kl_old, LM, v), rng), 3) if len(cell(runs, kl_old, LM, v)) else "—" for v in labels]
+        small = summary_table(runs, rows, rng, SMALL, [v.label for v in _dropout_variants(with_ppo=False)], train=True)
+        figures = {"dropout.png": self._figure(runs, rows, rng, s), "curves.png": self._curves(runs, rows, rng)}
+        return Analysis([verdict], figures, tables=[(f"{LM}: every variant (fixed score set)", table),
+                                                    (f"{SMALL}: {SMALL_PROMPTS} training prompts (fixed score sets)", small)])
 
-    def _figure(self, runs, rows, rng):
-        fig, axes = plotting.figure(ncols=5)
-        s = scores(runs, rows)
-        panels = ((per_run_mean(rows, "first/ratio_std"), "PPO ratio std (θ = θ_old)", ["PPO"], LM),
-                  (per_run_mean(rows, "first/clipfrac"), "PPO clip fraction (θ = θ_old)", ["PPO"], LM),
-                  (s, f"gold improvement ({LM})", ["PPO"] + [m[0] for m in EM_METHODS], LM),
-                  (s, f"held-out gold improvement ({SMALL})", [m[0] for m in EM_METHODS], SMALL))
-        for ax, (values, ylabel, methods, task) in zip(axes, panels):
-            for i, m in enumerate(methods):
-                for j, p in enumerate((0.0, DROPOUT)):
-                    ci = iqm_or_nan(cell(runs, values, task, f"{m} p={p:g}"), rng)
-                    x = i + (j - 0.5) * 0.3
-                    ax.errorbar([x], [ci[0]], yerr=[[ci[0] - ci[1]], [ci[2] - ci[0]]], fmt="o",
-                                color=plotting.PALETTE[j], label=f"p={p:g}" if i == 0 else None)
-            ax.set_xticks(range(len(methods)), methods)
+    def _small_data(self, runs, rows, rng, s, premise, group) -> list[Check]:
+        held = s
+        gap = (improvement(runs, rows, "final_train/gold") - improvement(runs, rows)).dropna()  # diverged runs: no gap
+        g0 = _at(runs, gap, SMALL, "V-MPO", 0.0)
+        gap_ci = iqm_or_nan(g0, rng)
+        overfits = bool(gap_ci[1] > 0)
+        c3 = check(f"(3) {SMALL}: V-MPO with dropout − without, held-out",
+                   "providing the same generalisation benefits observed in supervised fine-tuning",
+                   _at(runs, held, SMALL, "V-MPO", DROPOUT), rng, test="above", threshold=0.0,
+                   y=_at(runs, held, SMALL, "V-MPO", 0.0), group=group)
+        if not overfits:
+            c3.outcome = "inconclusive"
+            c3.statistic += (f"; not read: at p = 0 V-MPO gains no more on its {SMALL_PROMPTS} training prompts than on held-out "
+                             f"ones (gap {fmt_ci(gap_ci)}), so there is no overfitting for dropout to reduce")
+            c3.decide = ("a small-data regime with a measured train/held-out gap (a prompt-dependent reward), built by issue "
+                         "18; planned at the `paper` profile")
+        else:
+            c3 = with_premise(c3, premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE)
+        out = [c3, observation(f"{SMALL}: V-MPO p=0 train-prompt − held-out gold improvement (the regime's premise)",
+                               "overfits" if overfits else "no train/held-out gap", fmt_ci(gap_ci), group)]
+        for m in ("AWR", "DAR"):
+            d = _diff(runs, held, SMALL, f"{m} p={DROPOUT:g}", f"{m} p=0", rng)
+            out.append(observation(f"{SMALL}: {m} p={DROPOUT:g} − p=0, held-out gold improvement", _trend(d), fmt_ci(d), group))
+        return out
+
+    def _figure(self, runs, rows, rng, s):
+        fig, axes = plotting.figure(ncols=3, nrows=2, width=3.3)
+        palette = plotting.colors(METHOD_ORDER)
+        std, clip, kl_old = (per_run_mean(rows, m) for m in ("first/ratio_std", "first/clipfrac", "kl/old"))
+        train = improvement(runs, rows, "final_train/gold")
+        panels = ((std, LM, ["PPO"], SWEEP, "ratio std", "PPO ratio std, θ = θ_old"),
+                  (clip, LM, ["PPO"], SWEEP, "clip fraction", "PPO clip fraction, θ = θ_old"),
+                  (s, LM, METHOD_ORDER, SWEEP, "Δ gold", "Gold improvement (fixed set)"),
+                  (kl_old, LM, ["V-MPO"], SWEEP, "KL (nats / seq.)", "V-MPO KL(π_old‖π_θ)"),
+                  (s, SMALL, METHOD_ORDER[1:], (0.0, DROPOUT), "Δ gold", f"Small data: held-out"),
+                  (train, SMALL, METHOD_ORDER[1:], (0.0, DROPOUT), "Δ gold", f"Small data: {SMALL_PROMPTS} train prompts"))
+        for ax, (values, task, methods, levels, ylabel, title) in zip(axes, panels):
+            _dot_panel(ax, runs, values, task, rng, methods, levels, palette)
             ax.set_ylabel(ylabel)
-        axes[0].legend(loc="best")
-        ax = axes[-1]
-        for i, label in enumerate(SWEPT):
-            cis = np.array([iqm_or_nan(cell(runs, s, LM, f"{label} p={p:g}"), rng) for p in SWEEP])
-            ax.errorbar(SWEEP, cis[:, 0], yerr=[cis[:, 0] - cis[:, 1], cis[:, 2] - cis[:, 0]], fmt="o-", capsize=2,
-                        color=plotting.PALETTE[i + 2], label=label)
-        ax.set_xlabel("dropout p")
-        ax.set_ylabel(f"gold improvement ({LM})")
-        ax.legend(loc="best")
+            ax.set_title(title)
+        plotting.legend_below(fig, axes)
         return fig
+
+    def _curves(self, runs, rows, rng):
+        fig, axes = plotting.figure(ncols=len(SWEEP), nrows=2, width=3.0)
+        palette = {f"{m} p={p:g}": c for m, c in plotting.colors(METHOD_ORDER).items() for p in SWEEP}
+        sel = runs[runs.task == LM]
+        for j, p in enumerate(SWEEP):
+            variants = [f"{m} p={p:g}" for m in METHOD_ORDER if (sel.variant == f"{m} p={p:g}").any()]
+            for i, (metric, ylabel, title) in enumerate((("eval/gold", "gold reward", "Held-out gold"),
+                                                         ("kl/ref_seq", "KL (nats)", "KL to π_ref"))):
+                ax = axes[i * len(SWEEP) + j]
+                panel_curves(ax, sel, rows, rng, metric, variants, palette, label=_method)
+                ax.set_ylabel(ylabel)
+                ax.set_title(f"{title}, p = {p:g}")
+        for i in range(2):  # one y-range per row, so that the dropout levels compare by eye
+            row = axes[i * len(SWEEP):(i + 1) * len(SWEEP)]
+            lo, hi = min(a.get_ylim()[0] for a in row), max(a.get_ylim()[1] for a in row)
+            for a in row:
+                a.set_ylim(lo, hi)
+        plotting.legend_below(fig, axes)
+        return fig
+
+
+def _trend(d: tuple[float, float, float]) -> str:
+    return "lower" if d[2] < 0 else "higher" if d[1] > 0 else "no clear difference"
+
+
+def _sd(x) -> float:
+    x = np.asarray(x, dtype=float).ravel()
+    return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
 
 
 class LMDropoutCompatible(LMQuestion):
     name = "lm-dropout-em"
-    title = "Dropout compatibility of EM methods (RQ5): with dropout in the M-step they still learn; PPO needs it off"
-    description = ("The runs of `lm-dropout` on the full prompt pool (the store shares them): whether each EM method learns "
-                   "with dropout on, and whether PPO with dropout falls behind PPO without.")
+    title = "Dropout compatibility of EM methods (RQ5): with dropout in the M-step they still learn"
+    description = ("The runs of `lm-dropout` on the full prompt pool (the store shares them): whether each EM method whose "
+                   "M-step is a weighted likelihood with detached E-step weights learns with dropout on; V-MPO and PPO beside.")
     claims = (Claim(
-        "L9", "With dropout on during the M-step, EM methods (V-MPO, AWR, DAR) still learn; PPO needs it off.",
-        "papers/000_18d00f82fad2bd94.txt §10; papers/001_8b44b9ea6e2e604b.txt §9",
-        f"(a) for each EM method with p = {DROPOUT:g}, the CI of its IQM gold improvement lies wholly above 0 (wholly below "
-        f"for any: not supported); (b) the CI of IQM(PPO p={DROPOUT:g}) − IQM(PPO p=0) lies wholly below 0, or PPO with "
-        "dropout does not learn while PPO without does (wholly above 0: not supported). Supported if (a) and (b); not "
-        "supported if either is contradicted; else inconclusive.", COMMON_DEVIATIONS),)
+        "L9", "With dropout on during the M-step, EM methods whose M-step is a weighted likelihood with detached E-step weights "
+        "(AWR, DAR) still learn.",
+        "[EM-LLM] §10 'Dropout Compatibility' (RQ5)",
+        f"“guarantees dropout compatibility”: for AWR and DAR at p = {DROPOUT:g}, the CI of the IQM gold improvement on the "
+        "fixed score set lies wholly above 0 (wholly below for either: not supported; both must hold, the sentence is one "
+        "guarantee for every such M-step). Premise: where the base model was trained without dropout, a `not supported` is "
+        "reported as inconclusive, naming it. Observations: V-MPO (its M-step adds a KL(π_old‖π_θ) trust-region term, which "
+        "compares a dropout pass with a no-dropout pass and which the guarantee does not cover), each method against itself "
+        "at p = 0, and PPO with against without dropout (the PPO half of the paragraph, not of this sentence).",
+        COMMON_DEVIATIONS + (Deviation("base model", "trained with dropout (GPT-2-style)", f"pretrained and SFT'd with dropout "
+                                       f"p = {BASE_DROPOUT:g}", "the premise the verdict names; issue 18 retrains it with 0.1"),
+                             FORWARD_PASSES),
+        quote="The GEMPI template guarantees dropout compatibility whenever the M-step uses detached (stop-gradient) weights "
+              "from the E-step.",
+        knob=Knob("dropout p", LEVELS, "not given (GPT-2: 0.1)"),
+        decides="paper"),)
 
     def variants(self):
         return _dropout_variants()
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
-        checks, parts = [], []
-        for label, *_ in EM_METHODS:
-            ci = iqm_or_nan(cell(runs, s, LM, f"{label} p={DROPOUT:g}"), rng)
-            parts.append(improves(ci))
-            checks.append({"check": f"(a) {label} p={DROPOUT:g} learns", "statistic [95% CI]": fmt_ci(ci), "outcome": parts[-1]})
-        a = combine(parts)
-        d = _dropout_effect(runs, s, LM, "PPO", rng)
-        on, off = (improves(iqm_or_nan(cell(runs, s, LM, f"PPO p={p:g}"), rng)) for p in (DROPOUT, 0.0))
-        b = "supported" if d[2] < 0 or (on != "supported" and off == "supported") else ("not supported" if d[1] > 0 else "inconclusive")
-        checks += [{"check": "(b) PPO gold improvement, dropout − none", "statistic [95% CI]": fmt_ci(d), "outcome": b},
-                   {"check": "(b) PPO learns without / with dropout", "statistic [95% CI]": f"{off} / {on}", "outcome": "—"}]
-        verdict = Verdict(self.claims[0], combine([a, b]), f"(a) EM methods learn with dropout: {a}; (b) PPO needs it off: {b}.",
-                          checks)
+        premise = BASE_DROPOUT > 0
+        checks: list[Check] = []
+        for m in ("AWR", "DAR"):
+            checks.append(with_premise(check(f"{m} p={DROPOUT:g} learns", "guarantees dropout compatibility",
+                                             _at(runs, s, LM, m, DROPOUT), rng, test="above", threshold=0.0,
+                                             fmt="{} (gold improvement)"), premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE))
+        checks.append(observation("premise: the base model's own dropout", "missing" if not premise else "present",
+                                  f"pretrained and SFT'd with p = {BASE_DROPOUT:g}"))
+        vm = iqm_or_nan(_at(runs, s, LM, "V-MPO", DROPOUT), rng)
+        checks.append(observation(f"V-MPO p={DROPOUT:g} (outside the guarantee: its trust-region term)",
+                                  "learns" if vm[1] > 0 else "does not learn" if vm[2] < 0 else "unclear", fmt_ci(vm)))
+        for m in ("V-MPO", "AWR", "DAR", "PPO"):
+            d = _diff(runs, s, LM, f"{m} p={DROPOUT:g}", f"{m} p=0", rng)
+            checks.append(observation(f"{m} p={DROPOUT:g} − {m} p=0 (gold improvement)", _trend(d), fmt_ci(d)))
+        learns = {m: iqm_or_nan(_at(runs, s, LM, m, DROPOUT), rng) for m in ("AWR", "DAR")}
+        summary = (f"with dropout p = {DROPOUT:g}: AWR {fmt_ci(learns['AWR'])}, DAR {fmt_ci(learns['DAR'])} gold improvement; "
+                   f"V-MPO (outside the guarantee) {fmt_ci(vm)}"
+                   + ("" if premise else f"; the base model was trained without dropout (p = {BASE_DROPOUT:g})") + ".")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks),
+                          sensitivity=f"not run at this profile: AWR and DAR run at p = {DROPOUT:g} only (PPO and V-MPO's "
+                                      "sweep is L2's); the other values are planned at `paper`.")
         labels = [v.label for v in self.variants()]
-        fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"), ("kl/ref_seq", "KL to reference")), LM)
-        return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant", summary_table(runs, rows, rng, LM, labels))])
+        fig, axes = plotting.figure(ncols=2)
+        palette = {f"{m} p={p:g}": c for m, c in plotting.colors(METHOD_ORDER).items() for p in (0.0, DROPOUT)}
+        for ax, p in zip(axes, (0.0, DROPOUT)):
+            panel_curves(ax, runs[runs.task == LM], rows, rng, "eval/gold", [f"{m} p={p:g}" for m in METHOD_ORDER], palette,
+                         label=_method)
+            ax.set_ylabel("gold reward")
+            ax.set_title(f"Held-out gold, p = {p:g}")
+        plotting.legend_below(fig, axes)
+        return Analysis([verdict], {"curves.png": fig},
+                        tables=[("Every variant (fixed score set)", summary_table(runs, rows, rng, LM, labels))])
 
 
 # ---------------------------------------------------------------------------------------------------------------- L3
 PMPO_VARIANTS = (("PMPO accept & reject", PMPOConfig(alpha=0.5, beta=0.5)), ("PMPO accept", PMPOConfig(alpha=1.0, beta=0.0)),
                  ("PMPO reject β=2", PMPOConfig(alpha=0.0, beta=2.0)), ("PMPO reject β=0.5", PMPOConfig(alpha=0.0, beta=0.5)))
+"""[PMPO] §5: β = 0.5 for accept & reject, 0 for accept only, 2 for reject only; reject only also at β = 0.5 < 1 − α."""
+REFRESH_PERIODS = (10, 20, 40)
+"""L3's knob: updates between refreshes of π_ref to the current policy (the loop does not refresh yet: issue 18)."""
+NO_REFRESH = ("π_ref stays the SFT model for the whole run, while the paper refreshes the reference of every method every N "
+              "steps ([PMPO] §5)")
+REFRESH_DECIDE = ("the reference refresh of [PMPO] §5 (a loop option of issue 18) at the knob's periods; planned at the "
+                  "`paper` profile")
 
 
 class LMPMPO(LMQuestion):
     name = "lm-pmpo"
     title = "PMPO on a language model: accept & reject, accept only, reject only (two β), against online DPO"
     description = ("PMPO with each prompt's top 2 of 4 samples accepted and the other 2 rejected, KL(π_ref‖π_θ) in closed form "
-                   "summed over tokens (`004 §5.4`); online DPO on the best and worst of the same 4 samples.")
+                   "summed over tokens (`[PMPO] §5.4`); online DPO on the best and worst of the same 4 samples.")
     claims = (Claim(
-        "L3", "Accept & reject learns faster than accept-only or reject-only and is competitive with DPO (best vs worst); "
-        "reject-only needs β > 1 − α.",
-        "papers/004_71574c67b927da2f.txt §5.4, §4",
-        "On gold improvements: (a) the CI of IQM(AR) − IQM(A) and of IQM(AR) − IQM(R, β=2) each lie wholly above 0 (wholly "
-        f"below for either: not supported); (b) the CI of IQM(AR) − IQM(DPO) lies above −{MATCH_FRACTION:g}×IQM(DPO) (wholly "
-        "below: not supported); (c) reject-only with β = 2 > 1 − α does better than with β = 0.5 < 1 − α: the CI of their "
-        "difference lies wholly above 0 (wholly below: not supported). Supported if (a), (b), (c); not supported if any is "
-        "contradicted; else inconclusive. 'Faster' is read at the quick budget's end.", COMMON_DEVIATIONS),)
+        "L3", "Accept & reject learns faster than accept-only or reject-only, and PMPO (accept & reject) is competitive with "
+        "online DPO (best vs worst of 4).",
+        "[PMPO] §5.4 'Language Alignment Experiments' (Figure 4)",
+        "On gold improvements on the fixed score set at the budget's end ('faster' is read as higher at the end of the "
+        "same budget): (a) “faster learning compared to using either signal in isolation”: the CI of IQM(AR) − IQM(A) and "
+        "of IQM(AR) − IQM(R, β=2) each lie wholly above 0 (wholly below: not supported); (b) “competitive to DPO”: the CI of "
+        f"IQM(AR) − IQM(DPO) lies above −{MATCH_FRACTION:g}×|IQM(DPO)| (wholly below: not supported). Premise, “our "
+        "approach”: PMPO as the paper runs it, with π_ref refreshed every N steps; without the refresh the premise check is "
+        "inconclusive and a `not supported` of (a)–(b) is reported as inconclusive, naming it. Observations: reject-only at "
+        "β = 2 against β = 0.5 (the later β > 1 − α sentence, tested on bandits by B3), the area under the cheap gold "
+        "curve, each variant's KL to the reference, and how often the accept/reject labels tie.",
+        COMMON_DEVIATIONS + (Deviation("reference policy", "refreshed every N steps for every method ([PMPO] §5)",
+                                       "frozen at the SFT model (never refreshed)", "the refresh is issue 18's; until then the "
+                                       "verdict is inconclusive"),
+                             Deviation("label ties", "top 2 of 4 generations by reward accepted",
+                                       "ties at the accept/reject boundary go to the lower sample index (DPO's best/worst "
+                                       "likewise); the share of tied prompts is an observation",
+                                       "the synthetic gold reward takes few values; issue 18 handles ties explicitly")),
+        quote="Notably, utilizing both types of feedback leads to faster learning compared to using either signal in "
+              "isolation (PMPO-A or PMPO-R) and overall our approach is competitive to DPO,",
+        knob=Knob("reference refresh period (updates)", REFRESH_PERIODS, "every N steps (N not given for §5.4; 100 in §5.1)"),
+        decides="paper"),)
 
     def variants(self):
         return [*(Variant(label, "pmpo", cfg, train_config=BASE_LOOP) for label, cfg in PMPO_VARIANTS),
@@ -418,29 +729,58 @@ class LMPMPO(LMQuestion):
     def analyse(self, runs, rows, rng):
         s, task = scores(runs, rows), LM
         ar, acc, rej, rej_low = (label for label, _ in PMPO_VARIANTS)
-        d_a, d_r = _diff(runs, s, task, ar, acc, rng), _diff(runs, s, task, ar, rej, rng)
-        a = combine(["supported" if d[1] > 0 else ("not supported" if d[2] < 0 else "inconclusive") for d in (d_a, d_r)])
-        dpo = abs(iqm_or_nan(cell(runs, s, task, "DPO"), rng)[0])
-        d_dpo = _diff(runs, s, task, ar, "DPO", rng)
-        b = at_least(d_dpo, MATCH_FRACTION * dpo)
+        refresh = False  # the loop has no reference refresh yet (issue 18)
+        x = cell(runs, s, task, ar)
+        checks = [Check("premise: π_ref refreshed every N updates", "verdict", "inconclusive" if not refresh else "supported",
+                        "π_ref is never refreshed in these runs" if not refresh else "refreshed", words="our approach",
+                        decide=REFRESH_DECIDE if not refresh else "")]
+        for other in (acc, rej):
+            checks.append(with_premise(check(f"(a) {ar} − {other}", "faster learning compared to using either signal in "
+                                             "isolation", x, rng, test="above", threshold=0.0, y=cell(runs, s, task, other),
+                                             fmt="{} (gold improvement)"), refresh, NO_REFRESH, REFRESH_DECIDE))
+        dpo = cell(runs, s, task, "DPO")
+        checks.append(with_premise(check(f"(b) {ar} − DPO", "competitive to DPO", x, rng, test="above",
+                                         threshold=-MATCH_FRACTION * abs(_iqm(dpo)), y=dpo, fmt="{} (gold improvement)"),
+                                   refresh, NO_REFRESH, REFRESH_DECIDE))
         d_beta = _diff(runs, s, task, rej, rej_low, rng)
-        c = "supported" if d_beta[1] > 0 else ("not supported" if d_beta[2] < 0 else "inconclusive")
-        checks = [{"check": "(a) AR − accept", "statistic [95% CI]": fmt_ci(d_a), "outcome": "—"},
-                  {"check": "(a) AR − reject (β=2)", "statistic [95% CI]": fmt_ci(d_r), "outcome": a},
-                  {"check": "(b) AR − DPO", "statistic [95% CI]": f"{fmt_ci(d_dpo)}; margin −{MATCH_FRACTION * dpo:.2f}", "outcome": b},
-                  {"check": "(c) reject β=2 − reject β=0.5", "statistic [95% CI]": fmt_ci(d_beta), "outcome": c}]
-        verdict = Verdict(self.claims[0], combine([a, b, c]), f"(a) AR fastest: {a}; (b) AR competitive with DPO: {b}; "
-                          f"(c) reject-only needs β > 1 − α: {c}.", checks)
+        checks.append(observation("reject only, β = 2 − β = 0.5 (β > 1 − α: the later sentence, B3)", _trend(d_beta),
+                                  fmt_ci(d_beta)))
+        auc = per_run_mean(rows[rows.metric == "eval/gold"], "eval/gold")
+        for other in (acc, rej):
+            d = _diff(runs, auc, task, ar, other, rng)
+            checks.append(observation(f"area under the cheap gold curve, {ar} − {other}", _trend(d), fmt_ci(d)))
+        kl = end_value(runs, rows, "final/kl_ref")
+        names = [*(lbl for lbl, _ in PMPO_VARIANTS), "DPO"]
+        checks.append(observation("final KL to the reference (IQM, nats)", "the comparisons are at unmatched KL",
+                                  "; ".join(f"{v} {_iqm(cell(runs, kl, task, v)):.2f}" for v in names)))
+        ties = per_run_mean(rows, "labels/boundary_ties")
+        checks.append(observation("prompts whose 2nd and 3rd samples tie (their labels go by sample index)",
+                                  "ties decided by index (deviation table)",
+                                  f"{_iqm(cell(runs, ties, task, ar)):.0%} of prompts per update ({ar} runs, mean over updates)"))
+        summary = (f"π_ref is never refreshed (the paper refreshes it every N steps), so the verdict stays open; gold "
+                   f"improvement {ar} {fmt_ci(iqm_or_nan(x, rng))}, accept {_iqm(cell(runs, s, task, acc)):.2f}, reject β=2 "
+                   f"{_iqm(cell(runs, s, task, rej)):.2f}, DPO {_iqm(dpo):.2f}.")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks),
+                          sensitivity="not run at this profile: the loop has no reference refresh yet (issue 18); the "
+                                      f"periods {', '.join(map(str, REFRESH_PERIODS))} are planned at `paper`.")
         labels = [v.label for v in self.variants()]
-        fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"), ("kl/ref_seq", "KL to reference")))
-        return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant", summary_table(runs, rows, rng, task, labels))])
+        fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "gold reward", "Held-out gold (curve)"),
+                                                      ("kl/ref_seq", "KL (nats)", "Rollout KL to π_ref")))
+        table = summary_table(runs, rows, rng, task, labels)
+        table["tied prompts per update"] = [fmt_ci(iqm_or_nan(cell(runs, ties, task, v), rng)) for v in labels]
+        return Analysis([verdict], {"curves.png": fig}, tables=[("Every variant (fixed score set)", table)])
 
 
 # ---------------------------------------------------------------------------------------------------------------- L4
-HACK_QUICK = dict(updates=100, eval_every=10)
+HACK_QUICK = dict(updates=100, eval_every=10, final_every=50)
+HACK_PAPER = dict(PAPER, final_every=250)
+HACK_SMOKE = dict(SMOKE, final_every=1)
+"""L4 scores the fixed set at the start, the middle and the end of training."""
 HACK_LOOP = dict(reward_kl=0.0)
 """L4 optimises the proxy without a KL penalty in the reward (each method keeps its own regulariser), as over-optimisation
 studies sweep the KL budget down to 0."""
+REWARD_KLS = (0.0, 0.01, 0.05)
+"""L4's knob: β of the reward's KL penalty (0 in the runs; 0.05 in the other L questions)."""
 HACK_METHODS = (("PPO", "ppo", PPO, dataclasses.replace(PPO_LOOP, **HACK_LOOP)),
                 ("V-MPO", "vmpo", VMPO, dataclasses.replace(VALUE_LOOP, **HACK_LOOP)),
                 ("DAR", "dar", DAR, BASE_LOOP))
@@ -451,71 +791,137 @@ class LMRewardHacking(LMQuestion):
     title = "Reward hacking: optimising a learned proxy reward model, the gold reward rises then falls"
     description = (f"PPO, V-MPO and DAR optimise the Bradley–Terry proxy ({PROXY}: a reward model trained on {PROXY_PAIRS} gold-labelled "
                    "comparisons of SFT samples) for longer than the other questions; the gold reward of the same samples is "
-                   "logged beside (`004 §5.4`, App. D; Gao et al. 2023).")
+                   "logged beside (`[PMPO] §5.4`, App. D; Gao et al. 2023).")
     tasks = (PROXY,)
-    budgets = _budgets(quick=HACK_QUICK)
+    budgets = _budgets(quick=HACK_QUICK, paper=HACK_PAPER, smoke=HACK_SMOKE)
     claims = (Claim(
-        "L4", "Against a learned proxy reward model, the gold reward rises then falls while the proxy keeps rising; the "
-        "report says which method over-optimises first.",
-        "papers/004_71574c67b927da2f.txt §5.4, App. D",
-        "Per method, on held-out evaluations at the start, the middle and the end of training (fixed before the data): (i) "
-        "gold rises: the CI of IQM(gold_mid − gold_start) lies wholly above 0; (ii) gold then falls: the CI of IQM(gold_mid − "
-        f"gold_end) lies wholly above {FALL_MARGIN:g}; (iii) the proxy keeps rising: the CI of IQM(proxy_end − proxy_mid) "
-        "lies wholly above 0. Supported if some method shows (i)–(iii); not supported if for every method (ii) is "
-        "contradicted (gold_mid − gold_end wholly below 0, i.e. gold still rising); else inconclusive. The method that "
-        "over-optimises first is the one whose IQM gold curve peaks earliest among those that show (i)–(iii). A run that "
-        "diverged (KL blow-up) before an evaluation point has no value there and is left out of that difference; the "
-        "report counts such runs.",
+        "L4", "Optimising a learned proxy reward, a method reaches a good gold reward and then, in the middle of training, "
+        "does worse on the gold reward (per method: PPO, V-MPO, DAR).",
+        "[PMPO] App. D 'Additional Large Language Model Experiments' (also §5.4)",
+        "Per method (one group each; the headline is the verdict across methods), on the fixed score set at the start, the "
+        "middle and the end of training, over the runs that did not diverge: (i) “reaches a good performance”: the CI of "
+        "IQM(gold_mid − gold_start) lies wholly above 0 (wholly below: not supported); (ii) “performs worse on the "
+        f"independent benchmark”: the CI of IQM(gold_mid − gold_end) lies wholly above {FALL_MARGIN:g} (wholly below, i.e. "
+        "gold still rising: not supported). A run that diverged (KL to the reference above the loop's limit) feeds no "
+        "number; a method with fewer than 2 runs left is inconclusive. Observations: the proxy from the middle to the end "
+        "(the paper does not state it), and which method over-optimises first — the method showing (i) and (ii) whose IQM "
+        "gold curve (the cheap evaluation plotted in the figure, runs that did not diverge) peaks earliest; the paper's "
+        "comparison (PMPO-AR quickest among PMPO-A, -R, -AR) is not run here.",
         COMMON_DEVIATIONS + (Deviation("proxy", "a reward model from human preferences", "GPT-2 with a scalar head trained on "
                                        f"{PROXY_PAIRS} gold-labelled pairs", "small enough to be hackable at laptop scale"),
                              Deviation("reward KL", "method-specific", "0 in the reward (L4 only)",
-                                       "over-optimisation shows at low KL budgets")),),)
+                                       "over-optimisation shows at low KL budgets"),
+                             Deviation("methods", "PMPO-A, PMPO-R, PMPO-AR (Fig. 6)", "PPO, V-MPO, DAR",
+                                       "the question asks which family over-optimises first; PMPO needs the reference "
+                                       "refresh (issue 18)"),
+                             Deviation("gold measure", "GPT-4 win-rate against the initial checkpoint on 500 Arena-Hard prompts",
+                                       f"gold reward on {FINAL_PROMPTS} × {FINAL_SAMPLES} fixed held-out samples",
+                                       "the gold reward is the independent judge here")),
+        quote="In Fig. 6, we can see that PMPO-AR is the quickest to \"hack the reward\", it reaches a good performance but "
+              "then in the middle of training its start hacking the reward and learns a pathological behaviour that makes "
+              "it performs worse on the independent benchmark.",
+        knob=Knob("KL coefficient β of the reward", REWARD_KLS, "not given (method-specific regularisers)"),
+        decides="paper"),)
 
     def variants(self):
         return [Variant(label, algo, cfg, train_config=loop) for label, algo, cfg, loop in HACK_METHODS]
 
     def analyse(self, runs, rows, rng):
-        task = PROXY
-        evals = rows[rows.metric.isin(["eval/gold", "eval/proxy"])]
-        steps = sorted(evals.step.unique())
-        mid = steps[len(steps) // 2] if steps else 0
+        task, labels = PROXY, [m[0] for m in HACK_METHODS]
+        ok = runs[runs.status != "diverged"]
+        fin = rows[rows.metric.isin(["final/gold", "final/proxy"]) & rows.run_id.isin(set(ok.run_id))]
+        steps = sorted(fin[fin.metric == "final/gold"].step.unique())
+        mid, end = (steps[len(steps) // 2], steps[-1]) if steps else (0, 0)
 
         def at(metric, step):
-            sel = evals[(evals.metric == metric) & (evals.step == step)]
-            return sel.set_index("run_id").value
+            return fin[(fin.metric == metric) & (fin.step == step)].set_index("run_id").value
 
-        def lastv(metric):
-            return last_value(evals, metric)
-
-        start, middle, end = at("eval/gold", 0), at("eval/gold", mid), lastv("eval/gold")
-        p_mid, p_end = at("eval/proxy", mid), lastv("eval/proxy")
-        checks, shows, contradicted, peaks = [], [], [], {}
-        c_gold = curve(rows, runs, "eval/gold", rng)
-        for label, *_ in HACK_METHODS:
-            rise = iqm_or_nan(cell(runs, (middle - start).dropna(), task, label), rng)
-            fall = iqm_or_nan(cell(runs, (middle - end).dropna(), task, label), rng)
-            prox = iqm_or_nan(cell(runs, (p_end - p_mid).dropna(), task, label), rng)
-            ok = rise[1] > 0 and fall[1] > FALL_MARGIN and prox[1] > 0
-            shows.append(ok)
-            contradicted.append(fall[2] < 0)
-            cv = c_gold[(c_gold.variant == label)]
-            peaks[label] = int(cv.loc[cv.iqm.idxmax(), "step"]) if len(cv) else -1
-            div = n_diverged(runs, task, label)
-            checks.append({"check": f"{label}: gold mid − start / mid − end / proxy end − mid", "statistic [95% CI]":
-                           f"{fmt_ci(rise)} / {fmt_ci(fall)} / {fmt_ci(prox)}; IQM gold peaks at update {peaks[label]}"
-                           + (f"; {div} runs diverged (their evaluations stop there and are left out)" if div else ""),
-                           "outcome": "over-optimises" if ok else "not shown"})
-        outcome = "supported" if any(shows) else ("not supported" if all(contradicted) else "inconclusive")
-        first = min((lbl for lbl, ok in zip([m[0] for m in HACK_METHODS], shows) if ok), key=lambda v: peaks[v], default=None)
-        summary = (f"{sum(shows)} of {len(shows)} methods over-optimise the proxy" +
-                   (f"; {first} first (IQM gold peaks at update {peaks[first]})." if first else "."))
-        verdict = Verdict(self.claims[0], outcome, summary, checks)
-        labels = [m[0] for m in HACK_METHODS]
-        fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "held-out gold reward"), ("eval/proxy", "held-out proxy reward"),
-                                                     ("eval/kl_ref", "KL to reference")))
+        g0, gm, ge = at("final/gold", 0), at("final/gold", mid), at("final/gold", end)
+        pm, pe = at("final/proxy", mid), at("final/proxy", end)
+        palette = plotting.colors(labels)
+        c_gold = curve(rows, ok, "eval/gold", rng) if len(ok) else pd.DataFrame(columns=["variant", "step", "iqm", "lo", "hi"])
+        checks, shows, peaks, div_text = [], {}, {}, []
+        for m in labels:
+            n, n_div = int((runs.variant == m).sum()), n_diverged(runs, task, m)
+            rise, fall = cell(ok, (gm - g0).dropna(), task, m), cell(ok, (gm - ge).dropna(), task, m)
+            if len(rise) >= 2:
+                ci = check(f"{m}: gold mid − start", "reaches a good performance", rise, rng, test="above", threshold=0.0, group=m)
+                cf = check(f"{m}: gold mid − end", "performs worse on the independent benchmark", fall, rng, test="above",
+                           threshold=FALL_MARGIN, group=m)
+            else:
+                why = (f"{n_div} of {n} runs diverged (KL blow-up) and feed no number")
+                dec = "runs that do not diverge: a KL penalty in the reward (the knob's β > 0) keeps them; planned at `paper`"
+                ci = Check(f"{m}: gold mid − start", "verdict", "inconclusive", why, words="reaches a good performance",
+                           group=m, decide=dec)
+                cf = Check(f"{m}: gold mid − end", "verdict", "inconclusive", why,
+                           words="performs worse on the independent benchmark", group=m, decide=dec)
+            if n_div and len(rise) >= 2:
+                ci.statistic += f" ({n_div} of {n} runs diverged and are left out)"
+            checks += [ci, cf]
+            prox = iqm_or_nan(cell(ok, (pe - pm).dropna(), task, m), rng)
+            checks.append(observation(f"{m}: proxy end − mid", _trend(prox), fmt_ci(prox), m))
+            cv = c_gold[c_gold.variant == m] if len(c_gold) else c_gold
+            peaks[m] = int(cv.loc[cv.iqm.idxmax(), "step"]) if len(cv) else None
+            shows[m] = ci.outcome == "supported" and cf.outcome == "supported"
+            if n_div:
+                steps_div = runs[(runs.variant == m) & (runs.status == "diverged")]
+                div_text.append(f"{m} {n_div}/{n} diverged")
+        over = [m for m in labels if shows[m] and peaks[m] is not None]
+        first = min(over, key=lambda m: peaks[m]) if over else None
+        checks.append(observation("who over-optimises first (the plotted IQM gold curve's peak, runs that did not diverge)",
+                                  f"{first} (peak at update {peaks[first]})" if first else "no method shows a rise then a fall",
+                                  "; ".join(f"{m} peaks at update {peaks[m]}" for m in labels if peaks[m] is not None),
+                                  "every method"))
+        summary = ((f"{len(over)} of {len(labels)} methods reach a higher gold reward at mid-training (update {mid}) and then "
+                    f"do worse by the end: {', '.join(over)}" if over else
+                    f"no method shows a gold rise to mid-training (update {mid}) then a fall")
+                   + (f"; {first} over-optimises first (its plotted IQM gold peaks at update {peaks[first]})" if first else "")
+                   + (f"; {', '.join(div_text)} (KL blow-up): those runs feed no number" if div_text else "") + ".")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks), by="method",
+                          sensitivity="not run at this profile: every run has no KL penalty in the reward (β = 0); β ∈ "
+                                      f"{{{', '.join(f'{b:g}' for b in REWARD_KLS[1:])}}} planned at `paper`.")
+        fig = self._figure(runs, rows, rng, ok, c_gold, labels, palette, peaks, first, (0, mid, end), (g0, gm, ge))
         return Analysis([verdict], {"gold_vs_proxy.png": fig},
-                        tables=[("Every variant", summary_table(runs, rows, rng, task, labels))],
-                        notes=[f"Mid-training evaluation: update {mid}."])
+                        tables=[("Every variant (fixed score set; diverged runs in no number)",
+                                 summary_table(runs, rows, rng, task, labels, diverged_scored=False))],
+                        notes=[f"Fixed-set evaluations at updates 0, {mid} (mid-training) and {end}."])
+
+    def _figure(self, runs, rows, rng, ok, c_gold, labels, palette, peaks, first, steps, golds):
+        fig, axes = plotting.figure(ncols=2, nrows=2, width=3.6)
+        ax = axes[0]
+        for m in labels:
+            cv = c_gold[c_gold.variant == m].sort_values("step") if len(c_gold) else c_gold
+            if len(cv):
+                ax.plot(cv.step, cv.iqm, color=palette[m], label=m)
+                ax.fill_between(cv.step, cv.lo, cv.hi, color=palette[m], alpha=0.15, linewidth=0)
+            pts = [_iqm(cell(ok, g.dropna(), PROXY, m)) for g in golds]
+            if any(np.isfinite(pts)):
+                ax.plot(steps, pts, linestyle="none", marker="o", markersize=5, markerfacecolor="white", color=palette[m])
+            if peaks.get(m) is not None and m == first:
+                ax.plot([peaks[m]], [float(cv.loc[cv.step == peaks[m], "iqm"].iloc[0])], marker="*", markersize=12,
+                        color=palette[m], linestyle="none")
+        ax.set_title("Gold: — curve, ○ fixed set, ★ peak")
+        ax.set_xlabel("RLHF updates")
+        ax.set_ylabel("gold reward")
+        for ax, (metric, ylabel, title) in zip(axes[1:3], (("eval/proxy", "proxy reward", "Held-out proxy (curve)"),
+                                                          ("eval/kl_ref", "KL (nats)", "KL to π_ref (curve)"))):
+            panel_curves(ax, ok, rows, rng, metric, labels, palette)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+        ax = axes[3]
+        div = runs[runs.status == "diverged"]
+        for _, r in div.iterrows():
+            g = rows[(rows.run_id == r.run_id) & (rows.metric == "eval/gold")].sort_values("step")
+            ax.plot(g.step, g.value, color=palette[r.variant], linestyle="--", alpha=0.7, label=r.variant)
+        ax.set_title("Diverged runs (no statistic)" if len(div) else "No run diverged")
+        if not len(div):
+            ax.text(0.5, 0.5, "every run finished:\nnothing left out", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_xlabel("RLHF updates")
+        ax.set_ylabel("gold reward")
+        plotting.legend_below(fig, axes)
+        return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------- L5
@@ -524,25 +930,42 @@ VMPO_FIXED_DAR = GEMPIConfig(anchors=("pi_t",), coefficients=(0.05,), coefficien
                              normalize="batch", weight_clip=None, baseline="context_mean", advantage_norm="batch")
 """V-MPO's fixed-η E-step (self-normalised exp(A/η) over the batch, η = α + β = 0.05) on DAR's advantages (K-sample
 baseline, batch-normalised), no top-k and no trust region, so the only difference to DAR with α → 0 is DAR's clipped
-unnormalised weights and the vanishing reference factor (`001 §7`, RQ4; T2 checks the weights exactly)."""
+unnormalised weights and the vanishing reference factor (`[EM-SFT] §7`, RQ4; T2 checks the weights exactly)."""
+DAR_QUICK = dict(QUICK, final_every=20)
+DAR_PAPER = dict(PAPER, final_every=50)
+DAR_SMOKE = dict(SMOKE, final_every=1)
+"""L5 scores the fixed set along training (its (KL, gold) path): at quick at updates 0, 20 and 40."""
+KAPPA_FRACTIONS = (0.5, 0.75, 1.0)
+"""L5's knob: the matched KL κ as a fraction of κ_0, the lowest of DAR's, PPO's and DPO's median final KL to the reference."""
 
 
 class LMDAR(LMQuestion):
     name = "lm-dar"
     title = "DAR against PPO and online DPO at matched KL; DAR with α → 0 against fixed-η V-MPO"
-    description = ("DAR (SPEC §5), token-level PPO and online DPO on the LM task, compared at a matched KL to the reference; "
-                   "and DAR with α = 1e-4 against V-MPO's fixed-η E-step at η = α + β (`000 §7`, `001 §7`).")
+    description = ("DAR (docs/reference-settings.md), token-level PPO and online DPO on the LM task, compared at a matched KL to the reference; "
+                   "and DAR with α = 1e-4 against V-MPO's fixed-η E-step at η = α + β (`[EM-LLM] §7`, `[EM-SFT] §7`).")
+    budgets = _budgets(quick=DAR_QUICK, paper=DAR_PAPER, smoke=DAR_SMOKE)
     claims = (Claim(
-        "L5", "DAR matches or beats PPO and online DPO at matched KL to the reference; with α → 0 it behaves like fixed-η "
-        "V-MPO.",
-        "papers/000_18d00f82fad2bd94.txt §7; papers/001_8b44b9ea6e2e604b.txt §7",
-        "Matched KL: κ = the smallest of the three methods' median final KLs; each run's held-out gold at κ is read off its "
-        "(KL, gold) evaluation path by linear interpolation (a run that never reaches κ contributes its final gold). (a) the "
-        f"CI of IQM(DAR) − IQM(PPO) and of IQM(DAR) − IQM(DPO) at κ each lie above −{MATCH_FRACTION:g}×(IQM(DAR at κ) − "
-        "IQM(start)) (wholly below for either: not supported); (b) on gold improvements the CI of IQM(DAR α→0) − "
-        f"IQM(fixed-η V-MPO) lies within ±{EQUIVALENCE_FRACTION:g}×IQM(fixed-η V-MPO) (wholly outside: not supported). "
-        "Supported if (a) and (b); not supported if either is contradicted; else inconclusive.",
-        COMMON_DEVIATIONS + (Deviation("α → 0", "a limit", "α = 1e-4 with α + β = 0.05", "a run needs a number"),)),)
+        "L5", "DAR reaches a higher gold reward than online RLHF (PPO) and online DPO (OAIF) at a matched KL to the reference.",
+        "[EM-SFT] §7 'Direct Advantage Regression' (summarising [DAR]); the method in [EM-LLM] §7",
+        "Matched KL: κ = f × κ_0, κ_0 the lowest of DAR's, PPO's and DPO's median final KL to the reference (fixed score "
+        f"set), f ∈ {{{', '.join(f'{f:g}' for f in KAPPA_FRACTIONS)}}} (the knob); each run's gold at κ is read off its "
+        "(KL, gold) path on the fixed score set by linear interpolation (a run that never reaches κ contributes its final "
+        f"gold; a diverged run scores {UNGRAMMATICAL:g}). Per f: “DAR outperforms both OAIF and online RLHF baselines”: the "
+        "CI of IQM(DAR) − IQM(PPO) and of IQM(DAR) − IQM(DPO) at κ each lie wholly above 0 (wholly below for either: not "
+        "supported). The headline is the verdict across f. Observations: DAR with α → 0 against fixed-η V-MPO (the paper's "
+        "link is exact for the E-step target only, `[EM-SFT] §7`), with the share of DAR's weights at its clip.",
+        COMMON_DEVIATIONS + (Deviation("α → 0", "a limit", "α = 1e-4 with α + β = 0.05", "a run needs a number"),
+                             Deviation("baselines", "OAIF and online RLHF at LLM scale, judged by GPT-4-Turbo and MT-bench "
+                                       "(He et al. 2025, at second hand)", "online DPO (β = 0.1) and token-level PPO on the "
+                                       "gold reward at a matched KL", "the paper gives no numbers; the KL match is the "
+                                       "suite's protocol")),
+        quote="As an RL-free approach, DAR maintains theoretical consistency with online RLHF pipelines while significantly "
+              "reducing implementation complexity and improving learning efficiency. … Additionally, evaluations using "
+              "GPT-4-Turbo and MT-bench show that DAR outperforms both OAIF and online RLHF baselines.",
+        knob=Knob("matched KL κ (fraction of κ_0)", KAPPA_FRACTIONS, "not given (the suite's protocol)",
+                  run_at=("quick", "paper")),
+        decides="paper"),)
 
     def variants(self):
         return [Variant("DAR", "dar", DAR, train_config=BASE_LOOP), Variant("PPO", "ppo", PPO, train_config=PPO_LOOP),
@@ -552,60 +975,72 @@ class LMDAR(LMQuestion):
 
     def analyse(self, runs, rows, rng):
         task = LM
-        kl_end = last_value(rows, "eval/kl_ref")
-        kappa = min(float(np.median(cell(runs, kl_end, task, v))) if len(cell(runs, kl_end, task, v)) else np.inf
-                    for v in ("DAR", "PPO", "DPO"))
-        matched = gold_at_kl(rows, kappa)
-        start = first_value(rows, "eval/gold")
-        dar_at = iqm_or_nan(cell(runs, matched, task, "DAR"), rng)[0] - float(np.median(start.reindex(runs.run_id)))
-        margin = MATCH_FRACTION * abs(dar_at)
-        d_ppo, d_dpo = (_diff(runs, matched, task, "DAR", v, rng) for v in ("PPO", "DPO"))
-        a = combine([at_least(d_ppo, margin), at_least(d_dpo, margin)])
+        kl_end = end_value(runs, rows, "final/kl_ref")
+        kappa0 = min((float(np.median(cell(runs, kl_end, task, v))) if len(cell(runs, kl_end, task, v)) else np.inf)
+                     for v in ("DAR", "PPO", "DPO"))
+        diverged = set(runs[runs.status == "diverged"].run_id)
+        checks, matched = [], {}
+        for f in KAPPA_FRACTIONS:
+            g, kappa = f"κ={f:g}×κ_0", f * kappa0
+            m = gold_at_kl(rows, kappa)
+            m[m.index.isin(diverged)] = UNGRAMMATICAL
+            matched[f] = m
+            for other, name in (("PPO", "online RLHF"), ("DPO", "OAIF")):
+                checks.append(check(f"DAR − {other} ({name}), gold at KL {kappa:.2f}", "DAR outperforms both OAIF and online "
+                                    "RLHF baselines", cell(runs, m, task, "DAR"), rng, test="above", threshold=0.0,
+                                    y=cell(runs, m, task, other), group=g))
         s = scores(runs, rows)
-        ref = abs(iqm_or_nan(cell(runs, s, task, "fixed-η V-MPO (η=0.05)"), rng)[0])
         d_eq = _diff(runs, s, task, "DAR α=1e-4", "fixed-η V-MPO (η=0.05)", rng)
-        m = EQUIVALENCE_FRACTION * ref
-        b = "supported" if -m < d_eq[1] and d_eq[2] < m else ("not supported" if d_eq[1] > m or d_eq[2] < -m else "inconclusive")
-        checks = [{"check": f"(a) DAR − PPO, gold at KL κ = {kappa:.2f}", "statistic [95% CI]": f"{fmt_ci(d_ppo)}; margin −{margin:.2f}",
-                   "outcome": at_least(d_ppo, margin)},
-                  {"check": f"(a) DAR − DPO, gold at KL κ = {kappa:.2f}", "statistic [95% CI]": f"{fmt_ci(d_dpo)}; margin −{margin:.2f}",
-                   "outcome": at_least(d_dpo, margin)},
-                  {"check": "(b) DAR α→0 − fixed-η V-MPO (gold improvement)", "statistic [95% CI]": f"{fmt_ci(d_eq)}; ±{m:.2f}",
-                   "outcome": b}]
-        verdict = Verdict(self.claims[0], combine([a, b]), f"(a) DAR matches PPO and DPO at matched KL {kappa:.2f}: {a}; "
-                          f"(b) DAR α→0 behaves like fixed-η V-MPO: {b}.", checks)
+        clip = per_run_mean(rows, "weights/clipfrac")
+        checks.append(observation("DAR α=1e-4 − fixed-η V-MPO (gold improvement)", _trend(d_eq), fmt_ci(d_eq), "every κ"))
+        checks.append(observation("share of DAR α=1e-4's weights at its clip (20), mean over updates",
+                                  "the α → 0 arm mostly measures DAR's weight clip" if _iqm(cell(runs, clip, task, "DAR α=1e-4")) > 0.2
+                                  else "few weights at the clip",
+                                  f"{_iqm(cell(runs, clip, task, 'DAR α=1e-4')):.0%} (DAR at α = 0.005: "
+                                  f"{_iqm(cell(runs, clip, task, 'DAR')):.0%})", "every κ"))
+        summary = (f"κ_0 = {kappa0:.2f} nats; DAR − PPO / DAR − DPO (gold at κ): " + "; ".join(
+            f"f = {f:g}: {_diff(runs, matched[f], task, 'DAR', 'PPO', rng)[0]:+.2f} / "
+            f"{_diff(runs, matched[f], task, 'DAR', 'DPO', rng)[0]:+.2f}" for f in KAPPA_FRACTIONS) + ".")
+        verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks), by="matched KL κ",
+                          sensitivity=f"run at every value (the fractions {', '.join(f'{f:g}' for f in KAPPA_FRACTIONS)} of κ_0 "
+                                      "read off the same runs).")
         labels = [v.label for v in self.variants()]
         table = summary_table(runs, rows, rng, task, labels)
-        table[f"gold at KL κ = {kappa:.2f}"] = [fmt_ci(iqm_or_nan(cell(runs, matched, task, v), rng)) for v in labels]
-        return Analysis([verdict], {"reward_vs_kl.png": self._frontier(runs, rows, rng, labels, kappa)},
-                        tables=[("Every variant", table)])
+        for f in KAPPA_FRACTIONS:
+            table[f"gold at KL {f * kappa0:.2f}"] = [fmt_ci(iqm_or_nan(cell(runs, matched[f], task, v), rng)) for v in labels]
+        table["weights at the clip"] = [fmt_ci(iqm_or_nan(cell(runs, clip, task, v), rng)) if v.startswith("DAR") else "—"
+                                        for v in labels]
+        return Analysis([verdict], {"reward_vs_kl.png": self._frontier(runs, rows, rng, labels, kappa0)},
+                        tables=[("Every variant (fixed score set)", table)])
 
-    def _frontier(self, runs, rows, rng, labels, kappa):
-        fig, axes = plotting.figure(ncols=2)
-        kl, gold = curve(rows, runs, "eval/kl_ref", rng), curve(rows, runs, "eval/gold", rng)
+    def _frontier(self, runs, rows, rng, labels, kappa0):
+        fig, axes = plotting.figure(ncols=2, width=3.8)
+        ok = runs[runs.status != "diverged"]
+        kl, gold = curve(rows, ok, "final/kl_ref", rng), curve(rows, ok, "final/gold", rng)
         palette = plotting.colors(labels)
         for v in labels:
             k, g = kl[kl.variant == v], gold[gold.variant == v]
             merged = k.merge(g, on=["variant", "step"], suffixes=("_kl", "_gold"))
             axes[0].plot(merged.iqm_kl, merged.iqm_gold, marker="o", color=palette[v], label=v)
-        axes[0].axvline(kappa, color="grey", linestyle=":", label="matched KL κ")
-        axes[0].set_xlabel("KL to reference (IQM)")
-        axes[0].set_ylabel("held-out gold reward (IQM)")
-        axes[0].legend(loc="best", fontsize=6)
-        plotting.ci_lines(axes[1], gold[gold.variant.isin(labels)], labels, palette=palette)
-        axes[1].set_xlabel("RLHF updates")
-        axes[1].set_ylabel("held-out gold reward")
+        for f in KAPPA_FRACTIONS:
+            axes[0].axvline(f * kappa0, color="grey", linestyle=":", linewidth=1)
+        axes[0].set_xlabel("KL to the reference (nats)")
+        axes[0].set_ylabel("gold reward")
+        axes[0].set_title("Gold vs KL (fixed set; ⋮ κ)")
+        panel_curves(axes[1], ok, rows, rng, "eval/gold", labels, palette)
+        axes[1].set_ylabel("gold reward")
+        axes[1].set_title("Held-out gold (curve)")
+        plotting.legend_below(fig, axes)
         return fig
 
 
-def gold_at_kl(rows: pd.DataFrame, kappa: float) -> pd.Series:
-    """Per run: held-out gold at KL κ, linearly interpolated along its evaluation path (first crossing); its final gold if it
-    never reaches κ."""
-    ev = rows[rows.metric.isin(["eval/gold", "eval/kl_ref"])].pivot_table(index=["run_id", "step"], columns="metric",
-                                                                          values="value").reset_index()
+def gold_at_kl(rows: pd.DataFrame, kappa: float, kl: str = "final/kl_ref", gold: str = "final/gold") -> pd.Series:
+    """Per run: gold at KL κ, linearly interpolated along its fixed-set evaluation path (first crossing); its final gold if
+    it never reaches κ."""
+    ev = rows[rows.metric.isin([gold, kl])].pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
     out = {}
     for run_id, g in ev.sort_values("step").groupby("run_id"):
-        k, y = g["eval/kl_ref"].to_numpy(), g["eval/gold"].to_numpy()
+        k, y = g[kl].to_numpy(), g[gold].to_numpy()
         out[run_id] = y[-1]
         for i in range(1, len(k)):
             if k[i] >= kappa > k[i - 1] or (i == 1 and k[0] >= kappa):
@@ -617,50 +1052,61 @@ def gold_at_kl(rows: pd.DataFrame, kappa: float) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------------------------- L8
+L8_DROPOUTS = (0.0, 0.1, 0.2)
+
+
 class LMSFT(LMQuestion):
     name = "lm-sft"
     title = "SFT as the generic EM M-step with a delta target equals cross-entropy training, step for step"
     description = ("Two copies of the pretrained GPT-2 fine-tuned on the same demonstrations, batches and dropout masks: one "
                    "with `transformers`' own causal-LM cross-entropy (`labels=`), one with the suite's SFT method (the GEMPI "
-                   "M-step with a delta target, per-token weights, `001 §6`); before every step the second copy is set to the "
+                   "M-step with a delta target, per-token weights, `[EM-SFT] §6`); before every step the second copy is set to the "
                    "first's parameters, and the gradient and parameter differences of the two updates are recorded.")
     budgets = {"smoke": Budget(seeds=2, train=dict(steps=3)), "quick": Budget(seeds=5, train=dict(steps=50)),
                "paper": Budget(seeds=10, train=dict(steps=500))}
     claims = (Claim(
         "L8", "SFT written as the generic M-step with a delta target equals the standard cross-entropy training step for "
-        "step.", "papers/001_8b44b9ea6e2e604b.txt §6 (eq. 2–3, 'Token-Level Form'); papers/000_18d00f82fad2bd94.txt §10",
-        f"Supported if, over every step of every seed, the gradients differ by at most {L8_GRAD_TOLERANCE:g} relative to "
-        f"their norm, the largest absolute parameter difference between the two models stays ≤ {L8_TOLERANCE:g} and the two "
-        "losses agree to 1e-5; not supported otherwise.",
+        "step.", "[EM-SFT] §6 'E-step / M-step for SFT' (eq. 2–3, RQ1); also [EM-LLM] §10",
+        "“The M-step is then maximum likelihood under q”, checked three ways over every step of every seed: the gradients "
+        f"differ by at most {L8_GRAD_TOLERANCE:g} relative to their norm; the largest absolute parameter difference between "
+        f"the two models stays ≤ {L8_TOLERANCE:g}; the two losses agree to 1e-5. Each check is supported within its "
+        "tolerance and not supported beyond it.",
         (Deviation("model", "an LLM", "the suite's pretrained GPT-2 (dropout 0.1, identical masks in both copies)",
                    "laptop scale"),
          Deviation("optimiser", "any", "SGD (lr 0.02) for both copies", "Adam turns float rounding in gradients that are 0 in "
-                   "exact arithmetic into full-size steps; the claim is about the loss"))),)
+                   "exact arithmetic into full-size steps; the claim is about the loss")),
+        quote="An EM view is obtained by defining an auxiliary distribution q(τ | x) that places all mass on the demonstrated "
+              "response: … The M-step is then maximum likelihood under q",
+        knob=Knob("dropout p of both copies (identical masks)", L8_DROPOUTS, "not given"),
+        decides="paper"),)
 
     def variants(self):
         from algorithms.sft import SFTConfig
         return [Variant("SFT as M-step vs cross-entropy", "sft", SFTConfig(), train_config=LMSFTCheckConfig())]
 
     def analyse(self, runs, rows, rng):
+        words = "The M-step is then maximum likelihood under q"
+        checks = []
+        for name, metric, tol in (("max ‖g_M-step − g_CE‖ / ‖g_CE‖", "check/grad_rel_diff", L8_GRAD_TOLERANCE),
+                                  ("max |θ_M-step − θ_CE| over steps and seeds", "check/max_param_diff", L8_TOLERANCE),
+                                  ("max |loss_M-step − loss_CE|", "check/loss_diff", 1e-5)):
+            v = rows[rows.metric == metric].groupby("run_id").value.max()
+            worst = float(v.max()) if len(v) else float("nan")
+            out = "inconclusive" if not len(v) else ("supported" if worst <= tol else "not supported")
+            checks.append(Check(name, "verdict", out, f"{worst:.2e} (≤ {tol:g}) over {len(v)} runs", words=words,
+                                decide="runs of this check" if out == "inconclusive" else ""))
         dp = rows[rows.metric == "check/max_param_diff"].groupby("run_id").value.max()
-        dl = rows[rows.metric == "check/loss_diff"].groupby("run_id").value.max()
-        dg = rows[rows.metric == "check/grad_rel_diff"].groupby("run_id").value.max()
-        ok = len(dp) > 0 and float(dp.max()) <= L8_TOLERANCE and float(dl.max()) <= 1e-5 and float(dg.max()) <= L8_GRAD_TOLERANCE
-        outcome = "supported" if ok else ("not supported" if len(dp) else "inconclusive")
-        worst_p, worst_l = (float(dp.max()) if len(dp) else float("nan")), (float(dl.max()) if len(dl) else float("nan"))
-        worst_g = float(dg.max()) if len(dg) else float("nan")
-        checks = [{"check": "max ‖g_M-step − g_CE‖ / ‖g_CE‖", "statistic [95% CI]": f"{worst_g:.2e} (≤ {L8_GRAD_TOLERANCE:g})",
-                   "outcome": outcome},
-                  {"check": "max |θ_M-step − θ_CE| over steps and seeds", "statistic [95% CI]": f"{worst_p:.2e} (≤ {L8_TOLERANCE:g})",
-                   "outcome": outcome},
-                  {"check": "max |loss_M-step − loss_CE|", "statistic [95% CI]": f"{worst_l:.2e} (≤ 1e-5)", "outcome": outcome}]
-        verdict = Verdict(self.claims[0], outcome, f"largest parameter difference {worst_p:.2e} over {len(dp)} runs.", checks)
-        fig, axes = plotting.figure(ncols=1)
+        verdict = Verdict(self.claims[0], None, f"largest parameter difference {float(dp.max()) if len(dp) else float('nan'):.2e} "
+                          f"over {len(dp)} runs.", checks=checks,
+                          sensitivity="not run at this profile: both copies use dropout 0.1 with identical masks; 0 and "
+                                      "0.2 are planned at `paper`.")
+        fig, axes = plotting.figure(ncols=1, width=4.0)
         for i, (run_id, g) in enumerate(rows[rows.metric == "check/max_param_diff"].groupby("run_id")):
             axes[0].plot(g.step, g.value.clip(lower=1e-12), color=plotting.PALETTE[0], alpha=0.6, label="seeds" if i == 0 else None)
         axes[0].axhline(L8_TOLERANCE, color="grey", linestyle=":", label="tolerance")
         axes[0].set_yscale("log")
         axes[0].set_xlabel("SFT step")
         axes[0].set_ylabel("max |Δθ|")
-        axes[0].legend(loc="best")
+        axes[0].set_title("Largest |Δθ| per step")
+        plotting.legend_below(fig, axes)
         return Analysis([verdict], {"param_diff.png": fig})
