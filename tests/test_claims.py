@@ -72,3 +72,17 @@ def test_knob_needs_three_values_and_split_seeds_halves_them():
 
     a, b = split_seeds(pd.DataFrame({"seed": [0, 1, 2, 3, 4, 5, 0, 1]}))
     assert a == {0, 2, 4} and b == {1, 3, 5}
+
+
+def test_no_code_or_doc_cites_a_file_the_repository_does_not_carry():
+    """Citations use the keys of REFERENCES.md; `SPEC` and `papers/*.txt` live outside the repository."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"\bSPEC\b|papers/|\b00[0-4]_[0-9a-f]{16}\.txt")
+    offenders = [f"{f}:{i}" for f in files if f != "tests/test_claims.py"
+                 for i, line in enumerate((root / f).read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, f"cite by REFERENCES.md key, not SPEC or papers/: {offenders}"

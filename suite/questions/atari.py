@@ -35,7 +35,7 @@ RANDOM = "random policy"
 
 # ---------------------------------------------------------------------------------------------------- rules (constants)
 EVAL_EPISODES = 32
-"""Evaluation episodes behind every final return (≥ 10, SPEC §2 "low-noise scores"), at `quick` and `paper`."""
+"""Evaluation episodes behind every final return (≥ 10: the low-noise scores of README "How a verdict is decided"), at `quick` and `paper`."""
 RANDOM_MARGIN = {BREAKOUT: (2.0, 1.0), MEMORY: (1.0, 0.5), REACTIVE: (1.0, 0.5)}
 """`random_bar(random IQM, relative, floor)` per task: a score *learns* when its IQM CI clears the random policy's IQM by
 max(relative × |random IQM|, floor). Breakout: 2× the random return above it (the old "3× random") and at least one

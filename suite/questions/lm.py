@@ -146,7 +146,7 @@ def _iqm(x) -> float:
 
 
 def with_premise(c: Check, holds: bool, missing: str, decide: str) -> Check:
-    """A verdict check whose setup may lack the paper's premise (SPEC §2): where it does, a `not supported` from the data
+    """A verdict check whose setup may lack the paper's premise (README "How a verdict is decided"): where it does, a `not supported` from the data
     becomes `inconclusive` naming the missing premise (a supported one stands: it holds even without the premise)."""
     if not holds and c.outcome == "not supported":
         c.outcome = "inconclusive"
