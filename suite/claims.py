@@ -180,14 +180,29 @@ class Verdict:
             c.kind == "verdict" and c.outcome == "inconclusive" for c in self.checks)
 
     def _decide_from_checks(self) -> str:
-        open_checks = [c for c in self.checks if c.kind == "verdict" and c.outcome == "inconclusive"]
-        notes = [f"{c.name}{f' at {c.group}' if c.group else ''}: {c.decide}" for c in open_checks if c.decide]
+        """Each distinct note of the open verdict checks once, with the checks it is for, and the planned profile."""
+        notes: dict[str, list[str]] = {}
+        for c in self.checks:
+            if c.kind == "verdict" and c.outcome == "inconclusive" and c.decide:
+                notes.setdefault(c.decide, []).append(f"{c.name}{f' at {c.group}' if c.group else ''}")
         plan = f"planned at the `{self.claim.decides}` profile"
+        if len(notes) == 1:
+            return f"{next(iter(notes))} ({plan})."
         if notes:
-            return "; ".join(notes) + f" ({plan})."
+            return "; ".join(f"{', '.join(names)}: {note}" for note, names in notes.items()) + f" ({plan})."
         if self.outcome == "depends on":
             return f"the verdict differs between values of {self.by}; the paper's setting decides which one the sentence means ({plan})."
         return f"a budget or setup the family's own issue sets; {plan}."
+
+
+def tally(checks: list[Check]) -> str:
+    """Per group, how many verdict checks hold and how many are contradicted (a summary's counts, from the checks)."""
+    per: dict[str, list[str]] = {}
+    for c in checks:
+        if c.kind == "verdict":
+            per.setdefault(c.group, []).append(c.outcome)
+    return "; ".join(f"{g + ': ' if g else ''}{os.count('supported')} of {len(os)} checks supported, "
+                     f"{os.count('not supported')} contradicted" for g, os in per.items())
 
 
 def combine(parts: list[str]) -> Outcome:

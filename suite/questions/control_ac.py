@@ -41,7 +41,7 @@ from algorithms.sft import SFTConfig
 from algorithms.virel import VIRELConfig
 from suite import plotting, stats
 from suite.analysis import cell, check, curve, fmt_ci, iqm_ci, n_diverged, observation, random_bar
-from suite.claims import Check, Claim, Deviation, Knob, Verdict
+from suite.claims import Check, Claim, Deviation, Knob, Verdict, tally
 from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.control_onpolicy import PAPER as ONPOLICY_PAPER
 from suite.questions.control_onpolicy import QUICK as ONPOLICY_QUICK
@@ -201,25 +201,6 @@ def gated(c: Check, ok: bool, why: str, decide: str) -> Check:
     return Check(c.name, "verdict", "inconclusive", f"{c.statistic}{reads}; {why}", words=c.words, group=c.group, decide=decide)
 
 
-def decide_text(checks: list[Check], claim: Claim) -> str:
-    """What would decide an open verdict: each distinct note of its open verdict checks once, with the checks it is for."""
-    notes: dict[str, list[str]] = {}
-    for c in checks:
-        if c.kind == "verdict" and c.outcome == "inconclusive" and c.decide:
-            notes.setdefault(c.decide, []).append(f"{c.name}{f' at {c.group}' if c.group else ''}")
-    if not notes:
-        return ""
-    if len(notes) == 1:
-        return f"{next(iter(notes))} (planned at the `{claim.decides}` profile)."
-    return "; ".join(f"{', '.join(names)}: {note}" for note, names in notes.items()) + \
-        f" (planned at the `{claim.decides}` profile)."
-
-
-def observe(name: str, finding: str, statistic: str = "") -> Check:
-    """An observation of a claim whose verdict checks are grouped (its table's 'at' column reads '—')."""
-    return observation(name, finding, statistic, group="—")
-
-
 def curves_figure(runs, rows, rng, panels: dict[str, list[tuple[str, str]]], random_ci, method_order: list[str],
                   metric="train/episode_return", logx: bool = False):
     """One panel per entry of `panels` (title -> [(variant, legend name)]): `metric` against env steps, IQM with 95% CIs;
@@ -366,20 +347,20 @@ class ControlPMPO(ControlACQuestion):
             checks.append(gated(c, all(mpo_ok.values()), why, decide))
             parts.append(f"β={beta:g}: {checks[-1].outcome}")
         for k in KINDS:
-            checks.append(observe(f"MPO ({k}) learns", learns(mpo[k], rand[0]), f"{fmt_ci(mpo[k], 1)}; random bar {b:.0f}"))
+            checks.append(observation(f"MPO ({k}) learns", learns(mpo[k], rand[0]), f"{fmt_ci(mpo[k], 1)}; random bar {b:.0f}"))
         for v in ("PMPO-A", "PMPO-R"):
             x = pooled(runs, s, [f"{v} ({k})" for k in KINDS])
             if x.size and mpo_all.size:
                 d = stats.difference_ci(x, mpo_all, stats.iqm, rng)
-                checks.append(observe(f"{v} − MPO (both kinds; the sentence does not compare each variant)",
+                checks.append(observation(f"{v} − MPO (both kinds; the sentence does not compare each variant)",
                                       matches(d, margin), f"IQM difference {fmt_ci(d, 1)}; 'matches' needs > {-margin:.1f}"))
                 ci = iqm_ci(x, rng)
-                checks.append(observe(f"{v} learns (both kinds)", learns(ci, rand[0]), f"{fmt_ci(ci, 1)}; random bar {b:.0f}"))
+                checks.append(observation(f"{v} learns (both kinds)", learns(ci, rand[0]), f"{fmt_ci(ci, 1)}; random bar {b:.0f}"))
         for k in KINDS:
             x, y = cell(runs, s, TASK, ar_label(0.5, k)), cell(runs, s, TASK, f"MPO ({k})")
             if len(x) and len(y):
                 d = stats.difference_ci(x, y, stats.iqm, rng)
-                checks.append(observe(f"PMPO-AR β=0.5 − MPO, {k} alone (the sentence does not separate the kinds)",
+                checks.append(observation(f"PMPO-AR β=0.5 − MPO, {k} alone (the sentence does not separate the kinds)",
                                       matches(d, MATCH_FRACTION * mpo[k][0]),
                                       f"IQM difference {fmt_ci(d, 1)}; 'matches' needs > {-MATCH_FRACTION * mpo[k][0]:.1f}"))
         table = []
@@ -393,7 +374,7 @@ class ControlPMPO(ControlACQuestion):
         table.append(random_row(rand))
         verdict = Verdict(self.claims[0], None, f"PMPO-AR against MPO over both kinds: {'; '.join(parts)} (MPO IQM "
                           f"{mpo_iqm:.1f}, margin −{margin:.1f}; random policy {fmt_ci(rand, 1)}, bar {b:.0f}).",
-                          checks=checks, by="PMPO-AR β", decide=decide_text(checks, self.claims[0]),
+                          checks=checks, by="PMPO-AR β",
                           sensitivity=f"PMPO-AR's β run at {', '.join(f'{x:g}' for x in AR_BETAS)} in both action kinds at this "
                                       "profile (the Gaussian cells are C3's runs); the verdict check is given at each.")
         names = ["MPO", "PMPO-AR β=0.5", "PMPO-A", "PMPO-R", "PMPO-AR β=1", "PMPO-AR β=2"]
@@ -504,18 +485,12 @@ class ControlDPO(ControlACQuestion):
                       digits=1, group=g)
             checks.append(gated(c, ar_ok["Gaussian"], why, decide))
         for k in KINDS:
-            checks.append(observe(f"PMPO-AR ({k}) learns", learns(ar[k], rand[0]), f"{fmt_ci(ar[k], 1)}; random bar {b:.0f}"))
+            checks.append(observation(f"PMPO-AR ({k}) learns", learns(ar[k], rand[0]), f"{fmt_ci(ar[k], 1)}; random bar {b:.0f}"))
         labels = [v.label for v in self.variants() if v.label != RANDOM_LABEL]
         table = [_row(runs, s, v, rng, rand[0], **{"mean training return (area) IQM [95% CI]": fmt_ci(_ci(runs, auc, v, rng), 1)})
                  for v in labels] + [random_row(rand)]
-        per = {}
-        for c in checks:
-            if c.kind == "verdict":
-                per.setdefault(c.group, []).append(c.outcome)
-        summary = "; ".join(f"{g}: {sum(o == 'supported' for o in os)} of {len(os)} checks supported, "
-                            f"{sum(o == 'not supported' for o in os)} contradicted" for g, os in per.items())
+        summary = tally(checks)
         verdict = Verdict(self.claims[0], None, f"{summary} (random policy {fmt_ci(rand, 1)}, bar {b:.0f}).", checks=checks,
-                          decide=decide_text(checks, self.claims[0]),
                           by="DPO β", sensitivity=f"DPO's β run at {', '.join(f'{x:g}' for x in DPO_BETAS)} in both action kinds "
                                                   "at this profile; the verdict checks are given at each.")
         names = [f"DPO β={x:g}" for x in DPO_BETAS] + ["PMPO-AR"]
@@ -611,10 +586,10 @@ class ControlPMPOKL(ControlACQuestion):
                                 runs_of(0.5, [x]), rng, y=high_ar, test="below", threshold=0.0, fmt="IQM difference {}", digits=1,
                                 group=g))
         n_learn = sum(learns(cis[(1.0, x)], rand[0]) == "learns" for x in BETAS)
-        checks.append(observe("accept-only learns at each β", f"{n_learn} of {len(BETAS)} β clear the random bar",
+        checks.append(observation("accept-only learns at each β", f"{n_learn} of {len(BETAS)} β clear the random bar",
                                   ", ".join(f"β={x:g}: {cis[(1.0, x)][0]:.0f}" for x in BETAS) + f"; bar {b:.0f}"))
         div = {a: sum(n_diverged(runs, TASK, cell_label(a, x)) for x in BETAS) for a in ALPHAS}
-        checks.append(observe("diverged runs (scored 0)", ", ".join(f"{FEEDBACK[a]}: {div[a]}" for a in ALPHAS),
+        checks.append(observation("diverged runs (scored 0)", ", ".join(f"{FEEDBACK[a]}: {div[a]}" for a in ALPHAS),
                                   "KL(π_tgt‖π_θ) above the loop's limit, or non-finite"))
         table = []
         for a in ALPHAS:
@@ -623,14 +598,9 @@ class ControlPMPOKL(ControlACQuestion):
                 table.append({"α": a, "β": x, "final return IQM [95% CI]": fmt_ci(cis[(a, x)], 1),
                               "diverged": f"{n_diverged(runs, TASK, cell_label(a, x))}/{n}",
                               "vs the random bar": learns(cis[(a, x)], rand[0])})
-        per = {}
-        for c in checks:
-            if c.kind == "verdict":
-                per.setdefault(c.group, []).append(c.outcome)
-        summary = "; ".join(f"{g}: {sum(o == 'supported' for o in os)} of {len(os)} checks supported, "
-                            f"{sum(o == 'not supported' for o in os)} contradicted" for g, os in per.items())
+        summary = tally(checks)
         verdict = Verdict(self.claims[0], None, f"{summary} (random policy {fmt_ci(rand, 1)}, bar {b:.0f}).", table, checks=checks,
-                          by="feedback type", decide=decide_text(checks, self.claims[0]),
+                          by="feedback type",
                           sensitivity=("β is the claim's own axis (all five values run for each α). The open knob, the training "
                                        f"budget, is not run: every cell runs {QUICK_AC['total_steps']:,} env steps at `quick`, "
                                        "and reject-only's collapse without KL can come late (as on the bandits, B3); planned "
@@ -789,7 +759,6 @@ class ControlOffline(ControlACQuestion):
         head = (f"the paper's premise (a mostly bad dataset) is {premise}, so no check can decide; " if not ok else "")
         verdict = Verdict(self.claims[0], None, f"{head}{n_sup} of {n_ver} checks supported, {n_con} contradicted; our ranking "
                           f"{' > '.join(sorted(labels, key=lambda v: ranks[v]))}.", checks=checks,
-                          decide=decide_text(checks, self.claims[0]),
                           paper="BC 24, Accept+BC 26, Accept 27, Reject+BC 77, Accept+Reject+BC 93 (average reward over 100 "
                                 "evaluation episodes, RGB Stacking, Table 1)",
                           sensitivity=("not run at this profile: every '+BC' variant weighs the BC term 2× each "
@@ -896,7 +865,6 @@ class ControlVIREL(ControlACQuestion):
         virel = _ci(runs, s, "VIREL", rng)
         verdict = Verdict(self.claims[0], None, f"VIREL {fmt_ci(virel, 1)} against the random bar {b:.1f} (random "
                           f"{fmt_ci(rand, 1)}).", filled(table), checks=checks,
-                          decide=decide_text(checks, self.claims[0]),
                           sensitivity="not run at this profile: VIREL runs at c = 1; planned at `paper`.")
         methods = ["VIREL", "AWR", "V-MPO"]
         panels = {f"{TASK}: VIREL, AWR, V-MPO": [(v, v) for v in methods]}
