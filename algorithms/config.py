@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any, Iterable, Literal, get_args, get_origin
 
@@ -44,21 +45,36 @@ def _where(cfg: Any, name: str) -> str:
     return f"{type(cfg).__name__}.{name}"
 
 
+# Fields where +inf is a value with a meaning, not a typo: an infinite weight clip is no clip (the
+# theory checks lift DAR's clip so). Every other field refuses ±inf, and every field refuses NaN.
+INFINITY_ALLOWED = frozenset({"weight_clip"})
+
+
+def _finite_or_allowed(name: str, v: Any) -> bool:
+    """False for NaN (it fails no comparison, so a range check alone lets it through) and for ±inf
+    unless the field is in `INFINITY_ALLOWED`."""
+    if not isinstance(v, float):
+        return True
+    return not math.isnan(v) and (not math.isinf(v) or name in INFINITY_ALLOWED)
+
+
 def check_positive(cfg: Any, *names: str, strict: bool = True) -> None:
-    """Refuse a field that is not > 0 (or >= 0 with strict=False)."""
+    """Refuse a field that is not > 0 (or >= 0 with strict=False), NaN, or inf (see `INFINITY_ALLOWED`)."""
     for name in names:
         v = getattr(cfg, name)
         if v is None:
             continue
+        bound = "> 0" if strict else ">= 0"
+        if not _finite_or_allowed(name, v):
+            raise ConfigError(f"{_where(cfg, name)} = {v!r} is invalid: must be a finite number {bound}.")
         if (strict and not v > 0) or (not strict and not v >= 0):
-            bound = "> 0" if strict else ">= 0"
             raise ConfigError(f"{_where(cfg, name)} = {v!r} is invalid: must be {bound}.")
 
 
 def check_range(cfg: Any, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
-    """Refuse a field outside [lo, hi] (with optionally open ends)."""
+    """Refuse a field outside [lo, hi] (with optionally open ends), NaN, or inf (see `INFINITY_ALLOWED`)."""
     v = getattr(cfg, name)
-    bad = v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+    bad = not _finite_or_allowed(name, v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
     if bad:
         left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
         raise ConfigError(f"{_where(cfg, name)} = {v!r} is invalid: must lie in {left}{lo}, {hi}{right}.")

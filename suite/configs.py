@@ -1,7 +1,10 @@
 """Config values from the command line and the run's identity.
 
 Overrides (`--set section.field=value`) are parsed by the field's declared type, never with `eval`;
-the content hash of the fully resolved config is the run's identity in the store.
+the content hash of the fully resolved config is the run's identity in the store. A float must be
+finite (the config is stored as JSON, which has no NaN or inf), and a step count (a field named
+`steps` or ending in `_steps`) at most `MAX_STEPS`, so that a typo such as `train.steps=10000000000`
+is refused instead of running for days.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
 from algorithms.config import ConfigError as UserError, unknown
 
 SCHEMA_VERSION = 1
+MAX_STEPS = 10**9  # the largest step count `--set` accepts; the longest run of any profile is 10M steps
 
 
 def parse_value(cls: type, name: str, raw: str) -> Any:
@@ -22,7 +28,7 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
     tp = typing.get_type_hints(cls)[name]
     where = f"{cls.__name__}.{name}"
     origin, args = get_origin(tp), get_args(tp)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:  # Optional[float] and float | None
         inner = [a for a in args if a is not type(None)]
         if raw.lower() in ("none", "null") and type(None) in args:
             return None
@@ -39,15 +45,19 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
                 return False
             raise ValueError
         if tp is int:
-            return int(raw)
+            value = int(raw)
+            if (name == "steps" or name.endswith("_steps")) and value > MAX_STEPS:
+                raise UserError(f"{where} = {value} is invalid: a step count must be at most {MAX_STEPS} (10**9).")
+            return value
         if tp is float:
-            return float(raw)
+            return _finite(where, raw, float(raw))
         if tp is str:
             return raw
         if origin is tuple:
             parts = [p for p in raw.strip("()[]").split(",") if p.strip()]
             item = args[0]
-            return tuple(item(p.strip()) for p in parts)
+            values = tuple(item(p.strip()) for p in parts)
+            return tuple(_finite(where, raw, v) for v in values) if item is float else values
     except UserError:
         raise
     except ValueError:
@@ -56,6 +66,14 @@ def parse_value(cls: type, name: str, raw: str) -> Any:
         raise UserError(f"{where} has type {tp} which cannot be set from the command line.")
     name_of = getattr(tp, "__name__", str(tp))
     raise UserError(f"{where} = {raw!r} is malformed: expected a value of type {name_of}.")
+
+
+def _finite(where: str, raw: str, value: float) -> float:
+    """`value`, or an error: NaN and ±inf (also an overflow such as 1e999) cannot be stored as JSON."""
+    if not math.isfinite(value):
+        raise UserError(f"{where} = {raw!r} is invalid: must be a finite number (NaN and ±inf cannot be stored in a "
+                        "run's config).")
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -3,32 +3,43 @@
 Sections: `task` (the task's config), `train` (the family's training loop), `algo` (every algorithm
 in the grid that has the field), or an algorithm's name (`pmpo.beta=1.0`: only that algorithm's runs).
 Values are parsed by the field's declared type; an unknown section or field, or a malformed value,
-is refused with what is allowed, closest match first.
+is refused with what is allowed, closest match first, and so is a field given twice. Importing this
+module imports neither torch nor the task registry, so the CLI refuses a malformed override at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from algorithms.config import ConfigError, unknown
 from suite.configs import parse_value
-from suite.questions.base import GridPoint
-from tasks import RunSpec
+
+if TYPE_CHECKING:
+    from suite.questions.base import GridPoint
+    from tasks import RunSpec
 
 SECTIONS = ("task", "train", "algo")
 
 
 def parse(items: list[str]) -> list[tuple[str, str, str]]:
-    """`["algo.beta=1", ...]` -> `[("algo", "beta", "1"), ...]`; malformed items are refused."""
-    out = []
+    """`["algo.beta=1", ...]` -> `[("algo", "beta", "1"), ...]`; malformed items are refused.
+
+    So is one `section.field` given twice: which value was meant is not ours to guess. (`algo.beta`
+    and `pmpo.beta` are different overrides, applied in the order given.)
+    """
+    out, seen = [], {}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or not section or not name or not value:
             raise ConfigError(f"malformed override {item!r}: expected section.field=value, e.g. algo.beta=1.0 or train.steps=500 "
                               f"(sections: {', '.join(SECTIONS)}, or an algorithm's name).")
-        out.append((section.strip(), name.strip(), value.strip()))
+        section, name, value = section.strip(), name.strip(), value.strip()
+        if (section, name) in seen:
+            raise ConfigError(f"override {section}.{name} is given twice ({seen[section, name]!r} and {value!r}): give it once.")
+        seen[section, name] = value
+        out.append((section, name, value))
     return out
 
 
@@ -64,7 +75,7 @@ def apply(points: list[GridPoint], items: list[str]) -> list[GridPoint]:
                 continue
             value = parse_value(type(cfg), name, raw)
             new_cfg = dataclasses.replace(cfg, **{name: value})  # re-validates in __post_init__
-            new_points.append(GridPoint(p.variant, dataclasses.replace(p.spec, **{attr: new_cfg})))
+            new_points.append(dataclasses.replace(p, spec=dataclasses.replace(p.spec, **{attr: new_cfg})))
             hit = True
         if not hit:
             raise unknown(f"{section!r} field", name, allowed)

@@ -84,6 +84,10 @@ def register_task(name: str, family: Family, config: Any, description: str) -> N
 
 def get_task(name: str) -> TaskEntry:
     if name not in TASKS:
+        import tasks  # a caller that imported this module directly has not loaded the task files yet
+
+        tasks.load_all()
+    if name not in TASKS:
         raise unknown("task", name, TASKS)
     return TASKS[name]
 

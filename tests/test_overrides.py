@@ -7,6 +7,8 @@ PMPO-A α=1 β=0, PMPO-R α=0 β=2, DPO β=0.1, MPO) × 2 seeds = 30 runs.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -14,7 +16,8 @@ import pytest
 
 from algorithms.config import ConfigError
 from suite import overrides
-from suite.configs import content_hash, parse_value
+from algorithms.ppo import PPOConfig
+from suite.configs import MAX_STEPS, content_hash, parse_value
 from suite.questions import get_question
 from suite.runner import run_id, spec_payload
 
@@ -37,6 +40,27 @@ def test_parse_splits_section_field_value_and_strips_spaces():
     assert overrides.parse(["algo.beta=1.0", " train.steps = 500 ", "task.x=a=b"]) == [
         ("algo", "beta", "1.0"), ("train", "steps", "500"), ("task", "x", "a=b")]  # only the first '=' splits
     assert overrides.parse([]) == []
+
+
+@pytest.mark.parametrize("items, first, second", [
+    (["algo.beta=1", "algo.beta=2"], "1", "2"),
+    (["pmpo.beta=1.0", "train.steps=5", " pmpo.beta = 1.0 "], "1.0", "1.0"),  # the same value twice is refused too
+])
+def test_parse_refuses_a_field_given_twice_naming_both_values(grid, items, first, second):
+    field = items[0].split("=")[0]
+    expected = rf"override {field} is given twice \('{first}' and '{second}'\): give it once"
+    with pytest.raises(ConfigError, match=expected):
+        overrides.parse(items)
+    with pytest.raises(ConfigError, match=expected):
+        overrides.apply(grid, items)
+
+
+def test_importing_overrides_imports_neither_torch_nor_the_registries():
+    """So that the CLI refuses a malformed override at once."""
+    code = ("import sys, suite.overrides, suite.configs, algorithms.config; "
+            "print(sorted(m for m in ('torch', 'tasks', 'suite.questions') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("item", ["algo.beta", "beta=1", ".beta=1", "algo.=1", "algo.beta=", "=1", ""])
@@ -143,6 +167,11 @@ def test_unknown_field_names_section_and_closest_field(grid):
     ("pmpo.beta=lots", r"PMPOConfig\.beta = 'lots' is malformed: expected a value of type float"),
     ("mpo.temperature=fixd", r"unknown value for MPOConfig\.temperature 'fixd'\. Did you mean 'fixed'\?"),
     ("task.dim=1", r"BanditConfig\.dim = 1 is invalid: must be >= 2"),
+    ("pmpo.alpha=nan", r"PMPOConfig\.alpha = 'nan' is invalid: must be a finite number \(NaN and ±inf cannot be stored"),
+    ("pmpo.beta=inf", r"PMPOConfig\.beta = 'inf' is invalid: must be a finite number"),
+    ("algo.beta=-Infinity", r"PMPOConfig\.beta = '-Infinity' is invalid: must be a finite number"),
+    ("train.lr=1e999", r"BanditLoopConfig\.lr = '1e999' is invalid: must be a finite number"),  # overflows to inf
+    ("train.steps=10000000000", r"BanditLoopConfig\.steps = 10000000000 is invalid: a step count must be at most 1000000000"),
 ])
 def test_invalid_values_are_refused_naming_field_and_allowed(grid, item, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -160,6 +189,10 @@ class Toy:
     name: str = "a"
     mode: Literal["dual", "fixed"] = "dual"
     maybe: Optional[float] = None
+    cap: float | None = None
+    count: int | None = 3
+    total_steps: int = 10
+    xs: tuple[float, ...] = (1.0,)
     sizes: tuple[int, ...] = (1,)
     other: dict = dataclasses.field(default_factory=dict)
 
@@ -169,6 +202,9 @@ class Toy:
     ("on", "true", True), ("on", "Yes", True), ("on", "0", False), ("on", "off", False),
     ("name", "hello", "hello"), ("mode", "fixed", "fixed"), ("maybe", "none", None), ("maybe", "0.5", 0.5),
     ("sizes", "64,64", (64, 64)), ("sizes", "(32, 16)", (32, 16)), ("sizes", "[8]", (8,)),
+    ("cap", "0.25", 0.25), ("cap", "none", None), ("cap", "null", None), ("count", "7", 7), ("count", "None", None),
+    ("total_steps", str(MAX_STEPS), MAX_STEPS), ("n", str(10 * MAX_STEPS), 10 * MAX_STEPS),  # only step counts are capped
+    ("xs", "0.5, 2", (0.5, 2.0)),
 ])
 def test_parse_value_by_declared_type(field, raw, value):
     got = parse_value(Toy, field, raw)
@@ -181,10 +217,23 @@ def test_parse_value_by_declared_type(field, raw, value):
     ("mode", "Dual", r"unknown value for Toy\.mode 'Dual'\. Did you mean 'dual'\? Allowed: dual, fixed"),
     ("sizes", "1,x", r"Toy\.sizes = '1,x' is malformed"),
     ("other", "{}", r"Toy\.other has type .* which cannot be set from the command line"),
+    ("x", "nan", r"Toy\.x = 'nan' is invalid: must be a finite number"),
+    ("cap", "inf", r"Toy\.cap = 'inf' is invalid: must be a finite number"),
+    ("xs", "1,nan", r"Toy\.xs = '1,nan' is invalid: must be a finite number"),
+    ("cap", "lots", r"Toy\.cap = 'lots' is malformed: expected a value of type float"),
+    ("count", "1.5", r"Toy\.count = '1\.5' is malformed: expected a value of type int"),
+    ("total_steps", str(MAX_STEPS + 1), r"Toy\.total_steps = 1000000001 is invalid: a step count must be at most 1000000000"),
 ])
 def test_parse_value_refuses_what_does_not_parse(field, raw, expected):
     with pytest.raises(ConfigError, match=expected):
         parse_value(Toy, field, raw)
+
+
+def test_none_able_fields_of_real_configs_can_be_set():
+    # `float | None` is a types.UnionType, not a typing.Union: these fields were unreachable from --set
+    assert parse_value(PPOConfig, "value_clip", "0.1") == 0.1
+    assert parse_value(PPOConfig, "value_clip", "none") is None
+    assert dataclasses.replace(PPOConfig(), value_clip=parse_value(PPOConfig, "value_clip", "none")).value_clip is None
 
 
 def test_content_hash_is_stable_and_order_free():

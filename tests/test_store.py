@@ -6,15 +6,18 @@ format the runner actually writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import time
 
 import pandas as pd
 import pytest
 
 from algorithms.pmpo import PMPOConfig
+from suite.configs import content_hash
 from suite.runner import make_record, run_id
-from suite.store import CorruptRecord, Store, StoreConflict
+from suite.store import STALE_TEMP_S, CorruptRecord, Store, StoreConflict, StrayFile
 from tasks import RunResult, RunSpec, get_task
 from tasks.bandits import BanditLoopConfig
 
@@ -141,6 +144,70 @@ def test_failed_record_is_archived_never_deleted_when_rewritten(tmp_path):
     assert loaded.problems == []
 
 
+@pytest.mark.parametrize("theirs", ["ok", "diverged", "failed"])
+def test_a_run_stored_by_another_process_during_a_write_is_never_replaced(tmp_path, monkeypatch, theirs):
+    store = Store(tmp_path / "results")
+    mine, other = record(status="ok", n_steps=5), record(status=theirs, error="Traceback: theirs")
+    path = store.path(mine["run_id"])
+    real_fsync, raced = os.fsync, []
+
+    def fsync_while_another_process_stores_the_run(fd):
+        # `mine` is in its temporary file, past the check that found the run absent: now the other
+        # process (a second sweep over the same grid) stores the same run, complete
+        real_fsync(fd)
+        if not raced:
+            raced.append(fd)
+            Store(store.root).write(other)
+
+    monkeypatch.setattr(os, "fsync", fsync_while_another_process_stores_the_run)
+    d = f"{mine['run_id'][:2]}/"
+    if theirs == "failed":  # theirs is archived, as any failed run on retry, and mine is stored
+        store.write(mine)
+        assert files(store) == [d + f"{mine['run_id']}.failed-1.json", d + f"{mine['run_id']}.json"]
+        assert store.read(mine["run_id"]) == mine
+        return
+    with pytest.raises(StoreConflict) as info:
+        store.write(mine)
+    assert f"already stored at {path} with status '{theirs}'" in str(info.value)
+    assert store.read(mine["run_id"]) == other  # the first record is intact
+    assert files(store) == [d + f"{mine['run_id']}.json"]  # and no temporary file is left
+
+
+def test_a_file_appearing_just_before_the_link_is_never_replaced(tmp_path, monkeypatch):
+    """A writer that does not take the folder's lock (an older version, another host): the link still refuses."""
+    store = Store(tmp_path / "results")
+    mine, other = record(n_steps=5), record()
+    path = store.path(mine["run_id"])
+    real_link = os.link
+
+    def link_after_another_writer(src, dst):
+        path.write_text(json.dumps(other))
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_after_another_writer)
+    with pytest.raises(StoreConflict, match=rf"already stored at {path} with status 'ok'"):
+        store.write(mine)
+    assert store.read(mine["run_id"]) == other
+    assert files(store) == [f"{mine['run_id'][:2]}/{mine['run_id']}.json"]
+
+
+def test_without_hard_links_records_are_created_exclusively(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = Store(tmp_path / "results")
+    rid = record()["run_id"]
+    store.write(record(status="failed", error="Traceback: first"))
+    path = store.write(record())
+    assert store.read(rid) == record() and path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(StoreConflict, match="status 'ok'"):
+        store.write(record(n_steps=5))
+    assert store.read(rid) == record()
+    d = f"{rid[:2]}/"
+    assert files(store) == [d + f"{rid}.failed-1.json", d + f"{rid}.json"]
+
+
 # ------------------------------------------------------------------------------------------ load
 
 
@@ -223,10 +290,38 @@ def _corrupt(store: Store, kind: str) -> tuple:
     if kind == "top-level list":
         path.write_text("[]")
         return path, rid, "top level is list"
+    if kind == "other schema":
+        good["schema"] = 99
+        path.write_text(json.dumps(good))
+        return path, rid, "field 'schema' = 99, this version reads schema 1 only"
+    if kind == "edited config":
+        good["config"]["algo_config"]["beta"] = 9.0  # the record no longer says which run it holds
+        path.write_text(json.dumps(good))
+        return path, rid, f"field 'config' hashes to '{content_hash(good['config'])}', not to the run id '{rid}'"
+    if kind == "empty config":
+        good["config"] = {}
+        path.write_text(json.dumps(good))
+        return path, rid, "field 'config' is empty"
+    if kind == "string value":
+        good["rows"]["value"][1] = "1.7"
+        path.write_text(json.dumps(good))
+        return path, rid, "field 'rows' column 'value' has '1.7' at row 1, allowed: numbers, or null for NaN"
+    if kind == "string step":
+        good["rows"]["step"][2] = "1"
+        path.write_text(json.dumps(good))
+        return path, rid, "field 'rows' column 'step' has '1' at row 2, allowed: integers"
+    if kind == "float seed":
+        good["rows"]["seed"][0] = 7.5
+        path.write_text(json.dumps(good))
+        return path, rid, "field 'rows' column 'seed' has 7.5 at row 0, allowed: integers"
+    if kind == "directory":
+        path.mkdir()
+        return path, rid, "is a directory, expected a JSON file"
     raise AssertionError(kind)
 
 
-CORRUPTIONS = ["invalid json", "missing field", "wrong status", "wrong type", "ragged rows", "run_id mismatch", "top-level list"]
+CORRUPTIONS = ["invalid json", "missing field", "wrong status", "wrong type", "ragged rows", "run_id mismatch", "top-level list",
+               "other schema", "edited config", "empty config", "string value", "string step", "float seed", "directory"]
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
@@ -252,6 +347,19 @@ def test_corrupt_record_is_reported_by_path(tmp_path, kind):
         store.read(rid)
     assert info.value.path == path and str(path) in str(info.value) and reason in str(info.value)
     assert store.status(rid) == "corrupt"
+    if rid == record(seed=7)["run_id"]:
+        with pytest.raises(CorruptRecord):  # and it is never written over
+            store.write(record(seed=7))
+
+
+def test_null_values_are_nan_and_every_stored_config_hashes_to_its_id(tmp_path):
+    store = Store(tmp_path / "results")
+    rec = make_record(spec(), RunResult("ok", [(0, "f", float("nan")), (1, "f", 2.0)]), "2026-01-01", 0.1, 1, PROV)
+    assert rec["rows"]["value"] == [None, 2.0]
+    store.write(rec)
+    assert store.read(rec["run_id"]) == rec
+    assert content_hash(store.read(rec["run_id"])["config"]) == rec["run_id"] == run_id(spec())
+    assert store.load().rows.value.isna().tolist() == [True, False]
 
 
 def test_misplaced_record_is_a_problem_not_silently_skipped(tmp_path):
@@ -277,3 +385,34 @@ def test_temporary_files_are_not_runs(tmp_path):
     assert store.run_ids() == [rec["run_id"]]
     loaded = store.load()
     assert loaded.problems == [] and list(loaded.runs.run_id) == [rec["run_id"]]
+
+
+def test_stray_and_stale_files_are_problems_by_path_and_never_deleted(tmp_path):
+    store = Store(tmp_path / "results")
+    rec = record()
+    rid = rec["run_id"]
+    store.write(record(status="failed", error="Traceback"))
+    store.write(rec)  # leaves the archive <id>.failed-1.json, which is not a problem
+    folder, runs = store.path(rid).parent, store.root / "runs"
+    stale = folder / f".{rid}.old123.tmp"
+    young = folder / f".{rid}.new456.tmp"
+    strays = [folder / "notes.json", folder / f"{rid[:15]}.json", folder / f"{rid.upper()}.json", runs / "README",
+              runs / "ab" / "deeper" / f"{rid}.json", folder / f"{rid}.json.bak"]
+    for p in [stale, young, *strays]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    before = files(store)
+
+    problems = store.problems()
+    assert sorted(p.path for p in problems) == sorted([stale, *strays])  # not the young temporary file: a writer may own it
+    assert all(isinstance(p, StrayFile) and str(p.path) in str(p) for p in problems)
+    assert "temporary file 1.0 h old" in str(next(p for p in problems if p.path == stale))
+    assert "not a run record" in str(next(p for p in problems if p.path == folder / "notes.json"))
+
+    loaded = store.load()  # the whole store: the same problems, and the run itself is loaded
+    assert sorted(p.path for p in loaded.problems) == sorted(p.path for p in problems)
+    assert list(loaded.runs.run_id) == [rid] and store.run_ids() == [rid]
+    assert store.load([rid]).problems == []  # asked for one run: only that run's file is looked at
+    assert files(store) == before  # nothing deleted
