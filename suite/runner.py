@@ -3,28 +3,40 @@
 The unit of work is a *group*: the runs of one grid cell that differ only in their seed, which a task
 family trains as one vectorised batch. Each finished run is written to the store atomically by the
 worker that trained it, so killing a sweep (even with `kill -9`) loses at most the groups in flight;
-running it again trains exactly the runs that are absent. A group that raises is recorded as
-`failed` with its traceback and the sweep goes on; a diverged seed is recorded as `diverged` with
-its step and reason.
+running it again trains exactly the runs that are absent. A group whose training raises is
+recorded as `failed` with its traceback and the sweep goes on; a diverged seed is recorded as
+`diverged` with its step and reason. A store that cannot take the records stops the sweep instead
+of letting it train on for nothing: an unwritable store is refused before anything trains, and an
+error outside training (a failed store write) ends the sweep once the groups in flight finish. A
+worker process that dies (OOM killer, kill -9) is replaced and its groups retried (`MAX_TRIES`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from typing import TYPE_CHECKING
 
 from suite import provenance
 from suite.configs import content_hash, to_dict
 from suite.errors import UserError
-from suite.questions.base import GridPoint
 from suite.store import CorruptRecord, Store
-from tasks import RunResult, RunSpec, get_task
+from tasks.base import RunResult, RunSpec, get_task
+
+if TYPE_CHECKING:  # the questions import plotting and statistics, which a pool worker never needs
+    from suite.progress import SweepProgress
+    from suite.questions.base import GridPoint
+
+MAX_TRIES = 3
+"""A group whose worker process dies under it on this many tries (the retries alone) is recorded `failed`."""
 
 
 def spec_payload(spec: RunSpec) -> dict:
@@ -46,6 +58,15 @@ class Summary:
     skipped: int
     statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     wall_s: float = 0.0
+
+    @property
+    def trained(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def all_failed(self) -> bool:
+        """Runs were trained and every one failed: the sweep produced nothing to analyse (the CLI exits non-zero)."""
+        return self.trained > 0 and self.statuses.get("failed", 0) == self.trained
 
 
 def pending(points: list[GridPoint], store: Store) -> tuple[list[list[RunSpec]], int]:
@@ -115,60 +136,121 @@ def train_group(specs: list[RunSpec], root: str, prov: dict, threads: int = 1) -
     return [r.status for r in results]
 
 
+def check_writable(store: Store) -> None:
+    """Refuse a store that cannot take a record before anything trains, rather than losing the first groups' work."""
+    runs = store.root / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=runs, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to the results store at {runs} ({exc}); nothing was trained. "
+                        "Fix its permissions or choose another store (--results, or EMRL_RESULTS).") from None
+
+
 def execute(points: list[GridPoint], store: Store, workers: int | None = None, progress: bool = True, label: str = "") -> Summary:
-    """Train every run of `points` that is not stored. `workers=1` trains in this process."""
+    """Train every run of `points` that is not stored. `workers=1` trains in this process.
+
+    An error from outside training (a store that refuses a write, a conflicting record) stops the sweep: the
+    groups in flight finish, nothing else starts, and the error is re-raised.
+    """
+    from suite.progress import SweepProgress, cell_name  # the display is the parent's alone
+
     groups, stored = pending(points, store)
-    total = sum(len(g) for g in groups)
     summary = Summary(total=len(points), skipped=stored)
     if not groups:
         return summary
+    check_writable(store)
     prov = {"code": provenance.code(), "packages": provenance.packages()}
     workers = max(1, workers or os.cpu_count() or 1)
     # longest groups first keeps the pool busy at the end of a sweep
     groups.sort(key=lambda g: -getattr(g[0].train_config, "steps", 0))
+    variant = {p.spec: p.variant for p in points}
+    cells = [cell_name(g[0].task, g[0].algo, variant[g[0]], len(g)) for g in groups]
     t0 = time.perf_counter()
-    with _progress(progress, label, total) as bar:
+    with SweepProgress(label, sum(map(len, groups)), enabled=progress) as bar:
+        sweep = _Sweep(groups, cells, store, prov, bar, summary)
         if workers == 1:
-            for g in groups:
-                for status in train_group(g, str(store.root), prov):
-                    summary.statuses[status] += 1
-                bar.advance(len(g))
+            sweep.inline()
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(train_group, g, str(store.root), prov): g for g in groups}
-                while futures:
-                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        g = futures.pop(fut)
-                        for status in fut.result():
-                            summary.statuses[status] += 1
-                        bar.advance(len(g))
+            sweep.on_pools(workers)
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-class _progress:
-    """A rich progress bar (runs done / total, elapsed, ETA), or nothing when disabled."""
+class _Sweep:
+    """Hands groups to workers and counts each finished group once, into the summary and the progress display."""
 
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
+    def __init__(self, groups: list[list[RunSpec]], cells: list[str], store: Store, prov: dict, bar: SweepProgress,
+                 summary: Summary):
+        self.groups, self.cells, self.store, self.prov, self.bar, self.summary = groups, cells, store, prov, bar, summary
+        self.tries = [0] * len(groups)
+        self.started: dict[int, tuple[str, float]] = {}
 
-    def __enter__(self):
-        if not self.enabled:
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def start(self, i: int) -> None:
+        self.tries[i] += 1
+        self.started[i] = (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.perf_counter())
+        self.bar.start(i, self.cells[i])
 
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
-                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        self._progress.__enter__()
-        self._task = self._progress.add_task(self.label, total=self.total)
-        return self
+    def finish(self, i: int, statuses: list[str]) -> None:
+        for status in statuses:
+            self.summary.statuses[status] += 1
+        self.bar.finish(i, self.cells[i], statuses, time.perf_counter() - self.started[i][1])
 
-    def advance(self, n: int) -> None:
-        if self.enabled:
-            self._progress.advance(self._task, n)
+    def inline(self) -> None:
+        for i, g in enumerate(self.groups):
+            self.start(i)
+            self.finish(i, train_group(g, str(self.store.root), self.prov))
 
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._progress.__exit__(*exc)
-        return False
+    def on_pools(self, workers: int) -> None:
+        """Train on a process pool; when a worker dies (OOM killer, kill -9) and takes the groups in flight with it,
+        go on with a fresh pool. The groups lost are retried one at a time, so that a second death names the group
+        that caused it and no bystander is blamed; after `MAX_TRIES` deaths a group is recorded `failed`."""
+        queue, suspects = deque(range(len(self.groups))), deque()
+        while queue or suspects:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                died = sorted(self._until_death(pool, workers, queue, suspects))
+            if not died:
+                continue
+            retry = [i for i in died if self.tries[i] < MAX_TRIES]
+            given_up = [i for i in died if i not in retry]
+            names = lambda ids: "; ".join(self.cells[i] for i in ids)  # noqa: E731
+            self.bar.stopped(died, f"a worker process died (BrokenProcessPool) while training: {names(died)}"
+                                   + (f". Retrying alone: {names(retry)}" if retry else "")
+                                   + (f". Recorded failed after {MAX_TRIES} tries: {names(given_up)}" if given_up else ""))
+            suspects.extend(retry)
+            for i in given_up:
+                self._record_death(i)
+
+    def _until_death(self, pool: ProcessPoolExecutor, workers: int, queue: deque, suspects: deque) -> list[int]:
+        """Train until both queues are empty or a worker dies; returns the groups lost, if any.
+
+        At most `workers` groups are submitted at once, so nothing waits inside the pool: an error stops the sweep
+        with only the running groups left to finish, and a dying worker takes only running groups with it."""
+        running, died = {}, []
+        while True:
+            while not died and ((suspects and not running) or (not suspects and queue and len(running) < workers)):
+                i = (suspects or queue).popleft()
+                self.start(i)
+                running[pool.submit(train_group, self.groups[i], str(self.store.root), self.prov)] = i
+            if not running:
+                return died
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = running.pop(fut)
+                try:
+                    statuses = fut.result()
+                except BrokenProcessPool:
+                    died.append(i)
+                    continue
+                self.finish(i, statuses)
+
+    def _record_death(self, i: int) -> None:
+        group, (started, t0) = self.groups[i], self.started[i]
+        reason = (f"worker process died while training this group (BrokenProcessPool) on {MAX_TRIES} tries, the retries "
+                  "with no other group running (killed by the OOM killer or a signal?)")
+        wall = (time.perf_counter() - t0) / len(group)
+        for spec in group:
+            self.store.write(make_record(spec, RunResult(status="failed", error=reason), started, wall, len(group), self.prov))
+        self.finish(i, ["failed"] * len(group))

@@ -224,7 +224,7 @@ def test_a_family_that_raises_gives_failed_records_and_the_sweep_goes_on(tmp_pat
     good = [GridPoint("ok", bandit_spec(seed=s, steps=10)) for s in (0, 1)]
     summary = execute(bad + short + good, store, workers=1, progress=False)
     assert dict(summary.statuses) == {"failed": 4, "ok": 2}
-    assert summary.total == 6 and summary.skipped == 0
+    assert summary.total == 6 and summary.skipped == 0 and summary.trained == 6 and not summary.all_failed
 
     for p in bad:
         rec = store.read(run_id(p.spec))
@@ -243,6 +243,7 @@ def test_a_family_that_raises_gives_failed_records_and_the_sweep_goes_on(tmp_pat
     assert stored == 2 and sorted(len(g) for g in groups) == [2, 2]
     summary = execute(bad + good, store, workers=1, progress=False)
     assert dict(summary.statuses) == {"failed": 2} and summary.skipped == 2
+    assert summary.all_failed  # every run it trained failed (the ok runs were stored before): `emrl run` exits non-zero
     for p in bad:
         rid = run_id(p.spec)
         assert store.path(rid).with_name(f"{rid}.failed-1.json").exists()
