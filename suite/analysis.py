@@ -23,9 +23,27 @@ def first_value(rows: pd.DataFrame, metric: str) -> pd.Series:
     return sel.groupby("run_id").value.first()
 
 
+NAN3 = (float("nan"),) * 3
+"""The (point, lo, hi) of a cell without data: every number NaN, formatted "nan [nan, nan]"."""
+NO_DATA = "no runs completed"
+"""The statistic of a verdict check whose cell has no value (every run failed, or diverged where a rule drops them)."""
+NO_DATA_DECIDE = "runs of this cell (every run failed or diverged)"
+"""What would decide a check on a cell without data."""
+
+
+def has_data(x) -> bool:
+    """True when `x` holds at least one value that is not NaN."""
+    x = np.asarray(x, dtype=float)
+    return bool(x.size) and not bool(np.isnan(x).all())
+
+
 def iqm_ci(scores: np.ndarray, rng: np.random.Generator, n_boot: int = 2000) -> tuple[float, float, float]:
-    """IQM of a runs (× tasks) array with its stratified-bootstrap 95% CI."""
-    return stats.stratified_bootstrap_ci(np.asarray(scores, dtype=float), stats.iqm, rng, n_boot=n_boot)
+    """IQM of a runs (× tasks) array with its stratified-bootstrap 95% CI; three NaNs when it is empty or all NaN (every
+    run of the cell failed or diverged). A NaN beside finite values still raises (`suite.stats`: drop runs explicitly)."""
+    scores = np.asarray(scores, dtype=float)
+    if not has_data(scores):
+        return NAN3
+    return stats.stratified_bootstrap_ci(scores, stats.iqm, rng, n_boot=n_boot)
 
 
 def curve(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, rng: np.random.Generator, n_boot: int = 500) -> pd.DataFrame:
@@ -33,8 +51,11 @@ def curve(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, rng: np.random.Ge
 
     Runs that stopped early (diverged) hold their last value, so the IQM at a step always covers all
     seeds of the variant (a run that diverged is not dropped from later steps, which would flatter it).
-    Returns columns: task, variant, step, iqm, lo, hi, n.
+    Returns columns: task, variant, step, iqm, lo, hi, n — with no rows where no run logged `metric` (every run failed).
     """
+    columns = ["task", "variant", "step", "iqm", "lo", "hi", "n"]
+    if rows.empty or runs.empty or "metric" not in rows:
+        return pd.DataFrame(columns=columns)
     sel = rows[rows.metric == metric].merge(runs[["run_id", "task", "variant"]], on="run_id")
     out = []
     for (task, variant), group in sel.groupby(["task", "variant"], sort=False):
@@ -46,7 +67,7 @@ def curve(rows: pd.DataFrame, runs: pd.DataFrame, metric: str, rng: np.random.Ge
                 continue
             point, lo, hi = stats.stratified_bootstrap_ci(v, stats.iqm, rng, n_boot=n_boot)
             out.append(dict(task=task, variant=variant, step=step, iqm=point, lo=lo, hi=hi, n=len(v)))
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=columns)
 
 
 def fmt_ci(ci: tuple[float, float, float], digits: int = 2) -> str:
@@ -61,10 +82,18 @@ def per_run_mean(rows: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def cell(runs: pd.DataFrame, values: pd.Series, task: str, variant: str) -> np.ndarray:
-    """The finite per-run `values` of one grid cell (task, variant)."""
+    """The finite per-run `values` of one grid cell (task, variant); empty when no run of it has one (every run failed)."""
+    if runs.empty or len(values) == 0:
+        return np.empty(0)
     ids = runs[(runs.task == task) & (runs.variant == variant)].run_id
     v = values.reindex(ids).to_numpy(dtype=float)
     return v[np.isfinite(v)]
+
+
+def in_grid(runs: pd.DataFrame, task: str, variant: str) -> bool:
+    """True when the grid has runs of the cell (task, variant), whatever their status: a cell whose runs all failed is
+    still part of the claim (its checks read `inconclusive`), unlike one this profile does not run."""
+    return bool(len(runs)) and bool(((runs.task == task) & (runs.variant == variant)).any())
 
 
 def n_diverged(runs: pd.DataFrame, task: str, variant: str) -> int:
@@ -73,8 +102,9 @@ def n_diverged(runs: pd.DataFrame, task: str, variant: str) -> int:
 
 
 def iqm_or_nan(x: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """`iqm_ci` of x, or three NaNs when x is empty."""
-    return iqm_ci(x, rng) if len(x) else (float("nan"),) * 3
+    """`iqm_ci` of x without its NaNs (a 1-D cell), or three NaNs when nothing is left."""
+    x = _drop_nan(x)
+    return iqm_ci(x, rng) if has_data(x) else NAN3
 
 
 def at_least(diff: tuple[float, float, float], margin: float) -> Outcome:
@@ -115,7 +145,7 @@ def check(name: str, words: str, x: np.ndarray, rng: np.random.Generator, *, tes
     """
     outcome, ci, decide = ci_test(x, rng, test=test, threshold=threshold, y=y, statistic=statistic or stats.iqm)
     if not np.isfinite(ci[0]):
-        return Check(name, "verdict", "inconclusive", "no runs", words=words, group=group, decide=decide)
+        return Check(name, "verdict", "inconclusive", NO_DATA, words=words, group=group, decide=decide)
     bound = {"above": f"> {threshold:.{digits}f}", "below": f"< {threshold:.{digits}f}", "within": f"within ±{threshold:.{digits}f}"}[test]
     text = fmt.format(fmt_ci(ci, digits)) + f"; needs {bound}"
     return Check(name, "verdict", outcome, text, words=words, group=group, decide=decide)
@@ -124,20 +154,27 @@ def check(name: str, words: str, x: np.ndarray, rng: np.random.Generator, *, tes
 def ci_test(x, rng: np.random.Generator, *, test: str, threshold: float, y=None,
             statistic: Callable = stats.iqm) -> tuple[str, tuple[float, float, float], str]:
     """One cell's IQM (or the difference x − y, or another `statistic`) with its 95% CI against `threshold`:
-    (outcome, CI, what would decide it when open). No runs: inconclusive with a NaN CI."""
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0 or (y is not None and len(y) == 0):
-        return "inconclusive", (float("nan"),) * 3, "runs of this cell"
+    (outcome, CI, what would decide it when open). No value in x or y (a 1-D cell's NaNs dropped; none left when every
+    run of the cell failed or diverged): inconclusive with a NaN CI."""
+    x = _drop_nan(x)
+    y = None if y is None else _drop_nan(y)
+    if not has_data(x) or (y is not None and not has_data(y)):
+        return "inconclusive", NAN3, NO_DATA_DECIDE
     if y is None:
         ci = stats.stratified_bootstrap_ci(x, statistic, rng)
         sd_y = 0.0
     else:
-        y = np.asarray(y, dtype=float)
         ci = stats.difference_ci(x, y, statistic, rng)
         sd_y = _sd(y)
     outcome = _TESTS[test](ci, threshold)
     decide = decide_note(ci[0], threshold, test, _sd(x), sd_y, len(x)) if outcome == "inconclusive" else ""
     return outcome, ci, decide
+
+
+def _drop_nan(x) -> np.ndarray:
+    """x as a float array; a 1-D one (the runs of one cell) without its NaNs (runs without a number)."""
+    x = np.asarray(x, dtype=float)
+    return x[~np.isnan(x)] if x.ndim == 1 else x
 
 
 def observation(name: str, finding: str, statistic: str = "", group: str = "") -> Check:

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -19,10 +20,43 @@ RC = {
 }
 
 
+class SuiteFigure(Figure):
+    """A figure that can always be drawn. A panel whose every value is NaN (every run of its cells failed) can leave a log
+    axis with limits that are not positive, which matplotlib refuses to draw ("Data cannot be log-scaled"); before drawing,
+    such an axis gets positive limits (`_settle_log_axis`). A panel with data keeps the limits matplotlib gives it."""
+
+    def draw(self, renderer):
+        for ax in self.axes:
+            _settle_log_axis(ax, "x")
+            _settle_log_axis(ax, "y")
+        super().draw(renderer)
+
+
+def _settle_log_axis(ax: Axes, which: str) -> None:
+    """Give a log axis without positive limits the span of the panel's positive positions on it (or 1–10)."""
+    scale, get_lim, set_lim = ((ax.get_xscale, ax.get_xlim, ax.set_xlim) if which == "x" else
+                               (ax.get_yscale, ax.get_ylim, ax.set_ylim))
+    if scale() != "log":
+        return
+    lo, hi = get_lim()
+    if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi > 0:
+        return
+    values = []
+    for line in ax.get_lines():
+        try:
+            values.append(np.asarray(line.get_xdata() if which == "x" else line.get_ydata(), dtype=float).ravel())
+        except (TypeError, ValueError):  # not numbers (categories, dates): no position on a log axis
+            continue
+    values = np.concatenate(values) if values else np.empty(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    set_lim((values.min() / 1.5, values.max() * 1.5) if values.size else (1.0, 10.0))
+
+
 def figure(ncols: int = 1, nrows: int = 1, width: float = 3.4, height: float = 2.7) -> tuple[Figure, list[Axes]]:
     """A figure with `nrows × ncols` axes in the suite's style; axes returned as a flat list."""
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained",
+                                 FigureClass=SuiteFigure)
     for ax in axes.flat:
         for key, value in RC.items():
             if key.startswith("axes.grid"):
@@ -37,7 +71,11 @@ def colors(labels: list[str]) -> dict[str, str]:
 
 
 def ci_lines(ax: Axes, curves: pd.DataFrame, order: list[str], *, x: str = "step", palette: dict[str, str] | None = None) -> None:
-    """Draw one IQM line with a shaded 95% CI per variant (columns: variant, x, iqm, lo, hi)."""
+    """Draw one IQM line with a shaded 95% CI per variant (columns: variant, x, iqm, lo, hi). A frame without rows or
+    columns (no run logged the metric: every run failed) draws nothing but a "no data" note."""
+    if curves is None or curves.empty or not {"variant", x, "iqm", "lo", "hi"} <= set(curves.columns):
+        no_data(ax)
+        return
     palette = palette or colors(order)
     for variant in order:
         c = curves[curves.variant == variant].sort_values(x)
@@ -45,6 +83,11 @@ def ci_lines(ax: Axes, curves: pd.DataFrame, order: list[str], *, x: str = "step
             continue
         ax.plot(c[x], c.iqm, color=palette[variant], label=variant)
         ax.fill_between(c[x], c.lo, c.hi, color=palette[variant], alpha=0.2, linewidth=0)
+
+
+def no_data(ax: Axes, text: str = "no data (every run failed or diverged)") -> None:
+    """Say on an empty panel that it has no data, so a blank panel is never mistaken for a drawing error."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=RC["font.size"], color="grey")
 
 
 def legend_below(fig: Figure, axes: list[Axes], ncol: int | None = None, title: str | None = None) -> None:

@@ -23,7 +23,8 @@ import scipy.stats
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting
-from suite.analysis import cell, check, curve, fmt_ci, iqm_ci, iqm_or_nan, last_value, n_diverged, observation, random_bar
+from suite.analysis import (NO_DATA, cell, check, curve, fmt_ci, iqm_ci, iqm_or_nan, last_value, n_diverged, observation,
+                            random_bar)
 from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.atari_onpolicy import AtariOnPolicyConfig
@@ -118,10 +119,13 @@ def _colour(variant: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------- scores and helpers
 def scores(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
-    """Final evaluation return per run (indexed by run_id); a diverged run scores its task's floor."""
+    """Final evaluation return per run (indexed by run_id); a diverged run scores its task's floor. A failed run (an error,
+    no rows) has no score (NaN): it is missing, not a floor, and `cell` leaves it out."""
     s = last_value(rows, "eval/return").reindex(runs.run_id)
     for i, (task, status) in enumerate(zip(runs.task, runs.status)):
-        if status == "diverged" or not np.isfinite(s.iloc[i]):
+        if status == "failed":
+            s.iloc[i] = np.nan
+        elif status == "diverged" or not np.isfinite(s.iloc[i]):
             s.iloc[i] = FLOOR.get(task, 0.0)
     return s
 
@@ -129,7 +133,7 @@ def scores(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
 def auc(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
     """Area under each run's learning curve divided by its steps: the mean over the task's iterations of the
     training-episode return (indexed by run_id). An iteration in which no episode ended holds the run's previous value;
-    from a diverged run's divergence on, every iteration scores the task's floor."""
+    from a diverged run's divergence on, every iteration scores the task's floor. A failed run has no area (NaN)."""
     sel = rows[rows.metric == "train/episode_return"]
     out = pd.Series(np.nan, index=pd.Index(runs.run_id, name="run_id"), dtype=float)
     for task, group in runs.groupby("task", sort=False):
@@ -137,6 +141,8 @@ def auc(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
         if wide.empty:
             continue
         for rid, status in zip(group.run_id, group.status):
+            if status == "failed":
+                continue
             col = wide[rid] if rid in wide else pd.Series(np.nan, index=wide.index)
             logged = col.dropna()
             if status == "diverged":
@@ -186,6 +192,12 @@ def _observed(c: Check, yes: str, no: str, name: str | None = None) -> Check:
     """A check turned into an observation (the quoted sentence does not say it): its finding in words."""
     finding = {"supported": yes, "not supported": no}.get(c.outcome, "open")
     return observation(name or c.name, finding, c.statistic, group=c.group)
+
+
+def _ci_text(c: Check) -> str:
+    """The CI a `check` statistic quotes ("… = 0.12 [0.01, 0.30]; needs > 0" → "0.12 [0.01, 0.30]"), or the statistic
+    itself where it quotes none (a cell without data: "no runs completed")."""
+    return c.statistic.split(" = ")[1].split(";")[0] if " = " in c.statistic else c.statistic
 
 
 def _gated(c: Check, holds: bool, missing: str) -> Check:
@@ -405,8 +417,9 @@ class AtariDivergence(_TMazeQuestion):
 
     def analyse(self, runs, rows, rng):
         counts, table = {}, []
+        done = runs.status != "failed"  # a run that failed (an error) neither diverged nor ran through: it counts nowhere
         for core in ("trxl", "trxl_i", "gtrxl"):
-            sel = runs[runs.variant.str.startswith(CORE_LABELS[core] + " ")]
+            sel = runs[runs.variant.str.startswith(CORE_LABELS[core] + " ") & done]
             div = sel.status.eq("diverged").to_numpy(dtype=float)
             counts[core] = div
             rate = wilson(int(div.sum()), len(div))
@@ -415,7 +428,7 @@ class AtariDivergence(_TMazeQuestion):
                    "the documents": f"{PAPER_DIVERGENCE[core]:.0%}" if core in PAPER_DIVERGENCE else "—"}
             for lr in LRS:
                 v = f"{CORE_LABELS[core]} lr={lr:g}"
-                row[f"lr={lr:g}"] = f"{n_diverged(runs, MEMORY, v)}/{int((runs.variant == v).sum())}"
+                row[f"lr={lr:g}"] = f"{n_diverged(runs, MEMORY, v)}/{int(((runs.variant == v) & done).sum())}"
             table.append(row)
         k = {c: int(d.sum()) for c, d in counts.items()}
         n = {c: len(d) for c, d in counts.items()}
@@ -426,14 +439,16 @@ class AtariDivergence(_TMazeQuestion):
             outcome = "supported" if diff[1] > 0 else ("not supported" if diff[2] < 0 else "inconclusive")
         else:
             diff, outcome = (float("nan"),) * 3, "inconclusive"
-        none_diverged = sum(k.values()) == 0
+        none_diverged = sum(k.values()) == 0 and sum(n.values()) > 0
+        n_failed = int(runs.status.eq("failed").sum())
         decide = "" if outcome != "inconclusive" else (
             f"≈ {need} runs per core tell the documents' 16% from 0% at {POWER:.0%} power (two-proportion normal "
-            f"approximation, two-sided 5%; now {min(n['trxl_i'], n['gtrxl'])})"
+            f"approximation, two-sided 5%; now {min(n['trxl_i'], n['gtrxl'])}"
+            + (f", besides {n_failed} failed runs that count neither way)" if n_failed else ")")
             + ("; and a sweep that reaches learning rates where cores fail — none of the "
                f"{sum(n.values())} runs diverged, so at these rates no number of runs would separate the cores" if none_diverged else ""))
-        checks = [Check("rate(TrXL-I) − rate(GTrXL) > 0", "verdict", outcome, f"{fmt_ci(diff, 2)} (Newcombe 95%); needs > 0",
-                        words=words, decide=decide)]
+        text = f"{fmt_ci(diff, 2)} (Newcombe 95%); needs > 0" if np.isfinite(diff[0]) else f"{NO_DATA} ({n_failed} runs failed)"
+        checks = [Check("rate(TrXL-I) − rate(GTrXL) > 0", "verdict", outcome, text, words=words, decide=decide)]
         for core in ("gtrxl", "trxl_i"):
             p, lo, hi = wilson(k[core], n[core])
             inside = lo <= PAPER_DIVERGENCE[core] <= hi if n[core] else False
@@ -608,8 +623,7 @@ class AtariMemory(_TMazeQuestion):
                         y=cell(runs, s, task, "LSTM"), test="above", threshold=0.0, fmt="IQM(GTrXL) − IQM(LSTM) = {}")
             checks.append(_observed(fin, "GTrXL above LSTM", "GTrXL below LSTM", name=f"final return on {task}: GTrXL > LSTM"))
         verdict = Verdict(self.claims[0], None, f"area under the curve, IQM(GTrXL) − IQM(LSTM): memory task "
-                                                f"{a.statistic.split(' = ')[1].split(';')[0]} ({a.outcome}); reactive task "
-                                                f"{b.statistic.split(' = ')[1].split(';')[0]} ({b.outcome}).",
+                                                f"{_ci_text(a)} ({a.outcome}); reactive task {_ci_text(b)} ({b.outcome}).",
                           table, checks=checks,
                           paper="DMLab-30 human-normalised score: GTrXL 117.6 ± 0.3, LSTM 99.3 ± 1.0 ([EM-SFT] §8) — another "
                                 "task and score; ours are in the table.",

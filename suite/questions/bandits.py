@@ -25,7 +25,8 @@ from algorithms.dpo import DPOConfig
 from algorithms.mpo import MPOConfig
 from algorithms.pmpo import PMPOConfig
 from suite import plotting, stats
-from suite.analysis import ci_test, curve, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged, observation, split_seeds
+from suite.analysis import (NO_DATA, ci_test, curve, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged, observation,
+                            split_seeds)
 from suite.claims import Check, Claim, Deviation, Knob, Verdict, combine
 from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.bandits import BanditConfig, BanditLoopConfig
@@ -118,6 +119,11 @@ def last_quarter_change(runs: pd.DataFrame, rows: pd.DataFrame, metric: str = "f
     return df
 
 
+def last_step(rows: pd.DataFrame) -> int:
+    """The last logged step of the grid (0 when no run logged one: every run failed)."""
+    return int(rows.step.max()) if len(rows) else 0
+
+
 def by_cell(runs: pd.DataFrame, s: pd.Series, task: str, variant: str, seeds: set | None = None) -> np.ndarray:
     """The finite per-run values of `s` for one (task, variant) cell, optionally restricted to `seeds`."""
     sel = (runs.task == task) & (runs.variant == variant)
@@ -148,6 +154,8 @@ def learns_part(x: np.ndarray, fall: tuple, window: float, steps: int, rng, bar:
     (`fall`: the CI of the last quarter's change, wholly below 0) is open, never `not supported`: a longer budget decides
     it (`steps`: when the IQM would reach the bar at the last quarter's rate)."""
     outcome, ci, decide = ci_test(x, rng, test="below", threshold=bar)
+    if not np.isfinite(ci[0]):
+        return Part(outcome, NO_DATA, decide)
     text = fmt_ci(ci)
     if outcome == "supported" or not fall[2] < 0:
         return Part(outcome, text, decide)
@@ -308,7 +316,7 @@ class BanditsPMPO(Question):
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
         change = last_quarter_change(runs, rows)
-        steps = int(rows.step.max())
+        steps = last_step(rows)
         present = set(runs.variant)
         periods = [n for n in REFRESH_PERIODS if all(pmpo_label(v, n) in present for v in PMPO_VARIANTS)]
         betas = [b for b in DPO_BETAS if dpo_label(b) in present]
@@ -361,7 +369,7 @@ class BanditsPMPO(Question):
             for fn in FUNCTIONS:
                 x, y = by_cell(runs, s, fn, dpo_label(beta)), by_cell(runs, s, fn, "PMPO-AR")
                 outcome, diff, decide = ci_test(x, rng, test="within", threshold=EQUIVALENCE_DECADES, y=y)
-                text = fmt_ci(diff)
+                text = fmt_ci(diff) if np.isfinite(diff[0]) else NO_DATA
                 if outcome == "supported" and learns_at_paper.get(fn) != "supported":
                     outcome, decide = "inconclusive", "PMPO-AR learning on this function with confidence (alike without learning proves nothing)"
                     text += " (PMPO-AR has not learned)"
@@ -457,7 +465,8 @@ def failures(runs: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.Series, pd.Seri
     bar = r.task.map(bars)
     collapsed = (r.status != "diverged") & (kl_max.reindex(r.index) > bar).fillna(False)
     failed = (r.status == "diverged") | collapsed
-    return failed.astype(float), collapsed.astype(float), bars
+    errored = r.status.eq("failed")  # an error, no rows: neither stable nor unstable, so no number (NaN)
+    return failed.astype(float).mask(errored), collapsed.astype(float).mask(errored), bars
 
 
 class BanditsKL(Question):
@@ -497,7 +506,7 @@ class BanditsKL(Question):
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
         change = last_quarter_change(runs, rows)
-        steps = int(rows.step.max())
+        steps = last_step(rows)
         failed, collapsed, bars = failures(runs, rows)
         stable_scores = s.where(failed.reindex(s.index).eq(0.0))
         table, checks, status, cells = [], [], {}, []
@@ -514,7 +523,8 @@ class BanditsKL(Question):
                     stable = {"supported": "not supported", "not supported": "supported"}.get(unstable, "inconclusive")
                     learn = learns_part(x, fall, window, steps, rng, bar=MOVES_DECADES) if len(x) else Part("inconclusive", "no stable run", "")
                     expect = predicted(a, b)
-                    share_text = f"failed {int(fails.sum())}/{len(fails)} [{share[1]:.1f}, {share[2]:.1f}]"
+                    share_text = (f"failed {int(fails.sum())}/{len(fails)} [{share[1]:.1f}, {share[2]:.1f}]" if len(fails)
+                                  else NO_DATA)
                     far = learns_part(x, fall, window, steps, rng) if len(x) else learn
                     if expect == "unstable" and unstable == "not supported" and far.outcome != "supported":
                         # stable so far, but the runs have not gone far from their start: the budget has not tested stability
@@ -555,11 +565,12 @@ class BanditsKL(Question):
         verdict_checks = [c for c in checks if c.kind == "verdict"]
         held = {k: sum(c.outcome == "supported" for c in verdict_checks if c.name.startswith(k)) for k in
                 ("reject-only unstable", "reject-only stable", "accept-only")}
-        n_fail = int(failed.sum())
+        n_fail, n_err = int(failed.sum()), int(runs.status.eq("failed").sum())
         summary = (f"Reject-only is unstable at β ≤ 1 on {held['reject-only unstable']} of {len(FUNCTIONS)} functions and stable "
                    f"and learning at β ≥ 1.5 on {held['reject-only stable']}; accept-only is stable and learns at every β on "
                    f"{held['accept-only']} of {len(FUNCTIONS)}. {n_fail} of {len(runs)} runs failed: "
-                   f"{int((runs.status == 'diverged').sum())} diverged, {int(collapsed.sum())} collapsed.")
+                   f"{int((runs.status == 'diverged').sum())} diverged, {int(collapsed.sum())} collapsed."
+                   + (f" {n_err} more runs stopped with an error and have no outcome." if n_err else ""))
         verdict = Verdict(self.claims[0], None, summary, table, checks=checks,
                           paper="§5.2 (control, Figure 3): reject-only needs β > 1.0, accept&reject β > 0.5, accept-only is "
                                 "insensitive; §5.4 (LLM, Figure 5): β > 1 − α",
@@ -666,7 +677,8 @@ class BanditsTemperature(Question):
             spread = max(finite) - min(finite) if finite else float("nan")
             x, y = by_cell(runs, s, fn, "dual η", odd), by_cell(runs, s, fn, eta_label(best), odd)
             outcome, diff, decide = ci_test(x, rng, test="below", threshold=EQUIVALENCE_DECADES, y=y)
-            text = f"{fmt_ci(diff)} against η = {best:g} (picked on the even seeds); needs < +{EQUIVALENCE_DECADES:g}"
+            text = (f"{fmt_ci(diff)} against η = {best:g} (picked on the even seeds); needs < +{EQUIVALENCE_DECADES:g}"
+                    if np.isfinite(diff[0]) else f"{NO_DATA} (the dual η's odd seeds, or the fixed η's)")
             if outcome == "supported" and not spread > EQUIVALENCE_DECADES:
                 outcome = "inconclusive"
                 text += f"; every fixed η within {spread:.2f} decades of the best"

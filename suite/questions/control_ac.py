@@ -40,7 +40,7 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.sft import SFTConfig
 from algorithms.virel import VIRELConfig
 from suite import plotting, stats
-from suite.analysis import cell, check, curve, fmt_ci, iqm_ci, n_diverged, observation, random_bar
+from suite.analysis import NO_DATA, cell, check, curve, fmt_ci, iqm_ci, n_diverged, observation, random_bar
 from suite.claims import Check, Claim, Deviation, Knob, Verdict, tally
 from suite.questions.base import Analysis, Budget, Question, Variant
 from suite.questions.control_onpolicy import PAPER as ONPOLICY_PAPER
@@ -194,8 +194,9 @@ def matches(diff: tuple[float, float, float], margin: float) -> str:
 
 def gated(c: Check, ok: bool, why: str, decide: str) -> Check:
     """A verdict check that the setup cannot decide unless `ok` (a baseline has learned, a premise holds): inconclusive,
-    saying what it would read, what is missing (`why`, short) and what would decide it."""
-    if ok:
+    saying what it would read, what is missing (`why`, short) and what would decide it. A check without data (every run of
+    a cell failed) stays as it is: the missing runs decide it first."""
+    if ok or c.statistic == NO_DATA:
         return c
     reads = f" (would read: {c.outcome})" if c.outcome != "inconclusive" else ""
     return Check(c.name, "verdict", "inconclusive", f"{c.statistic}{reads}; {why}", words=c.words, group=c.group, decide=decide)

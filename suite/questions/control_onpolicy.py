@@ -38,7 +38,8 @@ from algorithms.gempi import GEMPIConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import cell, check, curve, fmt_ci, iqm_ci, iqm_or_nan, last_value, n_diverged, observation, per_run_mean, random_bar
+from suite.analysis import (NAN3, NO_DATA, cell, check, curve, fmt_ci, in_grid, iqm_ci, iqm_or_nan, last_value, n_diverged,
+                            observation, per_run_mean, random_bar)
 from suite.claims import Check, Claim, Deviation, Knob, Verdict, combine
 from suite.questions.bandits import eta_label
 from suite.questions.base import Analysis, Budget, GridPoint, Question, Variant
@@ -109,11 +110,14 @@ V-MPO groups would cost ≈ 10 CPU-minutes, beyond the control family's 30-minut
 
 
 def scores(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
-    """Final evaluation return per run (indexed by run_id); a diverged run scores 0."""
+    """Final evaluation return per run (indexed by run_id); a diverged run scores 0. A failed run (an error, no rows) has
+    no score (NaN): it is missing, not a return of 0, and `cell` leaves it out."""
     s = last_value(rows, "eval/return").reindex(runs.run_id)
-    diverged = runs.set_index("run_id").status.eq("diverged")
-    s[diverged.reindex(s.index).fillna(False).to_numpy()] = 0.0
-    return s.fillna(0.0)
+    status = runs.set_index("run_id").status.reindex(s.index)
+    s[status.eq("diverged").fillna(False).to_numpy()] = 0.0
+    s = s.fillna(0.0)
+    s[status.eq("failed").fillna(False).to_numpy()] = np.nan
+    return s
 
 
 def healthy(values: pd.Series, runs: pd.DataFrame) -> pd.Series:
@@ -372,7 +376,7 @@ class ControlVMPOvsPPO(ControlQuestion):
         table, checks, random_iqm, ran_on, pieces = [], [], {}, {}, {}
         for task in self.tasks:
             random_iqm[task] = rand = iqm_or_nan(cell(runs, s, task, RANDOM), rng)
-            present = [v for v in order if len(cell(runs, s, task, v))]
+            present = [v for v in order if in_grid(runs, task, v)]  # a cell whose runs all failed stays: its checks say so
             cis = {v: iqm_ci(cell(runs, s, task, v), rng) for v in present}
             for v in present:
                 x = cell(runs, s, task, v)
@@ -403,14 +407,15 @@ class ControlVMPOvsPPO(ControlQuestion):
                 checks.append(gate(c, premises, rand[0], "matching a method that has not learned proves nothing"))
                 pieces.setdefault(group, []).append(f"{task} {fmt_ci(diff, 1)}")
                 checks.append(_learning_observations(task, {"PPO": cis["PPO"], "V-MPO": cis[v]}, rand[0], group))
-                spread = stats.difference_ci(x, ppo, _sd, rng, n_boot=1000)
+                spread = stats.difference_ci(x, ppo, _sd, rng, n_boot=1000) if len(x) and len(ppo) else NAN3
                 checks.append(observation(f"{task}: across-seed spread", _direction(spread, "V-MPO's spread larger",
                                                                                     "V-MPO's spread smaller"),
                                           f"sd(V-MPO) − sd(PPO) = {fmt_ci(spread, 1)} (sd {_sd(x):.1f} vs {_sd(ppo):.1f})", group))
                 kv, kp = cell(runs, kl, task, v), cell(runs, kl, task, "PPO")
                 if len(kv) and len(kp):
                     dkl = stats.difference_ci(kv, kp, stats.iqm, rng)
-                    early = stats.difference_ci(cell(runs, kl_early, task, v), cell(runs, kl_early, task, "PPO"), stats.iqm, rng)
+                    ev, ep = cell(runs, kl_early, task, v), cell(runs, kl_early, task, "PPO")
+                    early = stats.difference_ci(ev, ep, stats.iqm, rng) if len(ev) and len(ep) else NAN3
                     lr_v, lr_p = np.mean(cell(runs, lr, task, v)), np.mean(cell(runs, lr, task, "PPO"))
                     checks.append(observation(
                         f"{task}: per-update KL", _direction(dkl, "V-MPO's KL larger", "V-MPO's KL smaller"),
@@ -539,7 +544,8 @@ def divergence_check(name: str, k_ad: int, n_ad: int, k_fx: int, n_fx: int, grou
     rate; not supported if a one-sided Fisher exact test says it is higher (p < DIVERGENCE_ALPHA); else inconclusive."""
     text = f"adaptive {k_ad}/{n_ad} vs fixed sweep {k_fx}/{n_fx}"
     if n_ad == 0 or n_fx == 0:
-        return Check(name, "verdict", "inconclusive", text, words=C5_STABILITY_WORDS, group=group, decide="runs of both cells")
+        return Check(name, "verdict", "inconclusive", f"{NO_DATA} ({text})", words=C5_STABILITY_WORDS, group=group,
+                     decide="runs of both cells (none completed: every run failed)")
     if k_ad / n_ad <= k_fx / n_fx:
         return Check(name, "verdict", "supported", text, words=C5_STABILITY_WORDS, group=group)
     p = float(scipy.stats.fisher_exact([[k_ad, n_ad - k_ad], [k_fx, n_fx - k_fx]], alternative="greater")[1])
@@ -609,7 +615,7 @@ class ControlTemperature(ControlQuestion):
         kl = healthy(per_run_mean(rows, "update/kl"), runs)
         eta_used = healthy(pd.concat([per_run_mean(rows, "dual/eta"), per_run_mean(rows, "dual/Lambda")]), runs)
         fixed = [eta_label(e) for e in ETAS]
-        adaptive = [adaptive_label(e) for e in EPS_ETA if len(cell(runs, s, task, adaptive_label(e)))]
+        adaptive = [adaptive_label(e) for e in EPS_ETA if in_grid(runs, task, adaptive_label(e))]
         labels = fixed + adaptive
         rand = iqm_or_nan(cell(runs, s, task, RANDOM), rng)
         cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}
@@ -783,7 +789,7 @@ class ControlGEMPIVariants(ControlQuestion):
         ess = healthy(per_run_mean(rows, "weights/ess"), runs)
         kl = healthy(per_run_mean(rows, "update/kl"), runs)
         rand = iqm_or_nan(cell(runs, s, task, RANDOM), rng)
-        refs = [k for k in REF_PERIODS if len(cell(runs, s, task, dar_label("DAR", k)))]
+        refs = [k for k in REF_PERIODS if in_grid(runs, task, dar_label("DAR", k))]
         methods = [m for m, _, _ in C8_METHODS]
         labels = [dar_label(m, k) for k in refs for m in methods]
         cis = {v: iqm_or_nan(cell(runs, s, task, v), rng) for v in labels}

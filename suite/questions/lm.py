@@ -28,8 +28,8 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import (cell, check, curve, decide_note, first_value, fmt_ci, iqm_or_nan, last_value, n_diverged,
-                            observation, per_run_mean, split_seeds)
+from suite.analysis import (NO_DATA, NO_DATA_DECIDE, cell, check, curve, decide_note, first_value, fmt_ci, iqm_or_nan, last_value,
+                            n_diverged, observation, per_run_mean, split_seeds)
 from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.bandits import eta_label
 from suite.questions.base import Analysis, Budget, Question, Variant
@@ -141,7 +141,9 @@ def _diff(runs, s, task, a, b, rng):
 
 
 def _iqm(x) -> float:
-    x = np.asarray(x, dtype=float)
+    """IQM of the values of x that are not NaN (a diverged run may end on a NaN), NaN when none is left."""
+    x = np.asarray(x, dtype=float).ravel()
+    x = x[~np.isnan(x)]
     return float(stats.iqm(x)) if len(x) else float("nan")
 
 
@@ -326,6 +328,8 @@ class LMTemperature(LMQuestion):
                   f"{_iqm(path.end) if len(path) else float('nan'):.2f} (first, middle, last update)",
                   words="adaptive temperature optimization",
                   decide="" if moved >= ETA_MOVES else ETA_DECIDE)
+        if not len(path):
+            a = Check(a.name, "verdict", "inconclusive", NO_DATA, words=a.words, decide=NO_DATA_DECIDE)
         # (b) against every fixed η (no selection)
         checks = [a]
         for v in fixed:
@@ -335,8 +339,11 @@ class LMTemperature(LMQuestion):
                                              test="above", threshold=-m, y=y, fmt="{} (gold improvement)"),
                                        moved >= ETA_MOVES, ETA_STILL, ETA_DECIDE))
         # (c) divergence
-        rate = {v: n_diverged(runs, task, v) / max(int(((runs.task == task) & (runs.variant == v)).sum()), 1) for v in labels}
-        n_fixed = int(((runs.task == task) & runs.variant.isin(fixed)).sum())
+        done = runs.status != "failed"  # an error: no outcome, on neither side of a rate
+        rate = {v: n_diverged(runs, task, v) / max(int(((runs.task == task) & (runs.variant == v) & done).sum()), 1)
+                for v in labels}
+        n_fixed = int(((runs.task == task) & runs.variant.isin(fixed) & done).sum())
+        n_adaptive = int(((runs.task == task) & (runs.variant == "adaptive η") & done).sum())
         pooled = sum(n_diverged(runs, task, v) for v in fixed) / max(n_fixed, 1)
         c_out = ("supported" if rate["adaptive η"] < pooled else "not supported" if rate["adaptive η"] > pooled else "inconclusive")
         checks.append(with_premise(Check("(c) divergence rate, adaptive vs fixed sweep", "verdict", c_out,
@@ -345,6 +352,9 @@ class LMTemperature(LMQuestion):
                                          decide="" if c_out != "inconclusive" else "a budget at which some fixed η blows up "
                                          "(longer training or a larger step); no run diverged or the rates tie at this one"),
                                    moved >= ETA_MOVES, ETA_STILL, ETA_DECIDE))
+        if not (n_fixed and n_adaptive):
+            checks[-1] = Check(checks[-1].name, "verdict", "inconclusive", NO_DATA, words="stability advantage",
+                               decide=NO_DATA_DECIDE)
         # observations
         even, odd = split_seeds(runs)
         ev = runs[runs.seed.isin(even)]
@@ -503,10 +513,13 @@ class LMDropout(LMQuestion):
             did = difference_in_differences(vm, vm0, pp, pp0, rng)
             out = "supported" if did[1] > 0 else "not supported" if did[2] < 0 else "inconclusive"
             sd_v, sd_p = float(np.hypot(_sd(vm), _sd(vm0))), float(np.hypot(_sd(pp), _sd(pp0)))
-            c2 = with_premise(Check("(2) dropout's effect on V-MPO − on PPO", "verdict", out,
-                                    f"{fmt_ci(did)}; needs > 0.00", words="offers a regularisation advantage over PPO", group=g,
-                                    decide=decide_note(did[0], 0.0, "above", sd_v, sd_p, min(len(vm), len(pp)))
-                                    if out == "inconclusive" else ""),
+            text, decide = f"{fmt_ci(did)}; needs > 0.00", ""
+            if not np.isfinite(did[0]):  # one of the four cells has no run that completed
+                text, decide = NO_DATA, NO_DATA_DECIDE
+            elif out == "inconclusive":
+                decide = decide_note(did[0], 0.0, "above", sd_v, sd_p, min(len(vm), len(pp)))
+            c2 = with_premise(Check("(2) dropout's effect on V-MPO − on PPO", "verdict", out, text,
+                                    words="offers a regularisation advantage over PPO", group=g, decide=decide),
                               premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE)
             checks += [c1, c2]
             per_p[p] = (iqm_or_nan(vm, rng), _diff(runs, s, LM, f"PPO p={p:g}", "PPO p=0", rng))
@@ -851,6 +864,11 @@ class LMRewardHacking(LMQuestion):
             else:
                 why = (f"{n_div} of {n} runs diverged (KL blow-up) and feed no number")
                 dec = "runs that do not diverge: a KL penalty in the reward (the knob's β > 0) keeps them; planned at `paper`"
+                n_err = int(((runs.variant == m) & (runs.status == "failed")).sum())
+                if n_err and not n_div:
+                    why, dec = f"{NO_DATA} ({n_err} of {n} runs failed)", NO_DATA_DECIDE
+                elif n_err:
+                    why += f"; {n_err} more failed"
                 ci = Check(f"{m}: gold mid − start", "verdict", "inconclusive", why, words="reaches a good performance",
                            group=m, decide=dec)
                 cf = Check(f"{m}: gold mid − end", "verdict", "inconclusive", why,
@@ -986,7 +1004,8 @@ class LMDAR(LMQuestion):
             m[m.index.isin(diverged)] = UNGRAMMATICAL
             matched[f] = m
             for other, name in (("PPO", "online RLHF"), ("DPO", "OAIF")):
-                checks.append(check(f"DAR − {other} ({name}), gold at KL {kappa:.2f}", "DAR outperforms both OAIF and online "
+                at = f"{kappa:.2f}" if np.isfinite(kappa) else "κ (no run completed, so no κ_0)"
+                checks.append(check(f"DAR − {other} ({name}), gold at KL {at}", "DAR outperforms both OAIF and online "
                                     "RLHF baselines", cell(runs, m, task, "DAR"), rng, test="above", threshold=0.0,
                                     y=cell(runs, m, task, other), group=g))
         s = scores(runs, rows)
@@ -1093,8 +1112,8 @@ class LMSFT(LMQuestion):
             v = rows[rows.metric == metric].groupby("run_id").value.max()
             worst = float(v.max()) if len(v) else float("nan")
             out = "inconclusive" if not len(v) else ("supported" if worst <= tol else "not supported")
-            checks.append(Check(name, "verdict", out, f"{worst:.2e} (≤ {tol:g}) over {len(v)} runs", words=words,
-                                decide="runs of this check" if out == "inconclusive" else ""))
+            text = f"{worst:.2e} (≤ {tol:g}) over {len(v)} runs" if len(v) else f"{NO_DATA} ({len(runs)} runs, none logged it)"
+            checks.append(Check(name, "verdict", out, text, words=words, decide=NO_DATA_DECIDE if out == "inconclusive" else ""))
         dp = rows[rows.metric == "check/max_param_diff"].groupby("run_id").value.max()
         verdict = Verdict(self.claims[0], None, f"largest parameter difference {float(dp.max()) if len(dp) else float('nan'):.2e} "
                           f"over {len(dp)} runs.", checks=checks,
