@@ -116,6 +116,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type]
     needs: ClassVar[Needs] = Needs()
+    summary: ClassVar[str | None] = None
+    """One sentence for `emrl list`; by default the first paragraph of the method's module docstring."""
 
     def __init__(self, cfg: Any):
         super().__init__()

@@ -239,6 +239,7 @@ def _common(c: DARConfig) -> dict:
 @register
 class DAR(Method):
     name = "dar"
+    summary = "DAR: direct advantage regression, weights (π_ref/π_t)^{α/t} exp(Â/t) clipped at w_max, with fixed α and β."
     Config = DARConfig
     needs = DAR_NEEDS
     needs_for = classmethod(_needs_for)
@@ -252,6 +253,7 @@ class DAR(Method):
 @register
 class ATDAR(Method):
     name = "at_dar"
+    summary = "AT-DAR: DAR whose temperatures α and β are duals with KL budgets on KL(q‖π_ref) and KL(q‖π_t)."
     Config = ATDARConfig
     needs = DAR_NEEDS
     needs_for = classmethod(_needs_for)
@@ -272,6 +274,7 @@ class ATDAR(Method):
 @register
 class DARTR(Method):
     name = "dar_tr"
+    summary = "DAR-TR: DAR plus a Lagrangian trust region KL(π_old‖π_θ) ≤ ε_M on the M-step."
     Config = DARTRConfig
     needs = Needs(min_samples=2, logp_old=True, logp_ref=True, kl_old=True)
     needs_for = classmethod(_needs_for)
@@ -291,6 +294,7 @@ class DARTR(Method):
 @register
 class TopKDAR(Method):
     name = "topk_dar"
+    summary = "Top-k DAR: DAR's weights kept only on the top-k samples (by advantage by default), the others 0."
     Config = TopKDARConfig
     needs = DAR_NEEDS
     needs_for = classmethod(_needs_for)

@@ -182,7 +182,7 @@ def vmpo_gaussian_loss(advantage: Tensor, mask: Tensor, logp: Tensor, kl_mean: T
 
 @register
 class VMPO(Method):
-    """Adaptor: `Batch.score` is the advantage, `Batch.kl_old` the joint KL; decoupled KLs via `loss_decoupled`."""
+    """Adaptor from a `Batch`: `score` is the advantage, `kl_old` the joint KL; decoupled KLs via `loss_decoupled`."""
 
     name = "vmpo"
     Config = VMPOConfig

@@ -7,8 +7,6 @@ wrong and what is allowed, and exits with 2 having written nothing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -17,6 +15,10 @@ from pathlib import Path
 from algorithms.config import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+MAX_SEEDS = 1000  # more than any claim needs (suite.analysis.AFFORDABLE_SEEDS); a larger number is a typo
+STATUSES = ("ok", "diverged", "failed")  # suite.store.STATUSES, repeated so that parsing imports nothing heavy
 DEFAULT_RESULTS = os.environ.get("EMRL_RESULTS", "results")
 DEFAULT_REPORTS = "reports"
 
@@ -31,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seeds(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"{value} is above the maximum of {MAX_SEEDS} seeds per variant")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors are bad input too: exit 2, nothing written
         self.print_usage(sys.stderr)
@@ -38,7 +47,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="emrl", description="Reproduce or refute, with evidence, the claims of EM-style RL fine-tuning papers.")
+    p = _Parser(prog="emrl", description="Reproduce or refute, with evidence, the claims of EM-style RL fine-tuning papers.",
+                epilog="Commands that read runs (report, runs, export, show) need a filled results store: `make reproduce` "
+                       "or `emrl run <question>` fills it. Only a run at the committed profile (quick) with no --seeds and "
+                       "no --set rewrites reports/.")
     p.add_argument("--results", default=DEFAULT_RESULTS, help="results store folder (default: %(default)s, env EMRL_RESULTS)")
     p.add_argument("--reports", default=None,
                    help=f"reports folder (default: {DEFAULT_REPORTS}, env EMRL_REPORTS). Without it, only a run of the committed "
@@ -48,32 +60,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list questions, claims, tasks, algorithms or profiles")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "questions", "claims", "tasks", "algorithms", "profiles"])
-    ls.add_argument("--fields", action="store_true", help="also list each config's fields with their descriptions")
+    ls.add_argument("--fields", action="store_true", help="also list each config's fields as you type them in --set, with defaults")
 
     run = sub.add_parser("run", help="run a question's grid (skipping stored runs) and write its report")
     run.add_argument("question", help="a question name or a claim ID (e.g. bandits-kl or B3)")
     _grid_args(run)
     run.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     run.add_argument("--no-report", action="store_true", help="train only; do not write the report")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
 
-    rep = sub.add_parser("report", help="re-analyse stored runs and write reports (all questions if none given)")
+    rep = sub.add_parser("report", help="re-analyse stored runs and rewrite reports (all questions if none given); "
+                                        "names the questions whose runs are not stored yet")
     rep.add_argument("question", nargs="?", help="a question name or claim ID")
     _grid_args(rep)
 
     rpr = sub.add_parser("reproduce", help="run every question at a profile and write every report")
     rpr.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
     rpr.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
-    rpr.add_argument("--quiet", action="store_true", help="no progress bar")
+    rpr.add_argument("--quiet", action="store_true", help="no progress display")
 
-    show = sub.add_parser("show", help="show one stored run: config, status, provenance, final metrics")
-    show.add_argument("run_id", help="a run id or a unique prefix of one")
+    runs = sub.add_parser("runs", help="a table of stored runs: id, question, variant, task, seed, status, steps, wall time, date")
+    runs.add_argument("question", nargs="?", help="only the runs of this question or claim ID")
+    runs.add_argument("--status", choices=STATUSES, help="only runs with this status")
+
+    exp = sub.add_parser("export", help="write the stored runs' long-format rows (one row per logged value) to one file")
+    exp.add_argument("question", nargs="?", help="only the runs of this question or claim ID (default: every stored run)")
+    exp.add_argument("--format", choices=["csv", "parquet"], default="csv", help="csv, or parquet (needs pyarrow; default: %(default)s)")
+    exp.add_argument("--output", default=None, help="file to write (default: <results>/exports/<question or all>.<format>); "
+                                                    "an existing file is never replaced")
+
+    show = sub.add_parser("show", help="show one stored run: question, variant, config, status, provenance, final metrics")
+    show.add_argument("run_id", help="a run id or a unique prefix of one (`emrl runs` lists them)")
     return p
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
-    p.add_argument("--seeds", type=_positive_int, default=None, help="seeds per variant (default: the profile's)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="seeds per variant (default: the profile's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field for every run that has it: task.*, train.*, algo.*, or <algorithm>.*")
 
@@ -94,8 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"emrl: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(str(exc))
+    except BrokenPipeError:  # `emrl runs | head`: the reader stopped listening; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a read-only folder, a file where a folder should be, a full disk: named by path
+        where = f" {exc.filename}" if exc.filename else ""
+        return _error(f"cannot use{where}: {exc.strerror or exc}. Stored runs are kept; fix the path and run again.")
+    except KeyboardInterrupt:
+        print("emrl: interrupted. Every finished run is stored; the same command resumes where this one stopped.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if previous is None:
             os.environ.pop("EMRL_RESULTS", None)
@@ -103,15 +134,26 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["EMRL_RESULTS"] = previous
 
 
+def _error(message: str) -> int:
+    print(f"emrl: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 # ------------------------------------------------------------------------------------------------------- commands
 
 
 def _plan(args, question_name: str):
-    from suite import overrides
-    from suite.questions import check_profile, get_question
+    """The question, profile and grid a command runs on. Names, the profile and the overrides are checked against the
+    catalogue first, so a typo is refused before torch and the task families are imported."""
+    from suite import catalogue, overrides
+    from suite.profiles import check_profile
 
-    question = get_question(question_name)
+    entry = catalogue.question(question_name)
     profile = check_profile(args.profile)
+    catalogue.check_overrides(entry, overrides.parse(args.overrides))
+    from suite.questions import get_question
+
+    question = get_question(entry["name"])
     points = question.grid(profile, seeds=args.seeds)
     points = overrides.apply(points, args.overrides)
     return question, profile, points
@@ -135,15 +177,19 @@ def _command_line(args) -> str:
 
 
 def cmd_run(args) -> int:
+    question, profile, points = _plan(args, args.question)  # first: bad input is refused before the heavy imports
     from suite.runner import execute
     from suite.store import Store
 
-    question, profile, points = _plan(args, args.question)
     store = Store(args.results)
     summary = execute(points, store, workers=args.workers, progress=not args.quiet, label=question.name)
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(f"{question.name} [{profile}]: {summary.total} runs, {summary.skipped} already stored, trained: {done} "
           f"({summary.wall_s:.1f} s)")
+    if summary.all_failed:
+        print(f"emrl: every one of the {summary.trained} runs trained failed; `emrl runs {question.name} --status failed` "
+              "lists them and `emrl show <id>` prints a traceback.", file=sys.stderr)
+        return EXIT_FAILED
     if args.no_report:
         return 0
     return _report(args, question, profile, points, store)
@@ -167,26 +213,48 @@ def _report(args, question, profile, points, store, analysed=None) -> int:
 
 
 def cmd_report(args) -> int:
-    from suite.questions import QUESTIONS
+    """Re-render every question (or one) whose runs are all stored; name the others and the command that fills the store.
+
+    A question with missing runs is not an error: on a fresh clone the store is empty and the committed reports stand.
+    A corrupt record is (exit 2), and then nothing is written."""
+    from suite import catalogue
+
+    names = [args.question] if args.question else [q["name"] for q in catalogue.load()["questions"]]
+    plans = [_plan(args, name) for name in names]
+    from suite import report
     from suite.store import Store
 
-    from suite import report
-
     store = Store(args.results)
-    names = [args.question] if args.question else list(QUESTIONS)
-    plans = [_plan(args, name) for name in names]
-    # every question is analysed before any report is written: a missing or corrupt run exits 2 having written nothing
-    analysed = [report.analyse(question, points, store) for question, _, points in plans]
-    for (question, profile, points), result in zip(plans, analysed):
+    ready, waiting = [], []
+    for question, profile, points in plans:  # every question is checked before any report is written
+        missing = report.missing_runs(points, store)
+        if missing:
+            waiting.append((question, len(missing), len(points)))
+        else:
+            ready.append((question, profile, points, report.analyse(question, points, store)))
+    for question, profile, points, result in ready:
         _report(args, question, profile, points, store, analysed=result)
-    if not args.question and (args.profile == report.COMMITTED_PROFILE or args.reports_chosen):
+    if not args.question and ready and (args.profile == report.COMMITTED_PROFILE or args.reports_chosen):
         report.write_index(Path(args.reports))
+    if waiting:
+        flags = "" if args.profile == "quick" else f" --profile {args.profile}"
+        flags += "".join(f" --set {shlex.quote(o)}" for o in args.overrides) + (f" --seeds {args.seeds}" if args.seeds else "")
+        print(f"Not re-rendered — their runs are not (all) in the store {store.root}; each report already in "
+              f"{args.reports}/ is left as it is:")
+        for question, n_missing, n in waiting:
+            print(f"  {question.name}: {n_missing} of {n} runs missing; `emrl run {question.name}{flags}` trains them")
+        if not ready:
+            print("The committed reports were generated by `make reproduce` (every question at the quick profile); "
+                  "that command, or `emrl run <question>`, fills the store, after which `emrl report` re-renders them.")
     return 0
 
 
 def cmd_reproduce(args) -> int:
     """Every question at one profile: one sweep over the union of their grids (one process pool, no
     idle tail between questions; runs shared by several questions train once), then every report."""
+    from suite.profiles import check_profile
+
+    check_profile(args.profile)  # before the heavy imports
     from suite.questions import QUESTIONS
     from suite.runner import execute
     from suite.store import Store
@@ -203,66 +271,79 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
-    from suite.store import Store
+# ------------------------------------------------------------------------------------------------ finding runs
 
-    store = Store(args.results)
-    matches = [i for i in store.run_ids() if i.startswith(args.run_id)]
-    if len(matches) != 1:
-        if not matches:
-            raise ConfigError(f"no stored run has an id starting with {args.run_id!r} in {store.root}.")
-        raise ConfigError(f"run id prefix {args.run_id!r} is ambiguous: {', '.join(matches[:10])}.")
-    record = store.read(matches[0])
-    print(f"run {record['run_id']}  status: {record['status']}  wall: {record['wall_time_s']:.2f} s  started: {record['started_at']}")
-    if record.get("diverged"):
-        print(f"diverged at step {record['diverged']['step']}: {record['diverged']['reason']}")
-    if record.get("error"):
-        print(record["error"])
-    print(f"code: {record['code']}")
-    print("config: " + json.dumps(record["config"], indent=1))
-    rows = record["rows"]
-    final: dict[str, tuple[int, float]] = {}
-    for step, metric, value in zip(rows["step"], rows["metric"], rows["value"]):
-        final[metric] = (step, value)
-    print("last logged values:")
-    for metric, (step, value) in sorted(final.items()):
-        print(f"  {metric:<24} {value!s:>14}  (step {step})")
+
+def cmd_runs(args) -> int:
+    from suite import inventory
+
+    table = inventory.runs_table(args.results, args.question, args.status)
+    if table.empty:
+        print(inventory.empty_message(args.results, args.question, args.status))
+        return 0
+    print(inventory.render(table))
+    print(f"{len(table)} runs; `emrl show <id>` prints one (a unique prefix of its id is enough).")
+    for problem in inventory.store_problems(args.results):  # stray, misplaced or leftover files: named, never deleted
+        print(f"note: {problem}", file=sys.stderr)
     return 0
 
 
-def cmd_list(args) -> int:
-    import algorithms
-    import tasks
-    from algorithms.base import Method
-    from suite.questions import CLAIMS, PROFILES, QUESTIONS
-    from suite.questions.base import PROFILE_DOC
+def cmd_export(args) -> int:
+    from suite import inventory
 
+    name = inventory.question_name(args.question) if args.question else "all"
+    output = Path(args.output) if args.output else Path(args.results) / "exports" / f"{name}.{args.format}"
+    rows = inventory.long_rows(args.results, args.question)
+    if rows.empty:
+        print(inventory.empty_message(args.results, args.question, None))
+        return 0
+    inventory.write_export(rows, output, args.format)
+    print(f"wrote {len(rows):,} rows of {rows.run_id.nunique()} runs to {output} "
+          f"(columns: {', '.join(rows.columns)}); load it with pandas.read_{'parquet' if args.format == 'parquet' else 'csv'}.")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from suite import inventory
+
+    print(inventory.show(args.results, args.run_id))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ listing
+
+
+def cmd_list(args) -> int:
+    """Everything comes from `suite.catalogue`: no torch import, so this answers at once."""
+    from suite import catalogue
+    from suite.profiles import PROFILE_DOC, PROFILES
+
+    cat = catalogue.load()
     what = args.what
     if what in ("all", "questions"):
         print("questions:")
-        for q in QUESTIONS.values():
-            print(f"  {q.name:<22} claims {', '.join(c.id for c in q.claims):<10} {q.title}")
+        for q in cat["questions"]:
+            print(f"  {q['name']:<22} claims {', '.join(q['claims']):<10} {q['title']}")
     if what in ("all", "claims"):
         print("claims:")
-        for cid, (q, c) in CLAIMS.items():
-            print(f"  {cid:<4} [{q.name}] {c.statement}")
+        for c in cat["claims"]:
+            print(f"  {c['id']:<4} [{c['question']}] {c['statement']}")
     if what in ("all", "tasks"):
-        print("tasks:")
-        for t in tasks.TASKS.values():
-            print(f"  {t.name:<22} family {t.family.name:<8} {t.description}")
+        print("tasks (by family):")
+        for fam in cat["families"]:
+            print(f"  family {fam['name']} ({len(fam['tasks'])} tasks)")
+            for t in fam["tasks"]:
+                print(f"    {t['name']:<26} {t['description']}")
             if args.fields:
-                _fields(t.config)
-                try:
-                    _fields(t.family.train_config(), prefix="train.")
-                except ConfigError as exc:
-                    print(f"      (training loop: {exc})")
+                _task_fields(fam)
     if what in ("all", "algorithms"):
         print("algorithms:")
-        for name, cls in sorted(algorithms.REGISTRY.items()):
-            doc = cls.__doc__ if cls.__doc__ and cls.__doc__ is not Method.__doc__ else sys.modules[cls.__module__].__doc__
-            print(f"  {name:<22} {(doc or '').strip().splitlines()[0]}")
+        for a in cat["algorithms"]:
+            print(f"  {a['name']:<14} {a['summary']}")
             if args.fields:
-                _fields(cls.Config(), prefix="algo.")
+                _print_fields(a["fields"], f"{a['name']}.")
+        if args.fields:
+            print("  (`algo.<field>` sets the field for every algorithm of a question that has it)")
     if what in ("all", "profiles"):
         print("profiles:")
         for p in PROFILES:
@@ -270,12 +351,35 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _fields(cfg, prefix: str = "task.") -> None:
-    for f in dataclasses.fields(cfg):
-        print(f"      {prefix}{f.name} = {getattr(cfg, f.name)!r}  — {f.metadata.get('doc', '')}")
+def _task_fields(fam: dict) -> None:
+    """A family's task fields once (with the default every task shares, or each task's where they differ and the
+    family is small), then the fields of each training loop the family runs."""
+    print(f"      task fields of family {fam['name']}:")
+    rows: dict[str, tuple[dict, str]] = {}
+    for t in fam["tasks"]:
+        for name, default, doc in t["fields"]:
+            rows.setdefault(name, ({}, doc))[0][t["name"]] = default
+    for name, (by_task, doc) in rows.items():
+        values = set(by_task.values())
+        if len(values) == 1:
+            default = values.pop()
+        elif len(by_task) <= 6:
+            default = ", ".join(f"{v} ({task})" for task, v in by_task.items())
+        else:
+            default = "(differs per task)"
+        print(f"      task.{name} = {default}  — {doc}")
+    for loop, loop_fields in fam["loops"].items():
+        print(f"      training loop {loop}:")
+        _print_fields(loop_fields, "train.")
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce, "show": cmd_show}
+def _print_fields(fields: list, prefix: str) -> None:
+    for name, default, doc in fields:
+        print(f"      {prefix}{name} = {default}  — {doc}")
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce, "runs": cmd_runs,
+            "export": cmd_export, "show": cmd_show}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,8 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,16 +58,25 @@ def budget_text(question: Question, points: list[GridPoint]) -> str:
     return f"{text}; {seeds} seeds"
 
 
-def analyse(question: Question, points: list[GridPoint], store: Store) -> tuple[Analysis, pd.DataFrame]:
-    """Load the grid's runs from the store and run the question's analysis on them."""
+def _load(points: list[GridPoint], store: Store):
+    """The grid's stored runs and the ids of those missing. A corrupt record is bad input: it raises, naming the file."""
     ids = [run_id(p.spec) for p in points]
     loaded = store.load(ids)
     if loaded.problems:
         raise UserError("\n".join(str(p) for p in loaded.problems))
     have = set(loaded.runs.run_id) if len(loaded.runs) else set()
-    missing = [i for i in ids if i not in have]
+    return loaded, [i for i in ids if i not in have]
+
+
+def missing_runs(points: list[GridPoint], store: Store) -> list[str]:
+    return _load(points, store)[1]
+
+
+def analyse(question: Question, points: list[GridPoint], store: Store) -> tuple[Analysis, pd.DataFrame]:
+    """Load the grid's runs from the store and run the question's analysis on them."""
+    loaded, missing = _load(points, store)
     if missing:
-        raise UserError(f"{len(missing)} of {len(ids)} runs of question {question.name!r} are not in the store "
+        raise UserError(f"{len(missing)} of {len(points)} runs of question {question.name!r} are not in the store "
                         f"{store.root} (e.g. {missing[0]}); run `emrl run {question.name}` with the same profile and overrides first.")
     variant = {run_id(p.spec): p.variant for p in points}
     runs = loaded.runs.copy()
@@ -119,9 +130,43 @@ def _cell(v) -> str:
 
 def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: list[GridPoint], out_dir: Path, *,
           profile: str, command: str, overrides: list[str], ablation: str = "") -> Path:
-    """`ablation`: for a report outside the committed folder, the path of the committed report it departs from."""
-    """Write the question's report folder: README.md, figures and verdicts.json."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the question's report folder: README.md, figures and verdicts.json — as a unit.
+
+    Everything is written to a staging folder beside `out_dir`, which then takes the old folder's place, so a failure
+    half-way (a full disk, a blocked file) leaves the previous report whole and no stray file. `ablation`: for a report
+    outside the committed folder, the path of the committed report it departs from.
+    """
+    final = out_dir
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".staging"))
+    try:
+        _write_folder(question, analysis, runs, points, out_dir, profile=profile, command=command, overrides=overrides,
+                      ablation=ablation)
+        os.chmod(out_dir, 0o755)  # mkdtemp makes it 0700; reports are meant to be read
+        _replace_folder(out_dir, final)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return final / "README.md"
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Put `new` where `final` is; the old folder is removed only once the new one is in place."""
+    if not final.exists():
+        os.rename(new, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.rename(final, old)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old)
+
+
+def _write_folder(question: Question, analysis: Analysis, runs: pd.DataFrame, points: list[GridPoint], out_dir: Path, *,
+                  profile: str, command: str, overrides: list[str], ablation: str) -> None:
     code = provenance.code()
     commit = (code["commit"] or "unknown")[:12] + (" (dirty)" if code["dirty"] else "")
     date = dt.date.today().isoformat()
@@ -204,7 +249,6 @@ def write(question: Question, analysis: Analysis, runs: pd.DataFrame, points: li
                      for v in analysis.verdicts],
     }
     _write_text(out_dir / "verdicts.json", json.dumps(verdicts, indent=1, ensure_ascii=False) + "\n")
-    return out_dir / "README.md"
 
 
 def check_rows(checks) -> list[dict]:
@@ -238,17 +282,35 @@ def knob_table(points: list[GridPoint]) -> str:
 
 
 def bibtex(question: Question, profile: str, code: dict, date: str) -> str:
+    """This report's entry, then the entries (from REFERENCES.bib) of every work its claims quote."""
     commit = (code["commit"] or "unknown")[:7]
     key = f"emrl_{question.name.replace('-', '_')}_{commit}"
-    return (f"@misc{{{key},\n  title = {{emrl report: {question.title}}},\n  author = {{{{emrl contributors}}}},\n"
-            f"  year = {{{date[:4]}}},\n  note = {{Question {question.name}, profile {profile}, commit {commit}, generated {date}}},\n"
-            f"  howpublished = {{reports/{question.name}/README.md}}\n}}")
+    cited = cited_keys(question)
+    entries = references()
+    own = (f"@misc{{{key},\n  title = {{emrl report: {question.title}}},\n  author = {{{{emrl contributors}}}},\n"
+           f"  year = {{{date[:4]}}},\n  note = {{Question {question.name}, profile {profile}, commit {commit}, generated {date}; "
+           f"tests claims of {', '.join(cited) or 'no cited work'}}},\n  howpublished = {{reports/{question.name}/README.md}}\n}}")
+    return "\n\n".join([own, *(entries[k] for k in cited if k in entries)])
+
+
+def cited_keys(question: Question) -> list[str]:
+    """REFERENCES keys in the sources of the question's claims (`[PMPO] §5.1` -> PMPO), in order of first mention."""
+    keys = [k for c in question.claims for k in re.findall(r"\[([^\]\s]+)\]", c.source)]
+    return list(dict.fromkeys(keys))
+
+
+def references() -> dict[str, str]:
+    """REFERENCES.bib's entries by key (the keys of REFERENCES.md)."""
+    text = (provenance.ROOT / "REFERENCES.bib").read_text()
+    entries = re.findall(r"^@\w+\{([^,]+),.*?^\}", text, flags=re.S | re.M)
+    bodies = re.findall(r"^(@\w+\{[^,]+,.*?^\})", text, flags=re.S | re.M)
+    return dict(zip(entries, bodies))
 
 
 def write_index(reports_root: Path) -> Path:
     """`reports/README.md`: every claim's verdict in one table, built from each folder's verdicts.json."""
     found = {}
-    for path in sorted(reports_root.glob("*/verdicts.json")):
+    for path in sorted(reports_root.glob("[!.]*/verdicts.json")):  # not a staging folder (see `write`)
         data = json.loads(path.read_text())
         for v in data["verdicts"]:
             found[v["claim"]] = (data, v)

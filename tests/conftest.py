@@ -2,7 +2,8 @@
 
 Tests never touch the repository's `results/` or `reports/`: every CLI call gets `--results` and
 `--reports` under pytest's tmp_path, and as a safety net the defaults (`EMRL_RESULTS`,
-`EMRL_REPORTS`) point at a throwaway folder before `suite.cli` is first imported.
+`EMRL_REPORTS`) point at a throwaway folder before `suite.cli` is first imported; so does the CLI's
+catalogue cache (`EMRL_CACHE`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 _SAFETY = Path(tempfile.gettempdir()) / f"emrl-tests-{os.getpid()}"  # not created unless something writes there
 os.environ.setdefault("EMRL_RESULTS", str(_SAFETY / "results"))
 os.environ.setdefault("EMRL_REPORTS", str(_SAFETY / "reports"))
+os.environ.setdefault("EMRL_CACHE", str(_SAFETY / "cache"))  # the CLI's catalogue (suite/catalogue.py), built once per session
 
 
 @dataclass

@@ -6,15 +6,18 @@ end-to-end run starts `python -m suite` in a subprocess once, as a user would.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Dirs, run_cli_subprocess, snapshot
+from conftest import Dirs, run_cli_subprocess, snapshot, subprocess_env
 
+import algorithms
 from algorithms.pmpo import PMPOConfig
+from suite import catalogue
 from suite.questions import CLAIMS, QUESTIONS, get_question
 from suite.runner import make_record, run_id
 from suite.store import Store
@@ -45,7 +48,12 @@ BAD_INPUT = [
     (["run", "B1", "--profile", "smoke", "--seeds", "0"], ["argument --seeds", "0 must be >= 1"]),
     (["run", "B1", "--profile", "smoke", "--seeds", "two"], ["argument --seeds", "'two' is not an integer"]),
     (["run", "B1", "--profile", "smoke", "--workers", "0"], ["argument --workers", "0 must be >= 1"]),
-    (["report", "B1", "--profile", "smoke"], ["30 of 30 runs of question 'bandits-pmpo' are not in the store", "emrl run bandits-pmpo"]),
+    (["run", "B1", "--profile", "smoke", "--set", "ppo.clip_eps=0.1"],
+     ["override section 'ppo': ppo is not in question 'bandits-pmpo' (its algorithms: dpo, mpo, pmpo;"]),
+    (["run", "B1", "--profile", "smoke", "--seeds", "5000"], ["argument --seeds", "5000 is above the maximum of 1000"]),
+    (["runs", "B99"], ["unknown question 'B99'", "Allowed: "]),
+    (["export", "--format", "xlsx"], ["argument --format: invalid choice: 'xlsx'"]),
+    (["runs", "--status", "done"], ["argument --status: invalid choice: 'done'", "ok"]),
     (["show", "0123abc"], ["no stored run has an id starting with '0123abc'"]),
     (["list", "claimz"], ["argument what: invalid choice: 'claimz'", "claims"]),
     (["frobnicate"], ["invalid choice: 'frobnicate'", "run"]),
@@ -106,7 +114,7 @@ def test_corrupt_results_file_in_the_grid_stops_run_naming_the_file(cli, dirs):
 # --------------------------------------------------------------------------------------- help and list
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["run"], ["report"], ["reproduce"], ["show"]])
+@pytest.mark.parametrize("command", [[], ["list"], ["run"], ["report"], ["reproduce"], ["runs"], ["export"], ["show"]])
 def test_help_exits_0(cli, dirs, command):
     result = cli(*command, "--help")
     assert result.rc == 0
@@ -116,7 +124,7 @@ def test_help_exits_0(cli, dirs, command):
 
 def test_help_lists_every_subcommand(cli):
     out = cli("--help").out
-    for command in ("list", "run", "report", "reproduce", "show"):
+    for command in ("list", "run", "report", "reproduce", "runs", "export", "show"):
         assert re.search(rf"^\s+{command}\s", out, re.M), command
 
 
@@ -127,32 +135,62 @@ def test_list_names_every_question_claim_and_profile(cli, dirs):
         assert re.search(rf"^  {re.escape(name)}\s", result.out, re.M), name
     for cid in CLAIMS:
         assert re.search(rf"^  {cid}\s+\[", result.out, re.M), cid
+    assert re.search(r"^  family bandit \(3 tasks\)$", result.out, re.M)
     for task in ("sphere", "rosenbrock", "schwefel"):
-        assert re.search(rf"^  {task}\s+family bandit", result.out, re.M), task
+        assert re.search(rf"^    {task}\s", result.out, re.M), task
     for profile in ("smoke", "quick", "paper"):
         assert re.search(rf"^  {profile}\s", result.out, re.M), profile
     assert re.search(r"^  pmpo\s", result.out, re.M)
     assert_nothing_written(dirs)
 
 
+def test_list_describes_each_algorithm_in_one_complete_sentence(cli):
+    lines = [line for line in cli("list", "algorithms").out.splitlines() if line.startswith("  ")]
+    described = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert set(described) == set(algorithms.REGISTRY)
+    assert all(d.rstrip().endswith((".", ")")) for d in described.values()), described  # never cut mid-sentence
+    dar_family = [described[n] for n in ("dar", "at_dar", "dar_tr", "topk_dar")]
+    assert len(set(dar_family)) == 4  # one description per variant, not the module's shared one
+    assert not described["vmpo"].startswith("Adaptor")
+
+
 def _field_lines(cfg, prefix: str) -> list[str]:
-    return [f"      {prefix}{f.name} = {getattr(cfg, f.name)!r}  — {f.metadata['doc']}" for f in dataclasses.fields(cfg)]
+    return [f"      {prefix}{name} = {default}  — {doc}" for name, default, doc in catalogue.fields(cfg)]
 
 
-def test_list_algorithm_fields_shows_each_field_with_its_default_and_doc(cli):
+def test_list_algorithm_fields_are_printed_as_typed_in_set(cli):
     result = cli("list", "algorithms", "--fields")
     assert result.rc == 0, result.err
     lines = result.out.splitlines()
-    assert "      algo.beta = 0.5  — " + PMPOConfig.__dataclass_fields__["beta"].metadata["doc"] in lines
-    assert set(_field_lines(PMPOConfig(), "algo.")) <= set(lines)
+    assert "      pmpo.beta = 0.5  — " + PMPOConfig.__dataclass_fields__["beta"].metadata["doc"] in lines
+    assert set(_field_lines(PMPOConfig(), "pmpo.")) <= set(lines)
 
 
-def test_list_task_fields_shows_task_and_training_loop_fields(cli):
+def test_list_task_fields_are_grouped_by_family_not_repeated_per_task(cli):
     result = cli("list", "tasks", "--fields")
     assert result.rc == 0, result.err
     lines = result.out.splitlines()
-    assert set(_field_lines(BanditConfig(), "task.")) <= set(lines)
+    for name, _, doc in catalogue.fields(BanditConfig()):
+        assert sum(line.startswith(f"      task.{name} = ") and line.endswith(f"  — {doc}") for line in lines) == 1, name
+    assert "      task.init_low = -5.0 (sphere), -2.0 (rosenbrock), -5.0 (schwefel)  — " in result.out
     assert set(_field_lines(BanditLoopConfig(), "train.")) <= set(lines)
+    assert lines.count(_field_lines(BanditLoopConfig(), "train.")[0]) == 1
+    assert len(lines) < 600  # was 2,289 with the training-loop fields repeated for every dm_control task
+
+
+def test_commands_that_need_no_training_do_not_import_torch(dirs):
+    """`--help`, `list` and a rejected name answer at once: nothing heavy is imported (the catalogue cache is warm)."""
+    catalogue.load()  # the cache the subprocess reads (tests share EMRL_CACHE, see conftest)
+    probe = ("import sys\nfrom suite.cli import main\n"
+             "for argv in (['list'], ['list', 'algorithms', '--fields'], ['run', 'B99'], ['run', 'B1', '--set', 'ppo.x=1'],\n"
+             "             ['run', 'B1', '--set', 'train.stepz=3'], ['report', 'B99'], ['reproduce', '--profile', 'papr']):\n"
+             "    main(argv)\n"
+             "heavy = sorted(m for m in ('torch', 'dm_control', 'transformers', 'matplotlib', 'scipy') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------- end to end
@@ -198,6 +236,7 @@ def test_smoke_report_has_verdicts_rule_profile_provenance_and_citation(smoke):
     assert re.search(r"^- command: `emrl .*run B1 --profile smoke --workers 1 --quiet`$", readme, re.M)
     assert "- overrides: none" in readme
     assert "```bibtex\n@misc{emrl_bandits_pmpo_" in readme and "profile smoke" in readme
+    assert "tests claims of PMPO" in readme and "\n@misc{PMPO,\n  title = {Decoupling learning" in readme  # cites the paper
     assert "![learning_curves.png](learning_curves.png)" in readme
     assert (folder / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -267,22 +306,67 @@ def test_show_prints_the_config_of_a_run_by_prefix(smoke, cli):
     result = cli(*dirs.options(), "show", prefix)
     assert result.rc == 0, result.err
     assert result.out.startswith(f"run {rid}  status: ok")
+    assert re.search(r"^in: bandits-pmpo variant '[^']+' \(smoke\)", result.out, re.M)
+    assert re.search(r"^packages: python \S+, torch \S+", result.out, re.M)
     config = json.loads(result.out.split("config: ", 1)[1].split("\nlast logged values:", 1)[0])
     assert config == record["config"]
     assert "last logged values:" in result.out and re.search(r"^  f\s+\S+\s+\(step 40\)$", result.out, re.M)
+    values = [line.split()[1] for line in result.out.split("last logged values:\n", 1)[1].splitlines()]
+    assert all(len(re.sub(r"\D", "", v.split("e")[0]).lstrip("0")) <= 6 for v in values), values  # rounded for reading
 
     ambiguous = next((rid[:n] for n in range(1, 3) if sum(i.startswith(rid[:n]) for i in ids) > 1), "")
     result = cli(*dirs.options(), "show", ambiguous)
     assert result.rc == 2 and "is ambiguous" in result.err
 
 
-def test_report_of_every_question_with_one_missing_exits_2_having_written_nothing(smoke, cli):
+def test_report_rerenders_what_is_stored_and_names_what_needs_a_run(smoke, cli):
     dirs, _ = smoke
-    before = snapshot(dirs.reports), snapshot(dirs.results)
+    runs_before = snapshot(dirs.results)
     result = cli(*dirs.options(), "report", "--profile", "smoke")  # only bandits-pmpo's runs are stored
-    assert result.rc == 2
-    assert "of 90 runs of question 'bandits-kl' are not in the store" in result.err
-    assert (snapshot(dirs.reports), snapshot(dirs.results)) == before  # not even bandits-pmpo's report was rewritten
+    assert result.rc == 0, result.err
+    assert f"report: {dirs.reports / 'bandits-pmpo' / 'README.md'}" in result.out
+    assert "Not re-rendered" in result.out
+    assert re.search(r"^  bandits-kl: \d+ of 90 runs missing; `emrl run bandits-kl --profile smoke` trains them$", result.out, re.M)
+    assert not (dirs.reports / "bandits-kl").exists()
+    assert snapshot(dirs.results) == runs_before
+
+
+def test_report_on_an_empty_store_says_how_to_fill_it_and_writes_nothing(cli, dirs):
+    result = cli(*dirs.options(), "report")
+    assert result.rc == 0, result.err
+    assert "The committed reports were generated by `make reproduce`" in result.out
+    assert "  bandits-pmpo: 30 of 30 runs missing" not in result.out  # quick profile: its own counts
+    assert re.search(r"^  bandits-pmpo: (\d+) of \1 runs missing; `emrl run bandits-pmpo` trains them$", result.out, re.M)
+    assert_nothing_written(dirs)
+
+
+def test_runs_lists_stored_runs_with_question_variant_and_status(smoke, cli):
+    dirs, _ = smoke
+    result = cli(*dirs.options(), "runs", "B1")
+    assert result.rc == 0, result.err
+    header, *rows = result.out.splitlines()
+    assert header.split() == ["id", "question", "variant", "profile", "task", "algo", "seed", "status", "steps", "wall_s", "date"]
+    table = [r for r in rows if re.match(r"^[0-9a-f]{16}\s", r)]
+    assert {r.split()[0] for r in table} >= set(smoke_grid_ids())
+    assert all(" bandits-pmpo " in r and " smoke " in r for r in table if r.split()[0] in smoke_grid_ids())
+    assert rows[-1].endswith("runs; `emrl show <id>` prints one (a unique prefix of its id is enough).")
+    assert "No stored runs" in cli(*dirs.options(), "runs", "B1", "--status", "failed").out
+
+
+def test_export_writes_long_rows_a_user_loads_with_pandas_and_never_replaces_a_file(smoke, cli, tmp_path):
+    import pandas as pd
+
+    dirs, _ = smoke
+    out = tmp_path / "b1.csv"
+    result = cli(*dirs.options(), "export", "B1", "--output", str(out))
+    assert result.rc == 0, result.err
+    rows = pd.read_csv(out)
+    assert list(rows.columns) == ["run_id", "question", "variant", "profile", "task", "algo", "status", "seed", "step", "metric",
+                                  "value"]
+    assert set(smoke_grid_ids()) <= set(rows.run_id) and set(rows.question) == {"bandits-pmpo"}
+    before = out.read_bytes()
+    again = cli(*dirs.options(), "export", "B1", "--output", str(out))
+    assert again.rc == 2 and "is never replaced" in again.err and out.read_bytes() == before
 
 
 def test_report_of_one_question_rewrites_it_from_the_store(smoke, cli):
@@ -296,6 +380,26 @@ def test_report_of_one_question_rewrites_it_from_the_store(smoke, cli):
     readme = (dirs.reports / "bandits-pmpo" / "README.md").read_text()
     assert "- command: `emrl --results" in readme and "report bandits-pmpo --profile smoke`" in readme
     assert snapshot(dirs.results / "runs") == runs_before
+
+
+def test_a_report_folder_is_replaced_as_a_unit(smoke, cli, monkeypatch):
+    """A failure while writing a report (here: verdicts.json) leaves the previous report whole and no stray file."""
+    from suite import report
+
+    dirs, _ = smoke
+    before = snapshot(dirs.reports)
+    real = report._write_text
+
+    def blocked(path, text):
+        if path.name == "verdicts.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(report, "_write_text", blocked)
+    result = cli(*dirs.options(), "report", "bandits-pmpo", "--profile", "smoke")
+    assert result.rc == 2 and "Permission denied" in result.err and "verdicts.json" in result.err
+    assert snapshot(dirs.reports) == before
+    assert not [p for p in dirs.reports.iterdir() if p.name.startswith(".")]
 
 
 def test_smoke_run_without_a_reports_folder_leaves_the_committed_reports_byte_identical(smoke, cli, tmp_path, monkeypatch):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from algorithms.config import unknown
 from suite.claims import Claim
+from suite.profiles import PROFILES, check_profile
 from suite.questions.atari import AtariDivergence, AtariMemory, AtariTrXLFails, AtariVMPOvsPPO
 from suite.questions.bandits import BanditsKL, BanditsPMPO, BanditsTemperature
-from suite.questions.base import PROFILES, Question
+from suite.questions.base import Question
 from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
 from suite.questions.control_onpolicy import ControlGEMPIVariants, ControlTemperature, ControlVMPOvsPPO
 from suite.questions.lm import LMDAR, LMPMPO, LMSFT, LMDropout, LMDropoutCompatible, LMRewardHacking, LMTemperature
@@ -28,12 +29,6 @@ def get_question(name: str) -> Question:
     if name.upper() in CLAIMS:
         return CLAIMS[name.upper()][0]
     raise unknown("question", name, [*QUESTIONS, *CLAIMS])
-
-
-def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise unknown("profile", profile, PROFILES)
-    return profile
 
 
 __all__ = ["CLAIMS", "PROFILES", "QUESTIONS", "Question", "check_profile", "get_question"]

@@ -11,14 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from suite.claims import Claim, Verdict
+from suite.profiles import PROFILE_DOC, PROFILES  # noqa: F401 - re-exported: questions import them from here
 from tasks import RunSpec, check_compatible, get_task
-
-PROFILES = ("smoke", "quick", "paper")
-PROFILE_DOC = {
-    "smoke": "seconds per question; used by the tests",
-    "quick": "every question at reduced budget on a 2-core laptop (the default of `make reproduce`)",
-    "paper": "the papers' budgets, meant for a cluster",
-}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,18 @@
+"""The budget profiles every question defines, kept apart from the questions so the CLI checks a name at once."""
+
+from __future__ import annotations
+
+from algorithms.config import unknown
+
+PROFILES = ("smoke", "quick", "paper")
+PROFILE_DOC = {
+    "smoke": "a plumbing check of each question at a tiny budget (tens of seconds to a few minutes), used by the tests; not evidence",
+    "quick": "every question at reduced budget on a 2-core laptop (the default of `make reproduce`)",
+    "paper": "the papers' budgets, meant for a cluster",
+}
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise unknown("profile", profile, PROFILES)
+    return profile
