@@ -74,8 +74,8 @@ class StrayFile(UserError):
         super().__init__(f"stray file in the results store {path}: {reason}. It is never read as a run; move it out of runs/.")
 
 
-class StoreConflict(RuntimeError):
-    """An attempt to overwrite a stored run."""
+class StoreConflict(UserError):
+    """An attempt to overwrite a stored run (e.g. two runners storing the same run): refused, exit code 2 at the CLI."""
 
 
 def validate(record: Any, path: Path) -> dict:

@@ -422,3 +422,64 @@ def test_smoke_run_without_a_reports_folder_leaves_the_committed_reports_byte_id
     readme = (folder / "README.md").read_text()
     assert "**Ablation report** — not the committed verdict. Profile `smoke`" in readme
     assert "(an ablation: the committed report is untouched)" in result.out
+
+
+# --------------------------------------------------------------------------------------- operating errors
+
+
+def test_a_file_where_the_results_folder_should_be_exits_2_naming_it(cli, tmp_path):
+    results = tmp_path / "results"
+    results.write_text("not a folder")
+    result = cli("--results", str(results), "--reports", str(tmp_path / "reports"), "run", "B1", "--profile", "smoke",
+                 "--workers", "1", "--quiet")
+    assert result.rc == 2 and "Traceback" not in result.err
+    assert f"emrl: error: cannot use {results}" in result.err and "Not a directory" in result.err
+    assert results.read_text() == "not a folder" and not (tmp_path / "reports").exists()
+
+
+def test_a_file_where_the_reports_folder_should_be_exits_2_and_keeps_every_run(smoke, cli, tmp_path):
+    dirs, _ = smoke
+    reports = tmp_path / "reports"
+    reports.write_text("not a folder")
+    runs_before = snapshot(dirs.results / "runs")
+    result = cli("--results", str(dirs.results), "--reports", str(reports), "report", "B1", "--profile", "smoke")
+    assert result.rc == 2 and "Traceback" not in result.err
+    assert f"emrl: error: cannot use {reports}" in result.err
+    assert snapshot(dirs.results / "runs") == runs_before
+
+
+def test_a_run_stored_by_a_second_runner_exits_2_with_the_conflict(cli, dirs, monkeypatch):
+    from suite.store import StoreConflict
+
+    def conflict(self, record):
+        raise StoreConflict(f"run {record['run_id']} is already stored at {self.path(record['run_id'])} with status 'ok'")
+
+    monkeypatch.setattr(Store, "write", conflict)
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet")
+    assert result.rc == 2 and "Traceback" not in result.err
+    assert "emrl: error: run " in result.err and "is already stored at" in result.err
+
+
+def test_run_without_report_exits_1_when_every_run_it_trained_failed(cli, dirs, monkeypatch):
+    import suite.runner
+
+    def broken(name):
+        raise RuntimeError("the simulator is broken")
+
+    monkeypatch.setattr(suite.runner, "get_task", broken)
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--workers", "1", "--quiet", "--no-report")
+    assert result.rc == 1
+    assert "trained: 30 failed" in result.out and "every one of the 30 runs trained failed" in result.err
+    assert len(Store(dirs.results).run_ids()) == 30  # each failure is recorded, with its traceback
+    assert "the simulator is broken" in Store(dirs.results).read(Store(dirs.results).run_ids()[0])["error"]
+
+
+def test_ctrl_c_exits_130_saying_the_finished_runs_are_kept(cli, dirs, monkeypatch):
+    import suite.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite.runner, "execute", interrupted)
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--quiet")
+    assert result.rc == 130 and "Every finished run is stored" in result.err
