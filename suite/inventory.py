@@ -129,7 +129,8 @@ def write_export(rows: pd.DataFrame, output: Path, fmt: str) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise UserError("--format parquet needs pyarrow (`pip install pyarrow`); --format csv needs nothing.") from None
+            raise UserError("--format parquet needs pyarrow (a dependency of emrl: `make install` or `pip install pyarrow`); "
+                            "--format csv needs nothing.") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)

@@ -368,6 +368,10 @@ def test_export_writes_long_rows_a_user_loads_with_pandas_and_never_replaces_a_f
     again = cli(*dirs.options(), "export", "B1", "--output", str(out))
     assert again.rc == 2 and "is never replaced" in again.err and out.read_bytes() == before
 
+    parquet = cli(*dirs.options(), "export", "B1", "--format", "parquet", "--output", str(tmp_path / "b1.parquet"))
+    assert parquet.rc == 0, parquet.err
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b1.parquet"), rows, check_dtype=False)
+
 
 def test_report_of_one_question_rewrites_it_from_the_store(smoke, cli):
     dirs, _ = smoke
