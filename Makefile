@@ -16,6 +16,7 @@ $(STAMP): $(PY) pyproject.toml .ci/constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c .ci/constraints.txt torch
 	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[test]'
+	$(PY) -m suite list > /dev/null  # builds the CLI's catalogue cache once (suite/catalogue.py)
 	touch $(STAMP)
 
 install: $(STAMP)
