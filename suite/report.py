@@ -44,17 +44,20 @@ def badge(outcome: str, by: str = "") -> str:
 
 
 def budget_text(question: Question, points: list[GridPoint]) -> str:
-    """The budget a question ran at: per task, its training length, and the seeds per variant."""
+    """The budget a question ran at: per task, its training lengths (ascending, so the text never depends on set order),
+    and the seeds per variant."""
     per_task: dict[str, set] = {}
     for p in points:
         cfg = to_dict(p.spec.train_config)
         key = next((k for k in BUDGET_KEYS if k in cfg), None)
         if key is not None and not cfg.get("random_baseline"):
-            per_task.setdefault(p.spec.task, set()).add(f"{cfg[key]:,} {key.replace('total_', '')}")
+            per_task.setdefault(p.spec.task, set()).add((cfg[key], key.replace("total_", "")))
+    lengths = lambda budgets: " / ".join(f"{n:,} {unit}" for n, unit in sorted(budgets))  # noqa: E731
     seeds = len({p.spec.seed for p in points})
-    parts = [f"{t} {'/'.join(sorted(v))}" for t, v in per_task.items()]
-    text = "; ".join(parts) if len(set(map(frozenset, per_task.values()))) > 1 else (
-        next(iter(next(iter(per_task.values())))) if per_task else "one pass")
+    if len(set(map(frozenset, per_task.values()))) > 1:
+        text = "; ".join(f"{t} {lengths(v)}" for t, v in per_task.items())
+    else:
+        text = lengths(next(iter(per_task.values()))) if per_task else "one pass"
     return f"{text}; {seeds} seeds"
 
 

@@ -487,3 +487,12 @@ def test_ctrl_c_exits_130_saying_the_finished_runs_are_kept(cli, dirs, monkeypat
     monkeypatch.setattr(suite.runner, "execute", interrupted)
     result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--quiet")
     assert result.rc == 130 and "Every finished run is stored" in result.err
+
+
+def test_budget_text_lists_every_length_of_a_task_in_order():
+    """A task trained at two lengths (control-virel: V-MPO and VIREL) reads the same whatever the hash seed."""
+    from suite import report
+
+    question = get_question("control-virel")
+    text = report.budget_text(question, question.grid("quick"))
+    assert text == "4,000 steps / 24,576 steps; 5 seeds", text
