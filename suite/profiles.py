@@ -6,7 +6,7 @@ from algorithms.config import unknown
 
 PROFILES = ("smoke", "quick", "paper")
 PROFILE_DOC = {
-    "smoke": "a plumbing check of each question at a tiny budget (tens of seconds to a few minutes), used by the tests; not evidence",
+    "smoke": "a plumbing check of each question at a tiny budget (10-15 s per question with start-up; 81 s for all), used by the tests; not evidence",
     "quick": "every question at reduced budget on a 2-core laptop (the default of `make reproduce`)",
     "paper": "the papers' budgets, meant for a cluster",
 }
