@@ -259,7 +259,7 @@ class Store:
             rows.insert(0, "run_id", run_id)
             frames.append(rows)
         runs_df = pd.DataFrame(runs)
-        rows_df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *ROW_COLUMNS])
+        rows_df = pd.concat(frames, ignore_index=True) if frames else empty_rows()
         return Loaded(runs_df, rows_df, problems)
 
 
@@ -296,6 +296,12 @@ def _create_if_absent(src: str | Path, dst: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def empty_rows() -> pd.DataFrame:
+    """The long-format rows of no run, typed like real ones (untyped empty columns break arithmetic on them)."""
+    return pd.DataFrame({"run_id": pd.Series(dtype=str), "seed": pd.Series(dtype="int64"), "step": pd.Series(dtype="int64"),
+                         "metric": pd.Series(dtype=str), "value": pd.Series(dtype="float64")})
 
 
 def summary_row(record: dict) -> dict:

@@ -170,7 +170,7 @@ def first_half(rows: pd.DataFrame, runs: pd.DataFrame, metric: str) -> pd.DataFr
     """The rows of `metric` logged in the first half of each run's environment steps."""
     total = runs.set_index("run_id")["train_config.total_steps"]
     sel = rows[rows.metric == metric]
-    return sel[sel.step <= sel.run_id.map(total) / 2]
+    return sel[sel.step <= sel.run_id.map(total).astype(float) / 2]  # astype: an empty map keeps run_id's string dtype
 
 
 class ControlQuestion(Question):
