@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     run.add_argument("--no-report", action="store_true", help="train only; do not write the report")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--dry-run", action="store_true", help="print the grid's runs, how many are stored and the estimated "
+                                                           "CPU-hours per family; train and write nothing")
 
     rep = sub.add_parser("report", help="re-analyse stored runs and rewrite reports (all questions if none given); "
                                         "names the questions whose runs are not stored yet")
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     rpr.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
     rpr.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
+    rpr.add_argument("--dry-run", action="store_true", help="print every question's runs, how many are stored and the "
+                                                           "estimated CPU-hours per family; train and write nothing")
 
     runs = sub.add_parser("runs", help="a table of stored runs: id, question, variant, task, seed, status, steps, wall time, date")
     runs.add_argument("question", nargs="?", help="only the runs of this question or claim ID")
@@ -178,6 +182,8 @@ def _command_line(args) -> str:
 
 def cmd_run(args) -> int:
     question, profile, points = _plan(args, args.question)  # first: bad input is refused before the heavy imports
+    if args.dry_run:
+        return _dry_run(args, f"{question.name} [{profile}]", points)
     from suite.runner import execute
     from suite.store import Store
 
@@ -193,6 +199,27 @@ def cmd_run(args) -> int:
     if args.no_report:
         return 0
     return _report(args, question, profile, points, store)
+
+
+def _dry_run(args, label: str, points) -> int:
+    """What the sweep would train and cost (`suite.costs`), having trained and written nothing."""
+    from suite import costs
+    from suite.runner import pending
+    from suite.store import Store
+    from tasks import get_task
+
+    groups, _ = pending(points, Store(args.results))
+    to_train = [spec for group in groups for spec in group]
+    training = set(to_train)
+    stored: dict[str, int] = {}
+    for p in points:
+        if p.spec not in training:
+            family = get_task(p.spec.task).family.name
+            stored[family] = stored.get(family, 0) + 1
+    workers = args.workers or os.cpu_count() or 1
+    print(f"{label}: {len(points)} runs, {len(points) - len(to_train)} stored, {len(to_train)} to train")
+    print(costs.render(costs.estimate(to_train, stored, lambda task: get_task(task).family.name), workers))
+    return 0
 
 
 def _report(args, question, profile, points, store, analysed=None) -> int:
@@ -263,6 +290,8 @@ def cmd_reproduce(args) -> int:
     store = Store(args.results)
     plans = [_plan(args, name) for name in QUESTIONS]
     union = list({p.spec: p for _, _, points in plans for p in points}.values())
+    if args.dry_run:
+        return _dry_run(args, f"reproduce [{args.profile}]", union)
     summary = execute(union, store, workers=args.workers, progress=not args.quiet, label=f"reproduce [{args.profile}]")
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(f"reproduce [{args.profile}]: {summary.total} runs, {summary.skipped} already stored, trained: {done} ({summary.wall_s:.1f} s)")

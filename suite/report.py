@@ -21,6 +21,7 @@ import pandas as pd
 from suite import provenance
 from suite.claims import require_seeds
 from suite.configs import to_dict
+from suite.costs import BUDGET_KEYS
 from suite.errors import UserError
 from suite.questions import CLAIMS, QUESTIONS, Question
 from suite.questions.base import PROFILE_DOC, Analysis, GridPoint
@@ -35,8 +36,6 @@ BADGE = {"supported": "✅ supported", "not supported": "❌ not supported", "in
 COMMITTED_PROFILE = "quick"
 """The profile of the committed `reports/` (`make reproduce`). Runs at another profile, or with `--seeds` or `--set`,
 write their report under `results/ablations/` so that they never replace a committed verdict."""
-BUDGET_KEYS = ("total_steps", "steps", "updates", "pairs")
-"""Training-config fields that measure a run's budget, in the order the report looks for them."""
 
 
 def badge(outcome: str, by: str = "") -> str:

@@ -496,3 +496,33 @@ def test_budget_text_lists_every_length_of_a_task_in_order():
     question = get_question("control-virel")
     text = report.budget_text(question, question.grid("quick"))
     assert text == "4,000 steps / 24,576 steps; 5 seeds", text
+
+
+# --------------------------------------------------------------------------------------- cost preview
+
+
+def test_dry_run_previews_runs_stored_and_cpu_hours_and_writes_nothing(cli, dirs):
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--dry-run")
+    assert result.rc == 0, result.err
+    assert result.out.startswith("bandits-pmpo [smoke]: 30 runs, 0 stored, 30 to train\n")
+    assert re.search(r"^bandit\s+30\s+0\s+30\s+\d+\.\d\d$", result.out, re.M)
+    assert "CPU-hours to train" in result.out and "Nothing was trained." in result.out
+    assert_nothing_written(dirs)
+
+
+def test_dry_run_counts_what_is_stored(smoke, cli):
+    dirs, _ = smoke
+    result = cli(*dirs.options(), "run", "B1", "--profile", "smoke", "--dry-run")
+    assert result.rc == 0, result.err
+    assert "bandits-pmpo [smoke]: 30 runs, 30 stored, 0 to train" in result.out
+    assert "about 0.00 CPU-hours to train" in result.out
+
+
+def test_every_family_and_budget_of_every_grid_has_a_measured_cost():
+    """A new family or training loop must bring its measured cost (suite/costs.py), or --dry-run cannot price it."""
+    from suite import costs
+    from tasks import get_task
+
+    priced = {(get_task(p.spec.task).family.name, costs.budget(p.spec.train_config)[1])
+              for q in QUESTIONS.values() for profile in ("quick", "paper") for p in q.grid(profile, seeds=1)}
+    assert priced <= set(costs.SECONDS_PER_UNIT), priced - set(costs.SECONDS_PER_UNIT)

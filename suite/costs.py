@@ -1,0 +1,79 @@
+"""What a sweep will cost, before it starts: `emrl run <q> --dry-run` and `emrl reproduce --dry-run`.
+
+A run's cost is its budget (the first of `BUDGET_KEYS` its training-loop config has: environment steps,
+bandit steps, RLHF updates, ...) times the CPU-seconds one unit of it took, measured per task family on
+the 2-core development machine in the `quick` reproduce of 2026-12-03 (1,575 runs, fresh clone, commit
+e16d714): the family's summed run times (each run's share of its vectorised group's wall time, scaled by
+the 0.68 of a core its worker had while other work shared the machine) over its summed units. The
+interquartile range of single runs is given beside each value: an estimate is good to about a factor of two,
+and the `paper` profile's larger networks (deeper Atari cores, bigger LMs) cost more per unit than
+measured here, so read its estimate as a lower bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+BUDGET_KEYS = ("total_steps", "steps", "updates", "pairs")
+"""Training-config fields that measure a run's budget, in the order they are looked for."""
+
+SECONDS_PER_UNIT: dict[tuple[str, str], float] = {
+    # (family, budget field): CPU-seconds per unit over the 2026-12-03 quick reproduce (total CPU / total units, so the
+    # quick sweep's own estimate is its measured 1.83 CPU-hours), with the per-run interquartile range beside it
+    ("atari", "total_steps"): 3.7e-4,  # [1.6e-4, 9.5e-4] per environment step; feed-forward PPO to GTrXL V-MPO
+    ("bandit", "steps"): 2.0e-4,  # [1.6e-4, 2.3e-4] per step of a 10-seed vectorised group
+    ("control", "total_steps"): 6.4e-4,  # [4.8e-4, 2.0e-3] per environment step, on-policy (PPO, V-MPO, GEMPI, DAR)
+    ("control", "steps"): 4.3e-3,  # [3.8e-3, 4.9e-3] per learner step, actor-critic and offline (MPO, PMPO, AWR, VIREL)
+    ("lm", "updates"): 0.246,  # [0.175, 0.249] per RLHF update (generation, scoring and learning)
+    ("lm", "steps"): 0.216,  # per SFT step
+    ("theory", "run"): 0.091,  # [0.012, 0.055] per exact-enumeration instance (a few are slow)
+}
+MEASURED_ON = "the 2-core development machine, 2026-12-03"
+
+
+def budget(train_config) -> tuple[int, str]:
+    """(units, field) of a run's training budget; a loop with no budget field is one pass: (1, "run")."""
+    fields = {f.name for f in dataclasses.fields(train_config)}
+    key = next((k for k in BUDGET_KEYS if k in fields), None)
+    return (1, "run") if key is None else (int(getattr(train_config, key)), key)
+
+
+@dataclasses.dataclass
+class FamilyCost:
+    runs: int = 0
+    stored: int = 0
+    cpu_s: float = 0.0
+    unpriced: int = 0
+    """Runs to train whose (family, budget field) has no measured cost."""
+
+
+def estimate(specs_to_train: list, stored_by_family: dict[str, int], family_of) -> dict[str, FamilyCost]:
+    """Per family: runs in the grid, how many are stored, and the CPU-seconds the rest will take."""
+    out: dict[str, FamilyCost] = defaultdict(FamilyCost)
+    for family, n in stored_by_family.items():
+        out[family].runs += n
+        out[family].stored += n
+    for spec in specs_to_train:
+        family = family_of(spec.task)
+        units, unit = budget(spec.train_config)
+        cost = out[family]
+        cost.runs += 1
+        if (family, unit) in SECONDS_PER_UNIT:
+            cost.cpu_s += units * SECONDS_PER_UNIT[(family, unit)]
+        else:
+            cost.unpriced += 1
+    return dict(sorted(out.items()))
+
+
+def render(costs: dict[str, FamilyCost], workers: int) -> str:
+    rows = [("family", "runs", "stored", "to train", "CPU-hours (est.)")]
+    for family, c in costs.items():
+        hours = f"{c.cpu_s / 3600:.2f}" + (f" + {c.unpriced} unpriced" if c.unpriced else "")
+        rows.append((family, str(c.runs), str(c.stored), str(c.runs - c.stored), hours))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    total = sum(c.cpu_s for c in costs.values()) / 3600
+    lines.append(f"about {total:.2f} CPU-hours to train, ≈ {total / workers:.2f} h wall on {workers} worker(s) "
+                 f"(costs measured on {MEASURED_ON}, suite/costs.py; good to about a factor of two). Nothing was trained.")
+    return "\n".join(lines)
