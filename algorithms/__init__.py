@@ -10,16 +10,11 @@ import importlib
 import pkgutil
 
 _FROM_BASE = ("REGISTRY", "Batch", "Method", "Needs", "register")
-_loaded = False
 
 
 def load_all() -> None:
     """Import every method module once, so each `@register` has run."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for info in pkgutil.iter_modules(__path__):
+    for info in pkgutil.iter_modules(__path__):  # a module already imported is only looked up
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 

@@ -103,8 +103,7 @@ def n_diverged(runs: pd.DataFrame, task: str, variant: str) -> int:
 
 def iqm_or_nan(x: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
     """`iqm_ci` of x without its NaNs (a 1-D cell), or three NaNs when nothing is left."""
-    x = _drop_nan(x)
-    return iqm_ci(x, rng) if has_data(x) else NAN3
+    return iqm_ci(_drop_nan(x), rng)
 
 
 def at_least(diff: tuple[float, float, float], margin: float) -> Outcome:

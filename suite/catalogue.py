@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.config import ConfigError, unknown
+from suite.overrides import SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("algorithms", "tasks", "suite")
-SECTIONS = ("task", "train", "algo")
 
 
 def source_key() -> str:

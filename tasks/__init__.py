@@ -10,16 +10,11 @@ import pkgutil
 
 _FROM_BASE = ("TASKS", "Family", "RunResult", "RunSpec", "TaskEntry", "check_compatible", "get_task", "register_task")
 _REGISTRY_NAMES = ("TASKS", "get_task", "check_compatible")
-_loaded = False
 
 
 def load_all() -> None:
     """Import every task module once, so each `register_task` has run."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for info in pkgutil.iter_modules(__path__):
+    for info in pkgutil.iter_modules(__path__):  # a module already imported is only looked up
         if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
 
