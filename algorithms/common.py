@@ -76,7 +76,7 @@ def kl_diag_gaussian(mu_p: Tensor, log_std_p: Tensor, mu_q: Tensor, log_std_q: T
 def diag_gaussian_logp(y: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
     """log N(y; mu, diag σ²) summed over the last dim [..., A] -> [...]."""
     z = (y - mu) * torch.exp(-log_std)
-    return (-0.5 * z * z - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=y.dtype))).sum(-1)
+    return (-0.5 * z * z - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=y.dtype, device=y.device))).sum(-1)
 
 
 def kl_categorical(logits_p: Tensor, logits_q: Tensor) -> Tensor:

@@ -191,7 +191,7 @@ def solve_temperature(advantage: Tensor, log_ratios: Tensor, keep: Tensor, ratio
     """
     a = advantage.detach()
     c = (ratios.detach().reshape(-1)[:, None, None] * log_ratios.detach()).sum(0)
-    eps_bar = float((ratios.detach().reshape(-1) * torch.as_tensor(list(epsilons), dtype=a.dtype)).sum())
+    eps_bar = float((ratios.detach().reshape(-1) * torch.as_tensor(list(epsilons), dtype=a.dtype, device=a.device)).sum())
     if over == "batch":
         a, c, keep = a.reshape(1, -1), c.reshape(1, -1), keep.reshape(1, -1)
     n = keep.sum(-1)
@@ -206,17 +206,17 @@ def solve_temperature(advantage: Tensor, log_ratios: Tensor, keep: Tensor, ratio
         per = (lse - torch.log(n.clamp_min(1.0))[None] - e_a / lam[..., 0]) * has[None]
         return eps_bar + per.sum(-1) / has.sum().clamp_min(1.0)
 
-    pts = torch.linspace(math.log(lo), math.log(hi), grid, dtype=a.dtype)
+    pts = torch.linspace(math.log(lo), math.log(hi), grid, dtype=a.dtype, device=a.device)
     for r in range(rounds):
         s = slopes(pts)
         if r == 0 and s[0] >= 0:
-            return torch.tensor(lo, dtype=a.dtype)
+            return torch.tensor(lo, dtype=a.dtype, device=a.device)
         if r == 0 and s[-1] <= 0:
-            return torch.tensor(hi, dtype=a.dtype)
+            return torch.tensor(hi, dtype=a.dtype, device=a.device)
         i = int(torch.nonzero(s > 0)[0]) if bool((s > 0).any()) else grid - 1
         i = max(i, 1)
-        pts = torch.linspace(float(pts[i - 1]), float(pts[i]), grid, dtype=a.dtype)
-    return torch.tensor(math.exp(0.5 * (float(pts[0]) + float(pts[-1]))), dtype=a.dtype)
+        pts = torch.linspace(float(pts[i - 1]), float(pts[i]), grid, dtype=a.dtype, device=a.device)
+    return torch.tensor(math.exp(0.5 * (float(pts[0]) + float(pts[-1]))), dtype=a.dtype, device=a.device)
 
 
 def clipped_mean_log_weights(logits: Tensor, keep: Tensor, weight_clip: float | None) -> Tensor:
@@ -331,7 +331,7 @@ def gempi_loss(
     if m == 0:
         logits = torch.zeros_like(adv)  # SFT: the delta target puts uniform weight on the demonstrations
     else:
-        lam = (lambdas if isinstance(lambdas, Tensor) else torch.as_tensor(list(lambdas), dtype=logp.dtype)).reshape(-1)
+        lam = (lambdas if isinstance(lambdas, Tensor) else torch.as_tensor(list(lambdas), dtype=logp.dtype, device=logp.device)).reshape(-1)
         if temperature == "closed_form":
             if by_weight:
                 raise ValueError("topk_by='log_weight' needs the temperature before the filter; use 'advantage' with closed_form")
@@ -579,10 +579,10 @@ class GEMPIMethod(Method):
         if cfg.m_step == "constraint":
             self.m_alpha_raw = nn.ParameterList([dual_parameter(c, DUAL_FLOOR) for c in cfg.m_coef])
 
-    def lambdas(self, dtype: torch.dtype = torch.float32) -> Tensor:
+    def lambdas(self, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
         if self.cfg.temperature == "dual":
             return torch.stack([F.softplus(r) + DUAL_FLOOR for r in self.lambda_raw])
-        return torch.as_tensor(self.cfg.coefficients, dtype=dtype)
+        return torch.as_tensor(self.cfg.coefficients, dtype=dtype, device=device)
 
     def loss_decoupled(self, batch: Batch, kl_mean: Tensor, kl_cov: Tensor) -> tuple[Tensor, Metrics]:
         """`loss` with a 2-part M-step KL (V-MPO's decoupled Gaussian mean / covariance KLs, [B] each,
@@ -611,4 +611,4 @@ class GEMPIMethod(Method):
         else:
             m_coef = None
         return gempi_loss(batch.logp, batch.score, batch.mask, anchor_logp=anchors, logp_sample=batch.logp_old,
-                          lambdas=self.lambdas(batch.logp.dtype), kl=kl, m_coef=m_coef, **cfg.loss_options())
+                          lambdas=self.lambdas(batch.logp.dtype, batch.logp.device), kl=kl, m_coef=m_coef, **cfg.loss_options())

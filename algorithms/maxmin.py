@@ -140,7 +140,7 @@ def mixing_log_weights(resp: Tensor, user_mask: Tensor | None = None) -> Tensor:
 
     `user_mask` [U] (float {0, 1}) drops padded users; an empty cluster gets log π_u = −inf.
     """
-    m = torch.ones(resp.shape[0], dtype=resp.dtype) if user_mask is None else user_mask.to(resp.dtype)
+    m = torch.ones(resp.shape[0], dtype=resp.dtype, device=resp.device) if user_mask is None else user_mask.to(resp.dtype)
     mass = (resp.detach() * m[:, None]).sum(0) / m.sum().clamp_min(1.0)
     return torch.log(mass)
 
@@ -276,8 +276,8 @@ def cluster_purity(assignment: Tensor, groups: Tensor, user_mask: Tensor | None 
     read it at the M of the experiment (L6: M = number of true groups).
     """
     a, g = assignment.long().reshape(-1), groups.long().reshape(-1)
-    m = torch.ones(a.shape[0], dtype=torch.float64) if user_mask is None else user_mask.reshape(-1).to(torch.float64)
+    m = torch.ones(a.shape[0], dtype=torch.float64, device=a.device) if user_mask is None else user_mask.reshape(-1).to(torch.float64)
     n_a, n_g = int(a.max().item()) + 1 if a.numel() else 1, int(g.max().item()) + 1 if g.numel() else 1
-    table = torch.zeros(n_a * n_g, dtype=torch.float64).index_add_(0, a * n_g + g, m).reshape(n_a, n_g)
+    table = torch.zeros(n_a * n_g, dtype=torch.float64, device=a.device).index_add_(0, a * n_g + g, m).reshape(n_a, n_g)
     return table.max(1).values.sum() / m.sum().clamp_min(1.0)
 

@@ -87,6 +87,6 @@ class MPO(Method):
         if cfg.temperature == "dual":
             eta, eps_eta = F.softplus(self.eta_raw) + DUAL_FLOOR, cfg.epsilon_eta
         else:
-            eta, eps_eta = torch.tensor(cfg.eta, dtype=batch.logp.dtype), None
+            eta, eps_eta = torch.tensor(cfg.eta, dtype=batch.logp.dtype, device=batch.logp.device), None
         alpha = F.softplus(self.alpha_raw) + DUAL_FLOOR
         return mpo_loss(batch.score, batch.mask, batch.logp, batch.kl_ref, eta, alpha, epsilon_eta=eps_eta, epsilon_kl=cfg.epsilon_kl)

@@ -74,7 +74,7 @@ def rlem_loss(logp: Tensor, score: Tensor, mask: Tensor, logp_old: Tensor, logp_
     """
     adv = advantages(score, mask, baseline=baseline, normalize=advantage_norm)
     log_prior = torch.where(mask > 0, logp_ref.detach() - logp_old.detach(), torch.zeros_like(mask))
-    eta = torch.tensor(beta, dtype=logp.dtype)
+    eta = torch.tensor(beta, dtype=logp.dtype, device=logp.device)
     log_w, _, metrics = estep(adv, mask, eta, over=normalize, log_prior=log_prior)
     metrics.pop("dual/eta")  # β is a fixed coefficient here, not a dual
     nll = weighted_nll(logp, log_w, reduction="mean_contexts" if normalize == "context" else "sum")

@@ -40,12 +40,21 @@ MAX_TRIES = 3
 
 
 def spec_payload(spec: RunSpec) -> dict:
-    """The fully resolved config of a run, JSON-ready: what is stored and hashed."""
+    """The fully resolved config of a run, JSON-ready: what is stored and hashed.
+
+    A training loop's `device` is part of it, except the CPU: runs stored before loops had a device all ran on the
+    CPU, and leaving `"device": "cpu"` out keeps their identity. A config with no device ran on the CPU."""
     return {
         "task": spec.task, "task_config": to_dict(spec.task_config),
         "algo": spec.algo, "algo_config": to_dict(spec.algo_config),
-        "train_loop": type(spec.train_config).__name__, "train_config": to_dict(spec.train_config), "seed": spec.seed,
+        "train_loop": type(spec.train_config).__name__, "train_config": _without_cpu(to_dict(spec.train_config)),
+        "seed": spec.seed,
     }
+
+
+def _without_cpu(config: dict) -> dict:
+    """`config` with every `"device": "cpu"` left out, at any depth (a loop may nest another's config)."""
+    return {k: _without_cpu(v) if isinstance(v, dict) else v for k, v in config.items() if (k, v) != ("device", "cpu")}
 
 
 def run_id(spec: RunSpec) -> str:

@@ -31,10 +31,10 @@ from algorithms.base import Batch, Needs
 from algorithms.common import kl_categorical
 from algorithms.config import ConfigError, check_choices, check_positive, field
 from tasks.atari import AtariTaskConfig, AtariVecEnv, all_tasks, make_torso, random_policy_return
-from tasks.base import Family, RunResult, RunSpec, register_task
+from tasks.base import Device, Family, RunResult, RunSpec, register_task
 from tasks.control_onpolicy import advantages_and_targets, next_values
 from tasks.cores import CoreConfig, make_core
-from tasks.seeding import generator, stream_seed
+from tasks.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class AtariOnPolicyConfig:
     eval_max_steps: int = field(10_000, "cap on the agent steps of one evaluation")
     kl_limit: float = field(100.0, "a minibatch mean KL(π_old‖π_θ) above this marks the run diverged")
     random_baseline: bool = field(False, "no training: the return of a uniform-random policy (a baseline run, step 0)")
+    device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses: 'cpu' or 'cuda' (the "
+                                  "runner picks which GPU)")
 
     def __post_init__(self):
         check_choices(self)
@@ -133,28 +135,29 @@ def _detach(state: tuple) -> tuple:
 
 def _sample(logits: Tensor, gen: torch.Generator) -> Tensor:
     """One action per row of logits [N, A], from `gen` (inverse CDF of a uniform draw)."""
-    u = torch.rand(logits.shape[0], 1, generator=gen)
+    u = torch.rand(logits.shape[0], 1, generator=gen, device=logits.device)
     cdf = logits.softmax(-1).cumsum(-1)
     return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_max(logits.shape[-1] - 1)
 
 
 def evaluate(agent: Agent, task: str, task_cfg: AtariTaskConfig, episodes: int, seed: int, max_steps: int) -> float:
     """Mean return of the first episode of `episodes` environments on the "eval" seed stream, actions sampled from
-    the policy (Atari evaluations sample: a greedy policy can stall, e.g. never pressing FIRE)."""
+    the policy on its own device (Atari evaluations sample: a greedy policy can stall, e.g. never pressing FIRE)."""
+    dev = agent.pi.weight.device
     env = AtariVecEnv(task, [stream_seed(seed, f"eval/{i}") for i in range(episodes)], task_cfg)
-    gen = generator(seed, "eval/actions")
+    gen = torch.Generator(dev).manual_seed(stream_seed(seed, "eval/actions"))
     state = agent.core.initial_state(env.n)
-    first = torch.ones(env.n, dtype=torch.bool)
+    first = torch.ones(env.n, dtype=torch.bool, device=dev)
     returns, so_far = np.full(env.n, np.nan), np.zeros(env.n)
     obs = env.obs
     with torch.no_grad():
         for _ in range(max_steps):
-            logits, _, state = agent(torch.from_numpy(obs)[None], state, first[None])
-            obs, reward, terminated, truncated, _, _ = env.step(_sample(logits[0], gen).numpy())
+            logits, _, state = agent(torch.from_numpy(obs).to(dev)[None], state, first[None])
+            obs, reward, terminated, truncated, _, _ = env.step(_sample(logits[0], gen).cpu().numpy())
             so_far += np.where(np.isnan(returns), reward, 0.0)
             ended = terminated | truncated
             returns = np.where(np.isnan(returns) & ended, so_far, returns)
-            first = torch.from_numpy(ended)
+            first = torch.from_numpy(ended).to(dev)
             if not np.isnan(returns).any():
                 break
     returns = np.where(np.isnan(returns), so_far, returns)  # cut by the step cap: the return so far
@@ -180,11 +183,13 @@ def train_one(spec: RunSpec) -> RunResult:
         raise ConfigError(f"{spec.algo!r} with kl_split='decoupled' needs a Gaussian policy; Atari policies are categorical.")
 
     N, T, U = cfg.num_envs, cfg.unroll, cfg.unrolls
+    dev = torch.device(cfg.device)
+    method.to(dev)
     env = AtariVecEnv(spec.task, [stream_seed(spec.seed, f"instance/{i}") for i in range(N)], task_cfg)
-    gen = generator(spec.seed, "run")
-    with torch.random.fork_rng(devices=[]):
+    gen = torch.Generator(dev).manual_seed(stream_seed(spec.seed, "run"))
+    with torch.random.fork_rng(devices=[]):  # initialised on the CPU, then moved: the same weights on every device
         torch.manual_seed(stream_seed(spec.seed, "run/init"))
-        agent = Agent(env.obs_shape, env.num_actions, cfg)
+        agent = Agent(env.obs_shape, env.num_actions, cfg).to(dev)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     duals = list(method.parameters())
     dual_opt = torch.optim.Adam(duals, lr=cfg.dual_lr) if duals else None
@@ -192,15 +197,15 @@ def train_one(spec: RunSpec) -> RunResult:
     wants_ref = needs.logp_ref or needs.kl_ref
 
     R = T * U
-    obs_buf = torch.zeros(R, N, *env.obs_shape)
-    act_buf = torch.zeros(R, N, dtype=torch.long)
-    logits_buf = torch.zeros(R, N, env.num_actions)
-    value_buf, rew_buf, term_buf, trunc_buf, final_v = (torch.zeros(R, N) for _ in range(5))
-    first_buf = torch.zeros(R, N, dtype=torch.bool)
+    obs_buf = torch.zeros(R, N, *env.obs_shape, device=dev)
+    act_buf = torch.zeros(R, N, dtype=torch.long, device=dev)
+    logits_buf = torch.zeros(R, N, env.num_actions, device=dev)
+    value_buf, rew_buf, term_buf, trunc_buf, final_v = (torch.zeros(R, N, device=dev) for _ in range(5))
+    first_buf = torch.zeros(R, N, dtype=torch.bool, device=dev)
 
     rows: list[tuple[int, str, float]] = []
     state = agent.core.initial_state(N)
-    first = torch.ones(N, dtype=torch.bool)
+    first = torch.ones(N, dtype=torch.bool, device=dev)
     obs = env.obs
     iterations = cfg.total_steps // cfg.rollout
     env_steps, learner_steps, next_eval = 0, 0, cfg.eval_every
@@ -218,21 +223,22 @@ def train_one(spec: RunSpec) -> RunResult:
             for t in range(R):
                 if t % T == 0:
                     starts.append(_detach(state))
-                o = torch.from_numpy(obs)
+                o = torch.from_numpy(obs).to(dev)
                 logits, value, state = agent(o[None], state, first[None])
                 a = _sample(logits[0], gen)
                 obs_buf[t], act_buf[t], logits_buf[t], value_buf[t], first_buf[t] = o, a, logits[0], value[0], first
-                obs, reward, terminated, truncated, final_obs, ended_return = env.step(a.numpy())
-                rew_buf[t] = torch.from_numpy(np.sign(reward) if cfg.clip_reward else reward).float()
-                term_buf[t] = torch.from_numpy(terminated).float()
-                trunc_buf[t] = torch.from_numpy(truncated).float()
+                obs, reward, terminated, truncated, final_obs, ended_return = env.step(a.cpu().numpy())
+                rew_buf[t] = torch.from_numpy(np.sign(reward) if cfg.clip_reward else reward).to(dev).float()
+                term_buf[t] = torch.from_numpy(terminated).to(dev).float()
+                trunc_buf[t] = torch.from_numpy(truncated).to(dev).float()
                 if truncated.any():  # bootstrap a time-limit cut from V(final observation) under the episode's own state
-                    _, v_final, _ = agent(torch.from_numpy(final_obs)[None], state, torch.zeros(1, N, dtype=torch.bool))
+                    _, v_final, _ = agent(torch.from_numpy(final_obs).to(dev)[None], state,
+                                          torch.zeros(1, N, dtype=torch.bool, device=dev))
                     final_v[t] = v_final[0]
-                first = torch.from_numpy(terminated | truncated)
+                first = torch.from_numpy(terminated | truncated).to(dev)
                 ended_returns.extend(ended_return[~np.isnan(ended_return)].tolist())
             env_steps += cfg.rollout
-            _, last_value, _ = agent(torch.from_numpy(obs)[None], state, first[None])
+            _, last_value, _ = agent(torch.from_numpy(obs).to(dev)[None], state, first[None])
             nv = next_values(value_buf, last_value[0], trunc_buf, final_v)
             adv, target = advantages_and_targets(rew_buf, value_buf, nv, term_buf, trunc_buf, returns=cfg.returns,
                                                  gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, unroll=T)
@@ -249,7 +255,7 @@ def train_one(spec: RunSpec) -> RunResult:
         logged: list[Tensor] = []
         keys: list[str] = []
         for _epoch in range(cfg.epochs):
-            perm = torch.randperm(U * N, generator=gen)
+            perm = torch.randperm(U * N, generator=gen, device=dev)
             for idx in perm.tensor_split(cfg.minibatches):
                 mb = {k: v[idx].transpose(0, 1) for k, v in data.items()}  # [T, b, ...]
                 logits, value, _ = agent(mb["obs"], tuple(s[idx] for s in start_state), mb["first"])

@@ -18,6 +18,10 @@ from algorithms.base import Needs
 from algorithms.config import ConfigError, unknown
 
 Status = Literal["ok", "diverged", "failed"]
+Device = Literal["cpu", "cuda"]
+"""Where a training loop keeps its networks, rollout tensors and losses (the `device` field of the control, Atari and
+LM loops' configs). Only the device *type* is part of a run's identity: which GPU a `cuda` run uses is the runner's
+placement (`emrl run --device cuda:N`, or Ray's scheduler), and numbers are promised equal per device type."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ Policies, critics and duals of the S seeds of a grid cell are stacked on a leadi
 batched matrix products (`tasks.dmc.Stacked`); each seed has its own Adam state (Adam is
 elementwise), its own duals and its own random streams, so a seed's numbers do not depend on which seeds share
 its group (up to floating-point reassociation). Observations are normalised by each seed's running mean/std
-(`norm_obs`; Acme's MPO does not normalise — a suite choice that keeps tanh torsos out of saturation).
+(`norm_obs`; Acme's MPO does not normalise — a suite choice that keeps tanh torsos out of saturation). With
+`device = "cuda"` networks, replay buffers, generators and losses live on the GPU; only observations (up) and actions
+(down) cross per env step, and the logged means once per logging window.
 
 Logged rows (step = env steps taken by the seed, summed over its envs): `eval/return` every `eval_every` steps
 and at the end (deterministic policy, `eval_episodes` episodes on the "eval" stream: `evaluate_seeds`, the
@@ -67,10 +69,10 @@ from algorithms.base import Batch, Needs
 from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, field
 from algorithms.virel import VIRELConfig, virel_actor_loss, virel_critic_loss, virel_epsilon
-from tasks.base import RunResult, RunSpec
+from tasks.base import Device, RunResult, RunSpec
 from tasks.dmc import (GaussianPolicy, PolicyConfig, SeedStatus, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds,
-                       make_policy, mlp, random_policy_return, register_loop)
-from tasks.seeding import generator, stream_seed
+                       make_policy, mlp, random_policy_return, register_loop, seed_generators)
+from tasks.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class ActorCriticConfig:
     log_every: int = field(10_000, "env steps between logged means of the learner metrics")
     kl_limit: float = field(100.0, "a minibatch mean KL(π_tgt‖π_θ) above this marks the run diverged")
     random_baseline: bool = field(False, "no training: evaluate a uniform-random policy once (a baseline run, step 0)")
+    device: Device = field(
+        "cpu", "where the loop keeps networks, the replay buffer, rollout tensors and losses ('cpu' or 'cuda'); the runner picks which GPU")
 
     def __post_init__(self):
         check_choices(self)
@@ -184,37 +188,37 @@ def sample_k(pol: nn.Module, params, gens: list[torch.Generator], k: int) -> Ten
     if isinstance(pol, GaussianPolicy):
         mean, log_std = params
         s, b, a = mean.shape
-        noise = torch.stack([torch.randn(b, k, a, generator=g) for g in gens])
+        noise = torch.stack([torch.randn(b, k, a, generator=g, device=mean.device) for g in gens])
         return mean.unsqueeze(-2) + log_std.exp().unsqueeze(-2) * noise
     return torch.stack([pol.sample(params[i], generator=g, n=k).transpose(0, 1) for i, g in enumerate(gens)])
 
 
 class Replay:
-    """One ring buffer per seed, stacked: [S, capacity, ...]. Every seed inserts N = `stride` transitions per env step,
-    always in the same env order, so env e's next transition after index i sits at i + N.
+    """One ring buffer per seed, stacked: [S, capacity, ...] on `device`. Every seed inserts N = `stride` transitions per env
+    step, always in the same env order, so env e's next transition after index i sits at i + N.
 
     `next_obs` is the observation to bootstrap from: the next state, or the final observation of an episode cut
     by the time limit; `terminated` is 1 only for a true termination (discount 0); `ended` marks the last
     transition of an episode (terminated or truncated), where an n-step return stops.
     """
 
-    def __init__(self, n_seeds: int, capacity: int, obs_dim: int, act_dim: int, stride: int = 1):
+    def __init__(self, n_seeds: int, capacity: int, obs_dim: int, act_dim: int, stride: int = 1, device: torch.device | str = "cpu"):
         self.stride = stride
         self.capacity = max(stride, capacity // stride * stride)
         self.ptr, self.size = 0, 0
-        self.obs = torch.zeros(n_seeds, self.capacity, obs_dim)
-        self.action = torch.zeros(n_seeds, self.capacity, act_dim)
-        self.reward = torch.zeros(n_seeds, self.capacity)
-        self.terminated = torch.zeros(n_seeds, self.capacity)
-        self.ended = torch.zeros(n_seeds, self.capacity)
-        self.next_obs = torch.zeros(n_seeds, self.capacity, obs_dim)
+        self.obs = torch.zeros(n_seeds, self.capacity, obs_dim, device=device)
+        self.action = torch.zeros(n_seeds, self.capacity, act_dim, device=device)
+        self.reward = torch.zeros(n_seeds, self.capacity, device=device)
+        self.terminated = torch.zeros(n_seeds, self.capacity, device=device)
+        self.ended = torch.zeros(n_seeds, self.capacity, device=device)
+        self.next_obs = torch.zeros(n_seeds, self.capacity, obs_dim, device=device)
 
     def add(self, obs: Tensor, action: Tensor, reward: Tensor, terminated: Tensor, truncated: Tensor, next_obs: Tensor) -> None:
         """Insert [S, N, ...] transitions (N = stride per seed)."""
         n = obs.shape[1]
         if n != self.stride:
             raise ValueError(f"Replay.add got {n} transitions per seed; the buffer's stride is {self.stride}")
-        idx = self.ptr + torch.arange(n)
+        idx = self.ptr + torch.arange(n, device=self.obs.device)
         self.obs[:, idx], self.action[:, idx], self.next_obs[:, idx] = obs, action, next_obs
         self.reward[:, idx], self.terminated[:, idx] = reward, terminated.float()
         self.ended[:, idx] = (terminated | truncated).float()
@@ -223,7 +227,7 @@ class Replay:
 
     def sample(self, gens: list[torch.Generator], batch: int, n_step: int = 1, gamma: float = 0.99) -> dict[str, Tensor]:
         """`batch` transitions per seed, uniformly with replacement from its own buffer, as n-step transitions (`nstep`)."""
-        idx = torch.stack([torch.randint(self.size, (batch,), generator=g) for g in gens])
+        idx = torch.stack([torch.randint(self.size, (batch,), generator=g, device=self.obs.device) for g in gens])
         return self.nstep(idx, n_step, gamma)
 
     def nstep(self, idx: Tensor, n_step: int, gamma: float) -> dict[str, Tensor]:
@@ -235,8 +239,8 @@ class Replay:
         time limit bootstraps) or at the newest stored step of that env. The critic's target is R + D · E Q_tgt(next_obs, ·)
         (`critic_target`).
         """
-        rows = torch.arange(idx.shape[0])[:, None]
-        k = torch.arange(n_step)
+        rows = torch.arange(idx.shape[0], device=idx.device)[:, None]
+        k = torch.arange(n_step, device=idx.device)
         j = (idx[..., None] + k * self.stride) % self.capacity  # [S, B, n]: the same env's steps t, t+1, ...
         avail = (self.ptr - 1 - idx) % self.capacity // self.stride + 1  # steps of that env from t to the newest one
         ended = self.ended[rows[..., None], j]
@@ -316,19 +320,20 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
     is_virel = spec0.algo == "virel"
     seeds = [s.seed for s in specs]
     S, n_env = len(seeds), cfg.num_envs
+    dev = torch.device(cfg.device)
     env = VecEnv(spec0.task, [stream_seed(sd, f"instance/{i}") for sd in seeds for i in range(n_env)], task_cfg.action_repeat,
                  task_cfg.time_limit)
     obs_dim, act_dim = env.obs_dim, env.action_dim
     binned = cfg.policy == "binned"
-    gens = [generator(sd, "run") for sd in seeds]
-    actor = Stacked(lambda: make_policy(obs_dim, act_dim, cfg.policy_config()), seeds)
-    critic = Stacked(lambda: mlp([obs_dim + act_dim, *cfg.hidden, 1], activation=nn.ReLU), seeds)
+    gens = seed_generators(seeds, "run", dev)
+    actor = Stacked(lambda: make_policy(obs_dim, act_dim, cfg.policy_config()), seeds, dev)
+    critic = Stacked(lambda: mlp([obs_dim + act_dim, *cfg.hidden, 1], activation=nn.ReLU), seeds, dev)
     pol = actor.template
     target_actor, target_critic = actor.copy_params(), critic.copy_params()
-    norm = StackedNorm(S, obs_dim, 10.0) if cfg.norm_obs else None
-    replay = Replay(S, min(cfg.replay_size, cfg.total_steps), obs_dim, act_dim, stride=n_env)
+    norm = StackedNorm(S, obs_dim, 10.0, device=dev) if cfg.norm_obs else None
+    replay = Replay(S, min(cfg.replay_size, cfg.total_steps), obs_dim, act_dim, stride=n_env, device=dev)
 
-    method = None if is_virel else cls(spec0.algo_config)
+    method = None if is_virel else cls(spec0.algo_config).to(dev)
     duals = {} if method is None else {k: v.detach()[None].repeat(S, *([1] * v.dim())).requires_grad_()
                                        for k, v in method.named_parameters()}
     actor_params, critic_params = list(actor.params.values()), list(critic.params.values())
@@ -337,8 +342,8 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
     dual_opt = torch.optim.Adam(list(duals.values()), lr=cfg.dual_lr, fused=True) if duals else None
     vcfg: VIRELConfig | None = spec0.algo_config if is_virel else None
     K = cfg.samples
-    mask_k = torch.ones(cfg.batch_size, K)
-    mask_1 = torch.ones(cfg.batch_size, 1)
+    mask_k = torch.ones(cfg.batch_size, K, device=dev)
+    mask_1 = torch.ones(cfg.batch_size, 1, device=dev)
 
     def normed(x: Tensor) -> Tensor:
         return norm(x) if norm is not None else x
@@ -399,7 +404,7 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
         return a_loss, c_loss, metrics
 
     rows: list[list[tuple[int, str, float]]] = [[] for _ in seeds]
-    status = SeedStatus(S)
+    status = SeedStatus(S, dev)
     alive = status.alive  # updated in place by status.kill
     env_steps, learner_steps, credit = 0, 0, 0.0
     next_eval, next_log = cfg.eval_every, cfg.log_every
@@ -410,12 +415,12 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
 
     def flush(evaluate_now: bool) -> None:
         """Write the window's metric means, the episode returns and (optionally) an evaluation for every live seed."""
-        means = torch.stack(window).mean(0) if window else None  # [M, S]
+        means = torch.stack(window).mean(0).cpu() if window else None  # [M, S], to the CPU once per window
         if evaluate_now:
             returns = evaluate_seeds(actor, normed, spec0.task, cfg.eval_episodes, seeds, alive.clone(), task_cfg.action_repeat,
                                      task_cfg.time_limit)
-        for s in range(S):
-            if not alive[s]:
+        for s, live in enumerate(alive.tolist()):
+            if not live:
                 continue
             out = rows[s]
             if ended_returns[s]:
@@ -432,20 +437,20 @@ def _train_group(specs: list[RunSpec], keep: dict | None = None) -> list[RunResu
     for it in range(iterations):
         # ------------------------------------------------------------------------ act with π_θ, store the transitions
         with torch.no_grad():
-            o_raw = torch.from_numpy(obs_np).view(S, n_env, obs_dim)
+            o_raw = torch.from_numpy(obs_np).to(dev).view(S, n_env, obs_dim)
             if norm is not None:
                 norm.update(o_raw)
             params = actor.forward(actor.params, normed(o_raw))
             a = sample_k(pol, params, gens, 1).squeeze(2)  # [S, N, A]
             a = torch.where(alive[:, None, None], a, torch.zeros_like(a))  # a diverged seed's env idles
-        obs_np, reward, terminated, truncated, final_obs, ended_return = env.step(a.reshape(S * n_env, act_dim).numpy())
-        replay.add(o_raw, a.clamp(-1.0, 1.0), torch.from_numpy(reward).view(S, n_env), torch.from_numpy(terminated).view(S, n_env),
-                   torch.from_numpy(truncated).view(S, n_env), torch.from_numpy(final_obs).view(S, n_env, obs_dim))
+        obs_np, reward, terminated, truncated, final_obs, ended_return = env.step(a.reshape(S * n_env, act_dim).cpu().numpy())
+        replay.add(o_raw, a.clamp(-1.0, 1.0), *(torch.from_numpy(x).to(dev).view(S, n_env, *x.shape[1:])
+                                                for x in (reward, terminated, truncated, final_obs)))
         for i in np.nonzero(terminated | truncated)[0]:
             ended_returns[i // n_env].append(float(ended_return[i]))
         env_steps += n_env
         if not np.isfinite(obs_np).all():
-            status.kill(torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1)), "non-finite observation", env_steps)
+            status.kill(torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1)).to(dev), "non-finite observation", env_steps)
         # ------------------------------------------------------------------------ learner steps
         if env_steps >= cfg.learning_starts:
             credit += n_env * cfg.updates_per_step

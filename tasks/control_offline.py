@@ -20,7 +20,8 @@ unlabelled (0). The dataset is stored as an artifact, keyed by the hash of every
 written to a temporary folder and renamed into place (atomic), under a file lock so that concurrent workers
 build it once; later runs load it. `<results>` is the environment variable `EMRL_RESULTS`, which the CLI sets
 to its `--results` store (the runner hands train functions only run specs), else `results` (relative to the
-working directory).
+working directory). `OfflineConfig.device` builds the dataset too (the behaviour run and V's fit run there; the
+artifact holds CPU tensors), so a dataset built on CUDA is keyed apart from the CPU one.
 
 **The learner** (`train`, the `OfflineConfig` loop): S seeds of a policy trained in lockstep for `steps`
 gradient steps. Each step samples `batch_size` transitions per seed from the set `learn_on` names ("labelled":
@@ -56,7 +57,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -70,11 +71,12 @@ from algorithms.advantages import gae
 from algorithms.base import Batch, Needs
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from algorithms.mpo import MPOConfig
-from tasks.base import RunResult, RunSpec
+from tasks.base import Device, RunResult, RunSpec
 from tasks.control_ac import ActorCriticConfig
 from tasks.control_ac import _train_group as train_actor_critic
-from tasks.dmc import PolicyConfig, RunningNorm, SeedStatus, Stacked, VecEnv, evaluate_seeds, make_policy, mlp, register_loop
-from tasks.seeding import generator, stream_seed
+from tasks.dmc import (PolicyConfig, RunningNorm, SeedStatus, Stacked, VecEnv, evaluate_seeds, make_policy, mlp, register_loop,
+                       seed_generators)
+from tasks.seeding import stream_seed
 
 BEHAVIOUR_DEFAULT = ActorCriticConfig(total_steps=100_000, eval_every=100_000, eval_episodes=1, log_every=100_000)
 
@@ -106,6 +108,9 @@ class OfflineConfig:
     value_rounds: int = field(3, "rounds of (λ-returns with the current V, then regression of V on them)")
     value_epochs: int = field(3, "passes over all transitions per value round (minibatches of 256, Adam lr 1e-3)")
     value_hidden: tuple[int, ...] = field((256, 256), "hidden sizes of the value function's MLP")
+    # ---- where both run (the dataset's key holds it unless it is the CPU)
+    device: Device = field("cpu", "where the loop keeps networks, the dataset's tensors and losses ('cpu' or 'cuda'), for the "
+                           "learner and for building the dataset (its behaviour run too); the runner picks which GPU")
 
     def __post_init__(self):
         check_choices(self)
@@ -125,6 +130,9 @@ class OfflineConfig:
             raise ConfigError(f"OfflineConfig.behaviour must be an ActorCriticConfig, got {type(self.behaviour).__name__}.")
         if self.behaviour.num_envs != 1:
             raise ConfigError("OfflineConfig.behaviour.num_envs must be 1 (the dataset keeps each episode contiguous).")
+        if self.behaviour.device != "cpu":
+            raise ConfigError(f"OfflineConfig.behaviour.device = {self.behaviour.device!r} is invalid: the behaviour run trains on "
+                              "OfflineConfig.device (set that one); allowed: 'cpu', the default.")
 
     @property
     def dataset_fields(self) -> tuple[str, ...]:
@@ -145,9 +153,14 @@ def results_root() -> Path:
 
 
 def dataset_key(task: str, task_config, cfg: OfflineConfig) -> str:
-    """16-hex-digit hash of everything that defines the dataset (the artifact's folder name)."""
+    """16-hex-digit hash of everything that defines the dataset (the artifact's folder name).
+
+    The device it is built on is part of it, except the CPU: datasets built before the loops had a device were built on
+    the CPU and keep their keys. (The behaviour config's own device is always "cpu": it trains on `cfg.device`.)"""
+    behaviour = {k: v for k, v in asdict(cfg.behaviour).items() if k != "device"}
     payload = {"kind": "offline-accept-reject-dataset", "version": 1, "task": task, "task_config": asdict(task_config),
-               **{name: (asdict(v) if name == "behaviour" else v) for name in cfg.dataset_fields for v in [getattr(cfg, name)]}}
+               **{name: (behaviour if name == "behaviour" else getattr(cfg, name)) for name in cfg.dataset_fields},
+               **({"device": cfg.device} if cfg.device != "cpu" else {})}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -200,38 +213,39 @@ def _collect(task: str, task_config, act, seeds: list[int]) -> list[dict[str, Te
     out = []
     for i in range(n):
         t = int(length[i])
-        ep = {k: torch.as_tensor(np.stack([s[k][i] for s in steps[:t]])) for k in ("obs", "action", "reward", "next_obs")}
-        ep["terminated"] = torch.as_tensor(np.array([s["terminated"][i] for s in steps[:t]]), dtype=torch.float32)
-        ep["truncated"] = torch.as_tensor(np.array([s["truncated"][i] for s in steps[:t]]), dtype=torch.float32)
+        ep = {k: torch.as_tensor(np.stack([s[k][i] for s in steps[:t]]), device="cpu") for k in ("obs", "action", "reward", "next_obs")}
+        ep["terminated"] = torch.as_tensor(np.array([s["terminated"][i] for s in steps[:t]]), dtype=torch.float32, device="cpu")
+        ep["truncated"] = torch.as_tensor(np.array([s["truncated"][i] for s in steps[:t]]), dtype=torch.float32, device="cpu")
         out.append(ep)
     return out
 
 
 def _replay_episodes(replay) -> list[dict[str, Tensor]]:
-    """The episodes of a single-seed, single-env replay buffer in insertion order (no wrap-around); the last, if cut
-    by the end of training, is marked truncated at its last step (it bootstraps from V of its next observation)."""
+    """The episodes of a single-seed, single-env replay buffer in insertion order (no wrap-around), on the CPU; the last,
+    if cut by the end of training, is marked truncated at its last step (it bootstraps from V of its next observation)."""
     n = replay.size
     if replay.size == replay.capacity and replay.ptr != 0:
         raise ValueError("the behaviour run's replay wrapped around; raise its replay_size above total_steps")
-    ended = replay.ended[0, :n].bool()
-    ends = torch.nonzero(ended).flatten().tolist()
+    buf = {k: getattr(replay, k)[0, :n].cpu() for k in ("obs", "action", "reward", "next_obs", "terminated", "ended")}
+    ends = torch.nonzero(buf["ended"].bool()).flatten().tolist()
     if not ends or ends[-1] != n - 1:
         ends.append(n - 1)
     out, start = [], 0
     for e in ends:
         sl = slice(start, e + 1)
-        term = replay.terminated[0, sl].clone()
-        trunc = (replay.ended[0, sl] - term).clamp_min(0.0)
+        term = buf["terminated"][sl].clone()
+        trunc = (buf["ended"][sl] - term).clamp_min(0.0)
         trunc[-1] = 1.0 - term[-1]
-        out.append(dict(obs=replay.obs[0, sl].clone(), action=replay.action[0, sl].clone(), reward=replay.reward[0, sl].clone(),
-                        next_obs=replay.next_obs[0, sl].clone(), terminated=term, truncated=trunc))
+        out.append(dict(obs=buf["obs"][sl].clone(), action=buf["action"][sl].clone(), reward=buf["reward"][sl].clone(),
+                        next_obs=buf["next_obs"][sl].clone(), terminated=term, truncated=trunc))
         start = e + 1
     return out
 
 
 def build_dataset(task: str, task_config, cfg: OfflineConfig) -> tuple[dict, dict]:
-    """Collect the episodes, fit V, label the leading episodes. Returns (tensors, meta)."""
+    """Collect the episodes, fit V, label the leading episodes, on `cfg.device`. Returns (tensors on the CPU, meta)."""
     seed = cfg.dataset_seed
+    dev = torch.device(cfg.device)
     probe = VecEnv(task, [0], task_config.action_repeat, task_config.time_limit)
     act_dim = probe.action_dim
     rand_gen = np.random.default_rng(stream_seed(seed, "dataset/random"))
@@ -241,21 +255,21 @@ def build_dataset(task: str, task_config, cfg: OfflineConfig) -> tuple[dict, dic
     from tasks.base import RunSpec as _Spec
 
     keep: dict = {}
-    behaviour = train_actor_critic([_Spec(task, task_config, "mpo", MPOConfig(), cfg.behaviour, stream_seed(seed, "dataset/behaviour"))],
-                                   keep=keep)[0]
+    behaviour = train_actor_critic([_Spec(task, task_config, "mpo", MPOConfig(), replace(cfg.behaviour, device=cfg.device),
+                                          stream_seed(seed, "dataset/behaviour"))], keep=keep)[0]
     if behaviour.status != "ok":
         raise RuntimeError(f"the dataset's behaviour run did not finish: {behaviour.status} {behaviour.diverged}")
     run_eps = _replay_episodes(keep["replay"])
     actor, norm = keep["actor"], keep["norm"]
     policy = actor.module_of(0)
     run_norm = norm.to_running_norm(0) if norm is not None else None
-    final_gen = torch.Generator().manual_seed(stream_seed(seed, "dataset/final"))
+    final_gen = torch.Generator(device=dev).manual_seed(stream_seed(seed, "dataset/final"))
 
     @torch.no_grad()
     def final_act(o: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(o)
+        x = torch.as_tensor(o, device=dev)
         x = run_norm(x) if run_norm is not None else x
-        return policy.sample(policy(x), generator=final_gen).numpy()
+        return policy.sample(policy(x), generator=final_gen).cpu().numpy()
 
     final_eps = _collect(task, task_config, final_act, [stream_seed(seed, f"dataset/final/{i}") for i in range(cfg.final_episodes)]) \
         if cfg.final_episodes else []
@@ -270,9 +284,9 @@ def build_dataset(task: str, task_config, cfg: OfflineConfig) -> tuple[dict, dic
 def _pack(episodes: list[dict[str, Tensor]], source: list[int]) -> dict[str, Tensor]:
     lengths = [len(ep["reward"]) for ep in episodes]
     data = {k: torch.cat([ep[k] for ep in episodes]).float() for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")}
-    data["episode"] = torch.repeat_interleave(torch.arange(len(episodes)), torch.tensor(lengths))
-    data["source"] = torch.tensor(source)
-    data["episode_return"] = torch.tensor([float(ep["reward"].sum()) for ep in episodes])
+    data["episode"] = torch.repeat_interleave(torch.arange(len(episodes), device="cpu"), torch.tensor(lengths, device="cpu"))
+    data["source"] = torch.tensor(source, device="cpu")
+    data["episode_return"] = torch.tensor([float(ep["reward"].sum()) for ep in episodes], device="cpu")
     data["obs_mean"] = data["obs"].mean(0)
     data["obs_std"] = data["obs"].std(0).clamp_min(1e-3)
     return data
@@ -280,11 +294,11 @@ def _pack(episodes: list[dict[str, Tensor]], source: list[int]) -> dict[str, Ten
 
 def _padded(x: Tensor, episode: Tensor, n_ep: int, t_max: int, fill: float = 0.0) -> Tensor:
     """Flat per-transition values -> [episodes, t_max] (time within the episode), padded with `fill`."""
-    starts = torch.zeros(n_ep, dtype=torch.long)
+    starts = torch.zeros(n_ep, dtype=torch.long, device=episode.device)
     counts = torch.bincount(episode, minlength=n_ep)
     starts[1:] = torch.cumsum(counts, 0)[:-1]
-    pos = torch.arange(len(episode)) - starts[episode]
-    out = torch.full((n_ep, t_max), fill, dtype=x.dtype)
+    pos = torch.arange(len(episode), device=episode.device) - starts[episode]
+    out = torch.full((n_ep, t_max), fill, dtype=x.dtype, device=x.device)
     out[episode, pos] = x
     return out, pos
 
@@ -293,19 +307,21 @@ VALUE_BATCH = 256
 
 
 def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
-    """Fit V on every transition (GAE λ-returns, `value_rounds` rounds) and label the leading episodes in place."""
-    obs_n = (data["obs"] - data["obs_mean"]) / data["obs_std"]
-    next_n = (data["next_obs"] - data["obs_mean"]) / data["obs_std"]
-    g = generator(seed, "dataset/value")
+    """Fit V on every transition (GAE λ-returns, `value_rounds` rounds) on `cfg.device` and label the leading episodes
+    in place (CPU tensors in and out)."""
+    dev = torch.device(cfg.device)
+    obs_n = ((data["obs"] - data["obs_mean"]) / data["obs_std"]).to(dev)
+    next_n = ((data["next_obs"] - data["obs_mean"]) / data["obs_std"]).to(dev)
+    g = torch.Generator(device=dev).manual_seed(stream_seed(seed, "dataset/value"))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(seed, "dataset/value/init"))
-        value = mlp([obs_n.shape[1], *cfg.value_hidden, 1], out_gain=1.0)
+        torch.default_generator.manual_seed(stream_seed(seed, "dataset/value/init"))  # the CPU's only (see tasks.dmc.Stacked)
+        value = mlp([obs_n.shape[1], *cfg.value_hidden, 1], out_gain=1.0).to(dev)
     opt = torch.optim.Adam(value.parameters(), lr=1e-3)
-    episode = data["episode"]
+    episode = data["episode"].to(dev)
     n_ep = int(episode.max()) + 1
     t_max = int(torch.bincount(episode).max())
-    pad = lambda x: _padded(x, episode, n_ep, t_max)[0]  # noqa: E731
-    _, pos = _padded(data["reward"], episode, n_ep, t_max)
+    pad = lambda x: _padded(x.to(dev), episode, n_ep, t_max)[0]  # noqa: E731
+    _, pos = _padded(data["reward"].to(dev), episode, n_ep, t_max)
     reward, term, trunc = pad(data["reward"]), pad(data["terminated"]), pad(data["truncated"])
     n = len(episode)
     for _ in range(cfg.value_rounds):
@@ -314,7 +330,7 @@ def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
             _, ret = gae(reward, pad(v), pad(nv), term, trunc, gamma=cfg.gamma, lam=cfg.gae_lambda)
             target = ret[episode, pos]
         for _ in range(cfg.value_epochs):
-            perm = torch.randperm(n, generator=g)
+            perm = torch.randperm(n, generator=g, device=dev)
             for idx in perm.split(VALUE_BATCH):
                 loss = (value(obs_n[idx]).squeeze(-1) - target[idx]).pow(2).mean()
                 opt.zero_grad()
@@ -327,15 +343,15 @@ def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
         explained = 1.0 - float((ret[episode, pos] - v).var() / ret[episode, pos].var().clamp_min(1e-8))
     n_label = max(1, round(cfg.label_fraction * n_ep))
     labelled = episode < n_label
-    data["advantage"] = adv
-    data["label"] = torch.where(labelled, torch.where(adv > 0, 1.0, -1.0), torch.zeros_like(adv))
+    label = torch.where(labelled, torch.where(adv > 0, 1.0, -1.0), torch.zeros_like(adv))
+    data["advantage"], data["label"] = adv.cpu(), label.cpu()
     return {"labelled_episodes": n_label, "labelled_transitions": int(labelled.sum()),
-            "accept_fraction": float((data["label"] > 0).sum() / labelled.sum()), "value_explained_variance": explained}
+            "accept_fraction": float((label > 0).sum() / labelled.sum()), "value_explained_variance": explained}
 
 
 def _summary(data: dict[str, Tensor], episodes, source) -> dict:
     ret = data["episode_return"]
-    src = torch.tensor(source)
+    src = torch.tensor(source, device="cpu")
     out = {"episodes": len(episodes), "transitions": int(len(data["reward"]))}
     for i, name in enumerate(("random", "behaviour_run", "final_policy")):
         sel = ret[src == i]
@@ -370,22 +386,23 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
     task_cfg = spec0.task_config
     seeds = [s.seed for s in specs]
     S = len(seeds)
+    dev = torch.device(cfg.device)
     obs_dim, act_dim = data["obs"].shape[1], data["action"].shape[1]
     pcfg = PolicyConfig(kind=cfg.policy, hidden=tuple(cfg.hidden), bins=cfg.bins, state_dependent_std=True, init_log_std=0.0)
-    actor = Stacked(lambda: make_policy(obs_dim, act_dim, pcfg), seeds)
+    actor = Stacked(lambda: make_policy(obs_dim, act_dim, pcfg), seeds, dev)
     pol = actor.template
-    gens = [generator(sd, "run") for sd in seeds]
-    obs_n = ((data["obs"] - data["obs_mean"]) / data["obs_std"]).clamp(-10.0, 10.0)
-    action, label, adv = data["action"], data["label"], data["advantage"]
+    gens = seed_generators(seeds, "run", dev)
+    obs_n = ((data["obs"] - data["obs_mean"]) / data["obs_std"]).clamp(-10.0, 10.0).to(dev)
+    action, label, adv = (data[k].to(dev) for k in ("action", "label", "advantage"))
     labelled = torch.nonzero(label != 0).flatten()
-    pool = labelled if cfg.learn_on == "labelled" else torch.arange(len(label))
-    method = ALGORITHMS[spec0.algo](spec0.algo_config)
+    pool = labelled if cfg.learn_on == "labelled" else torch.arange(len(label), device=dev)
+    method = ALGORITHMS[spec0.algo](spec0.algo_config).to(dev)
     duals = {k: v.detach()[None].repeat(S, *([1] * v.dim())).requires_grad_() for k, v in method.named_parameters()}
     params = list(actor.params.values())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     dual_opt = torch.optim.Adam(list(duals.values()), lr=cfg.lr) if duals else None
-    mask = torch.ones(cfg.batch_size, 1)
-    norm = RunningNorm(obs_dim, clip=10.0, eps=0.0)
+    mask = torch.ones(cfg.batch_size, 1, device=dev)
+    norm = RunningNorm(obs_dim, clip=10.0, eps=0.0).to(dev)
     norm.mean.copy_(data["obs_mean"].double())
     norm.var.copy_(data["obs_std"].double() ** 2)
 
@@ -396,13 +413,13 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
 
     vmapped = vmap(method_loss)
     rows: list[list[tuple[int, str, float]]] = [[(0, f"data/{k}", float(meta[k])) for k in DATA_ROWS if k in meta] for _ in seeds]
-    status = SeedStatus(S)
+    status = SeedStatus(S, dev)
     alive = status.alive  # updated in place by status.kill
     window: list[Tensor] = []
     keys: list[str] = []
     for step in range(1, cfg.steps + 1):
-        i_sig = pool[torch.stack([torch.randint(len(pool), (cfg.batch_size,), generator=g) for g in gens])]  # [S, B]
-        i_all = torch.stack([torch.randint(len(label), (cfg.batch_size,), generator=g) for g in gens])
+        i_sig = pool[torch.stack([torch.randint(len(pool), (cfg.batch_size,), generator=g, device=dev) for g in gens])]  # [S, B]
+        i_all = torch.stack([torch.randint(len(label), (cfg.batch_size,), generator=g, device=dev) for g in gens])
         p_sig = actor.forward(actor.params, obs_n[i_sig])
         p_all = actor.forward(actor.params, obs_n[i_all])
         t = {"logp": pol.log_prob(p_sig, action[i_sig]), "label": label[i_sig], "adv": adv[i_sig],
@@ -432,13 +449,13 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
             with torch.no_grad():
                 finite = torch.stack([torch.isfinite(p.reshape(S, -1)).all(1) for p in params]).all(0)
             status.kill(~finite, "non-finite parameters", step)
-            means = torch.stack(window).mean(0)
+            means = torch.stack(window).mean(0).cpu()  # to the CPU once per window
             window.clear()
             if evaluate_now:
                 returns = evaluate_seeds(actor, norm, spec0.task, cfg.eval_episodes, seeds, alive.clone(), task_cfg.action_repeat,
                                          task_cfg.time_limit)
-            for s in range(S):
-                if not alive[s]:
+            for s, live in enumerate(alive.tolist()):
+                if not live:
                     continue
                 rows[s].extend((step, k, float(v)) for k, v in zip(keys, means[:, s].tolist()))
                 if evaluate_now:

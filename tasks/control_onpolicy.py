@@ -54,6 +54,11 @@ and the algorithm's loss is `torch.func.vmap`-ed over seeds, so one learner step
 and Python's per-operation overhead is paid once per group rather than once per seed. Each seed keeps
 its own streams, duals, Adam state and gradient-norm clip, so its run is the one it would have alone.
 `tests/bench/test_bench_control.py` measures the loop against raw environment stepping.
+
+Device. With `device = "cuda"` the networks, normalisers, rollout buffers, Adam state and losses live on the GPU and the
+"run" generators are CUDA generators (`tasks.dmc.seed_generators`: other draws than the CPU's, so a CUDA run is another
+run); the simulator stays on the CPU, so each agent step sends observations up and actions down once, and the logged
+numbers come down once per update phase. Networks are initialised on the CPU either way.
 """
 
 from __future__ import annotations
@@ -76,10 +81,10 @@ from algorithms.base import Batch, Needs
 from algorithms.config import ConfigError, check_choices, check_positive, field
 from algorithms.gempi import GEMPIMethod
 from algorithms.vmpo import VMPO, decoupled_gaussian_kl
-from tasks.base import RunResult, RunSpec
+from tasks.base import Device, RunResult, RunSpec
 from tasks.dmc import (PolicyConfig, SeedStatus, Stacked, StackedNorm, VecEnv, clip_grad_norm_per_seed, evaluate_seeds, make_policy, mlp,
-                       random_policy_return, register_loop)
-from tasks.seeding import generator, stream_seed
+                       random_policy_return, register_loop, seed_generators)
+from tasks.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class OnPolicyConfig:
         "torch.compile graph: a learner forward ~3x faster (PPO 1.6 -> 0.5 ms, V-MPO 2.0 -> 0.6 ms per minibatch) for 3-30 s "
         "of compiling per run group, so the paper profile turns it on and quick runs stay eager; needs a C++ compiler; a "
         "loss that does not trace into one graph runs eagerly (row loop/compiled = 0)")
+    device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses ('cpu' or 'cuda'); the runner picks which GPU")
 
     def __post_init__(self):
         check_choices(self)
@@ -149,7 +155,8 @@ class OnPolicyConfig:
             raise ConfigError(f"OnPolicyConfig.bins = {self.bins} is invalid: must be >= 2.")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"OnPolicyConfig.hidden = {self.hidden!r} is invalid: must be non-empty positive sizes.")
-        if self.compile and cxx_compiler() is None:
+        # on CUDA inductor emits Triton kernels instead of C++, and a step that fails to compile runs eagerly (CompiledStep)
+        if self.compile and self.device == "cpu" and cxx_compiler() is None:
             raise ConfigError("OnPolicyConfig.compile = True is invalid on this machine: torch.compile's CPU backend needs a "
                               "C++ compiler (g++, c++ or clang++, or $CXX) on PATH and none is there; allowed here: False.")
 
@@ -288,17 +295,18 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
     task_cfg = spec0.task_config
     seeds = [s.seed for s in specs]
     S, n_env = len(seeds), cfg.num_envs
+    dev = torch.device(cfg.device)
     env = VecEnv(spec0.task, [stream_seed(sd, f"instance/{i}") for sd in seeds for i in range(n_env)], task_cfg.action_repeat,
                  task_cfg.time_limit)
     obs_dim, act_dim = env.obs_dim, env.action_dim
     pcfg = cfg.policy_config()
-    gens = [generator(sd, "run") for sd in seeds]
-    actor = Stacked(lambda: make_policy(obs_dim, act_dim, pcfg), seeds)
-    critic = Stacked(lambda: mlp([obs_dim, *cfg.hidden, 1], out_gain=1.0), seeds)
+    gens = seed_generators(seeds, "run", dev)
+    actor = Stacked(lambda: make_policy(obs_dim, act_dim, pcfg), seeds, dev)
+    critic = Stacked(lambda: mlp([obs_dim, *cfg.hidden, 1], out_gain=1.0), seeds, dev)
     pol = actor.template  # its log_prob / sample / kl / mode / entropy act on distribution params of any batch shape
     target_p = actor.copy_params()
     ref_p = actor.copy_params() if cfg.reference == "lagged" else None
-    norm = StackedNorm(S, obs_dim, cfg.clip_obs)
+    norm = StackedNorm(S, obs_dim, cfg.clip_obs, device=dev)
     scalers = [RewardScaler(n_env, cfg.gamma, cfg.clip_reward) for _ in seeds]
 
     method = ALGORITHMS[spec0.algo](spec0.algo_config)
@@ -310,7 +318,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
     if decoupled and cfg.policy != "gaussian":
         raise ConfigError(f"{spec0.algo!r} with a decoupled (mean / covariance) KL needs policy='gaussian' "
                           "(a binned policy has one joint KL).")
-    loss_module = _Decoupled(method) if decoupled else method
+    loss_module = (_Decoupled(method) if decoupled else method).to(dev)
     duals = {k: v.detach()[None].repeat(S, *([1] * v.dim())).requires_grad_() for k, v in loss_module.named_parameters()}
     wants_ref = needs.logp_ref or needs.kl_ref or decoupled == "ref"
     ent_coef = float(getattr(spec0.algo_config, "ent_coef", 0.0) or 0.0)
@@ -321,17 +329,17 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
     per_env = cfg.rollout // n_env
     batch_n = per_env * n_env
     iterations = cfg.total_steps // cfg.rollout
-    obs_buf = torch.zeros(per_env, S, n_env, obs_dim)
-    act_buf = torch.zeros(per_env, S, n_env, act_dim)
-    logp_buf = torch.zeros(per_env, S, n_env)
-    rew_buf = torch.zeros(per_env, S * n_env)
-    term_buf = torch.zeros(per_env, S * n_env)
-    trunc_buf = torch.zeros(per_env, S * n_env, dtype=torch.bool)
-    final_buf = torch.zeros(per_env, S * n_env, obs_dim)
+    obs_buf = torch.zeros(per_env, S, n_env, obs_dim, device=dev)
+    act_buf = torch.zeros(per_env, S, n_env, act_dim, device=dev)
+    logp_buf = torch.zeros(per_env, S, n_env, device=dev)
+    rew_buf = torch.zeros(per_env, S * n_env, device=dev)
+    term_buf = torch.zeros(per_env, S * n_env, device=dev)
+    trunc_buf = torch.zeros(per_env, S * n_env, dtype=torch.bool, device=dev)
+    final_buf = torch.zeros(per_env, S * n_env, obs_dim, device=dev)
 
     def method_loss(dp, t):
         """One seed's algorithm loss on its minibatch tensors `t` (vmapped over seeds)."""
-        batch = Batch(logp=t["logp"][:, None], score=t["adv"][:, None], mask=torch.ones(t["logp"].shape[0], 1),
+        batch = Batch(logp=t["logp"][:, None], score=t["adv"][:, None], mask=torch.ones(t["logp"].shape[0], 1, device=dev),
                       logp_old=t["logp_old"][:, None], kl_old=t["kl_old"], value=t["value"], value_old=t["value_old"][:, None],
                       value_target=t["target"][:, None])
         if wants_ref:
@@ -373,9 +381,9 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
     n_parts = 2 if cfg.policy == "gaussian" else 1
     step_fn = CompiledStep(learner_step) if cfg.compile else learner_step
     rows: list[list[tuple[int, str, float]]] = [[] for _ in seeds]
-    status = SeedStatus(S)
+    status = SeedStatus(S, dev)
     alive = status.alive  # updated in place by status.kill
-    seed_idx = torch.arange(S)[:, None]
+    seed_idx = torch.arange(S, device=dev)[:, None]
     env_steps, learner_steps = 0, 0
     next_eval = cfg.eval_every
     obs_np = env.obs
@@ -393,7 +401,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
         trunc_buf.zero_()
         with torch.no_grad():
             for t in range(per_env):
-                o = torch.from_numpy(obs_np).view(S, n_env, obs_dim)
+                o = torch.from_numpy(obs_np).to(dev).view(S, n_env, obs_dim)
                 if cfg.norm_obs:
                     norm.update(o)
                     o = norm(o)
@@ -401,33 +409,33 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
                 a = torch.stack([pol.sample(_join(tuple(x[s] for x in _parts(p))), generator=gens[s]) for s in range(S)])
                 logp_buf[t] = pol.log_prob(p, a)
                 obs_buf[t], act_buf[t] = o, a
-                obs_np, reward, terminated, truncated, final_obs, ended_return = env.step(a.reshape(S * n_env, act_dim).numpy())
+                obs_np, reward, terminated, truncated, final_obs, ended_return = env.step(a.reshape(S * n_env, act_dim).cpu().numpy())
                 ended = terminated | truncated
                 if cfg.norm_reward:
                     reward = np.concatenate([scalers[s](reward[s * n_env:(s + 1) * n_env], ended[s * n_env:(s + 1) * n_env])
                                              for s in range(S)])
-                rew_buf[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-                term_buf[t] = torch.from_numpy(terminated.astype(np.float32))
+                rew_buf[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(dev)
+                term_buf[t] = torch.from_numpy(terminated.astype(np.float32)).to(dev)
                 if ended.any():
                     for i in np.nonzero(ended)[0]:
                         ended_returns[i // n_env].append(float(ended_return[i]))
                     for i in np.nonzero(truncated)[0]:
                         trunc_buf[t, i] = True
-                        fo = torch.from_numpy(final_obs[i])
+                        fo = torch.from_numpy(final_obs[i]).to(dev)
                         final_buf[t, i] = norm.one(i // n_env, fo) if cfg.norm_obs else fo
             env_steps += batch_n
             if not np.isfinite(obs_np).all():
-                bad = torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1))
+                bad = torch.from_numpy(~np.isfinite(obs_np).reshape(S, -1).all(1)).to(dev)
                 status.kill(bad, "non-finite observation", env_steps)
             # ---------------------------------------------------------------- advantages and targets
-            last = torch.from_numpy(obs_np).view(S, n_env, obs_dim)
+            last = torch.from_numpy(obs_np).to(dev).view(S, n_env, obs_dim)
             if cfg.norm_obs:
                 last = norm(last)
             flat_obs = obs_buf.permute(1, 0, 2, 3).reshape(S, batch_n, obs_dim)
             v_all = critic.forward(critic.params, torch.cat([flat_obs, last], 1)).squeeze(-1)  # [S, batch_n + n_env]
             value = v_all[:, :batch_n].reshape(S, per_env, n_env).permute(1, 0, 2).reshape(per_env, S * n_env)
             last_value = v_all[:, batch_n:].reshape(S * n_env)
-            final_value = torch.zeros(per_env, S * n_env)
+            final_value = torch.zeros(per_env, S * n_env, device=dev)
             if trunc_buf.any():
                 final_value[trunc_buf] = vmap_rows(critic, final_buf, trunc_buf, n_env)
             nv = next_values(value, last_value, trunc_buf, final_value)
@@ -462,7 +470,7 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
         for _epoch in range(cfg.epochs):
             if not alive.any():
                 break
-            perm = torch.stack([torch.randperm(batch_n, generator=g) for g in gens])
+            perm = torch.stack([torch.randperm(batch_n, generator=g, device=dev) for g in gens])
             chunks = {k: v[seed_idx, perm].tensor_split(cfg.minibatches, dim=1) for k, v in data.items()}
             for j in range(cfg.minibatches):
                 mb = {k: c[j] for k, c in chunks.items()}
@@ -506,23 +514,27 @@ def _train_group(specs: list[RunSpec]) -> list[RunResult]:
             status.kill(~finite, "non-finite parameters", env_steps)
         if not alive.any():
             break
-        means = torch.stack(logged).mean(0) if logged else None  # [M, S]
+        # what is logged comes to the CPU once per update phase
+        means = torch.stack(logged).mean(0).cpu() if logged else None  # [M, S]
+        update_kl = update_kl.cpu()
+        std = torch.stack([new[1][s].detach().exp().mean() for s in range(S)]).cpu() if cfg.policy == "gaussian" else None
+        logging = alive & was_alive
         evaluate_now = env_steps >= next_eval or it == iterations - 1
         while next_eval <= env_steps:
             next_eval += cfg.eval_every
         if evaluate_now:
-            returns = evaluate_seeds(actor, norm, spec0.task, cfg.eval_episodes, seeds, alive & was_alive, task_cfg.action_repeat,
+            returns = evaluate_seeds(actor, norm, spec0.task, cfg.eval_episodes, seeds, logging, task_cfg.action_repeat,
                                      task_cfg.time_limit)
-        for s in range(S):
-            if not (alive[s] and was_alive[s]):
+        for s, live in enumerate(logging.tolist()):
+            if not live:
                 continue
             out = rows[s]
             if means is not None:
                 out.extend((env_steps, k, float(m)) for k, m in zip(keys, means[:, s].tolist()))
             out.append((env_steps, "update/kl", float(update_kl[s])))
             out.append((env_steps, "update/lr", float(opt.param_groups[0]["lr"])))
-            if cfg.policy == "gaussian":
-                out.append((env_steps, "policy/std", float(new[1][s].detach().exp().mean())))
+            if std is not None:
+                out.append((env_steps, "policy/std", float(std[s])))
             if evaluate_now:
                 out.append((env_steps, "eval/return", returns[s]))
 
@@ -538,9 +550,9 @@ def cxx_compiler() -> str | None:
 
 
 class CompiledStep:
-    """A learner step run as one `torch.compile` graph (inductor's CPU backend; `OnPolicyConfig.compile`).
+    """A learner step run as one `torch.compile` graph (inductor: C++ kernels on the CPU, Triton on CUDA; `OnPolicyConfig.compile`).
 
-    One graph (`fullgraph=True`) of fixed shapes: the forward is fused into a few C++ kernels and AOTAutograd compiles the
+    One graph (`fullgraph=True`) of fixed shapes: the forward is fused into a few kernels and AOTAutograd compiles the
     backward, which removes most of the per-operation overhead that dominates a step on minibatches of 64. A loss with
     data-dependent Python control flow (`bool(tensor)`, boolean indexing) cannot be one graph: the first call, which
     traces before anything runs, says why (a warning) and the step runs eagerly from then on, with the numbers it would
@@ -569,7 +581,7 @@ def vmap_rows(critic: Stacked, final_buf: Tensor, trunc: Tensor, n_env: int) -> 
     """V(final observation) at every truncated (t, env) entry, each with its own seed's critic ([n_truncated])."""
     t_idx, e_idx = torch.nonzero(trunc, as_tuple=True)
     s_idx = e_idx // n_env
-    out = torch.empty(len(t_idx))
+    out = torch.empty(len(t_idx), device=final_buf.device)
     for s in s_idx.unique().tolist():
         sel = s_idx == s
         p = {k: v[s] for k, v in critic.params.items()}

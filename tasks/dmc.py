@@ -204,7 +204,7 @@ class GaussianPolicy(nn.Module):
     def sample(params, generator: torch.Generator | None = None, n: int | None = None) -> Tensor:
         mean, log_std = params
         shape = mean.shape if n is None else (n, *mean.shape)
-        noise = torch.randn(shape, generator=generator, dtype=mean.dtype)
+        noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + log_std.exp() * noise
 
     @staticmethod
@@ -292,8 +292,8 @@ def evaluate(policy: nn.Module, obs_norm: RunningNorm, name: str, episodes: int,
     returns: list[float] = []
     done = np.zeros(env.n, dtype=bool)
     while not done.all():
-        obs = obs_norm(torch.as_tensor(env.obs))
-        action = policy.mode(policy(obs)).numpy()
+        obs = obs_norm(torch.as_tensor(env.obs, device=obs_norm.mean.device))
+        action = policy.mode(policy(obs)).cpu().numpy()
         _, _, term, trunc, _, ended_return = env.step(action)
         ended = (term | trunc) & ~done  # the env auto-resets: count each env's first episode only
         returns.extend(float(r) for r in ended_return[ended])
@@ -308,6 +308,12 @@ def evaluate(policy: nn.Module, obs_norm: RunningNorm, name: str, episodes: int,
 # so a seed's run is the one it would have alone (up to floating-point reassociation; tested).
 
 
+def seed_generators(seeds: list[int], stream: str, device: torch.device | str) -> list[torch.Generator]:
+    """Each seed's generator of the named stream (`tasks.seeding.generator`) on `device`, where the tensors it draws live.
+    A CUDA generator draws other numbers than the CPU one of the same seed (runs are equal per device type)."""
+    return [torch.Generator(device=device).manual_seed(stream_seed(sd, stream)) for sd in seeds]
+
+
 class StackedNorm:
     """`tasks.dmc.RunningNorm` for S seeds at once: the same parallel-Welford update and ±clip, on [S, O] stats.
 
@@ -316,11 +322,11 @@ class StackedNorm:
     `evaluate`). Equal to S separate RunningNorms (tested).
     """
 
-    def __init__(self, n_seeds: int, dim: int, clip: float, eps: float = 1e-8):
+    def __init__(self, n_seeds: int, dim: int, clip: float, eps: float = 1e-8, device: torch.device | str = "cpu"):
         self.clip, self.eps = clip, eps
-        self.mean = torch.zeros(n_seeds, dim, dtype=torch.float64)
-        self.var = torch.ones(n_seeds, dim, dtype=torch.float64)
-        self.count = torch.full((n_seeds, 1), 1e-4, dtype=torch.float64)
+        self.mean = torch.zeros(n_seeds, dim, dtype=torch.float64, device=device)
+        self.var = torch.ones(n_seeds, dim, dtype=torch.float64, device=device)
+        self.count = torch.full((n_seeds, 1), 1e-4, dtype=torch.float64, device=device)
 
     def update(self, x: Tensor) -> None:
         x = x.to(torch.float64)
@@ -341,7 +347,8 @@ class StackedNorm:
         return ((x - mean) / std).clamp(-self.clip, self.clip)
 
     def to_running_norm(self, s: int) -> RunningNorm:
-        norm = RunningNorm(self.mean.shape[1], clip=self.clip, eps=self.eps)
+        """Seed s's statistics as a RunningNorm, on the device of this one."""
+        norm = RunningNorm(self.mean.shape[1], clip=self.clip, eps=self.eps).to(self.mean.device)
         norm.mean.copy_(self.mean[s])
         norm.var.copy_(self.var[s])
         norm.count.copy_(self.count[s, 0])
@@ -354,8 +361,8 @@ class SeedStatus:
     that step on, and the other seeds go on.
     """
 
-    def __init__(self, n_seeds: int):
-        self.alive = torch.ones(n_seeds, dtype=torch.bool)
+    def __init__(self, n_seeds: int, device: torch.device | str = "cpu"):
+        self.alive = torch.ones(n_seeds, dtype=torch.bool, device=device)
         self.diverged: list[dict | None] = [None] * n_seeds
 
     def kill(self, bad: Tensor, reasons: str | list[str], step: int) -> None:
@@ -401,22 +408,28 @@ def _batched_mlp(seq: nn.Sequential, params: dict[str, Tensor], x: Tensor, prefi
 
 
 class Stacked:
-    """S independent copies of a module, their parameters stacked on a leading seed dim [S, ...].
+    """S independent copies of a module, their parameters stacked on a leading seed dim [S, ...], on `device`.
 
     `forward(params, x)` runs every seed's copy on its own slice of x ([S, B, ...]) at once. Each copy
     is initialised from its seed's "run/init" stream, so a seed starts the same whichever seeds share
-    its group.
+    its group. The copies are built on the CPU and then moved, so a seed starts from the same weights on
+    every device.
     """
 
-    def __init__(self, build, seeds: list[int]):
+    def __init__(self, build, seeds: list[int], device: torch.device | str = "cpu"):
         mods = []
         for sd in seeds:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(stream_seed(sd, "run/init"))
+                # the CPU generator only: torch.manual_seed would also reseed every CUDA device's default generator,
+                # which fork_rng(devices=[]) does not restore
+                torch.default_generator.manual_seed(stream_seed(sd, "run/init"))
                 mods.append(build())
-        self.template = mods[0]
-        self.params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in mods]).requires_grad_()
-                       for k, _ in self.template.named_parameters()}
+        self.device = torch.device(device)
+        self.params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in mods]).to(self.device).requires_grad_()
+                       for k, _ in mods[0].named_parameters()}
+        # moved after stacking, since `.to` moves a module's parameters in place; its buffers (BinnedPolicy's bin values)
+        # serve every seed
+        self.template = mods[0].to(self.device)
 
     def forward(self, params: dict[str, Tensor], x: Tensor):
         return batched_forward(self.template, params, x)
@@ -460,7 +473,7 @@ class _UniformRandom(nn.Module):
         return obs
 
     def mode(self, obs: Tensor) -> Tensor:
-        return torch.rand(obs.shape[0], self.action_dim, generator=self.gen) * 2.0 - 1.0
+        return torch.rand(obs.shape[0], self.action_dim, generator=self.gen, device=self.gen.device) * 2.0 - 1.0
 
 
 def random_policy_return(task: str, task_config, episodes: int, seed: int) -> float:
@@ -484,19 +497,19 @@ def evaluate_seeds(actor: Stacked, obs_norm, task: str, episodes: int, seeds: li
     S = len(seeds)
     env = VecEnv(task, [stream_seed(sd, f"eval/{i}") for sd in seeds for i in range(episodes)], action_repeat, time_limit)
     pol = actor.template
-    live = torch.ones(S, dtype=torch.bool) if alive is None else alive
+    live = torch.ones(S, dtype=torch.bool, device=actor.device) if alive is None else alive
     returns = np.full(S * episodes, np.nan)
     done = np.zeros(S * episodes, dtype=bool)
     while not done.all():
-        obs = obs_norm(torch.as_tensor(env.obs).view(S, episodes, -1))
+        obs = obs_norm(torch.as_tensor(env.obs, device=actor.device).view(S, episodes, -1))
         action = pol.mode(actor.forward(actor.params, obs))
         action = torch.where(live[:, None, None], action, torch.zeros_like(action))
-        _, _, term, trunc, _, ended_return = env.step(action.reshape(S * episodes, -1).numpy())
+        _, _, term, trunc, _, ended_return = env.step(action.reshape(S * episodes, -1).cpu().numpy())
         ended = (term | trunc) & ~done  # the env auto-resets: count each env's first episode only
         returns[ended] = ended_return[ended]
         done |= ended
     means = returns.reshape(S, episodes).mean(1)
-    return [float(m) if bool(live[i]) else float("nan") for i, m in enumerate(means)]
+    return [float(m) if ok else float("nan") for m, ok in zip(means, live.tolist())]
 
 
 # ------------------------------------------------------------------------------------------------ task family

@@ -16,15 +16,18 @@ Optimisation (all stages): AdamW (β1 = 0.9, β2 = the stage's `adam_beta2`, no 
 warmed up linearly over the first `warmup` fraction of steps then decayed to 0 along a cosine. Batches are drawn
 from consecutive random permutations of the examples (epochs) with a torch.Generator from `tasks.seeding`;
 model initialisation and dropout use the global torch RNG seeded inside `torch.random.fork_rng` (the caller's
-global RNG state is untouched). Same config, same machine and thread count → identical weights.
+global RNG state is untouched). Each stage trains on the device it is given (`device`: a run builds the stages it
+starts from on its own device); a model is initialised on the CPU and then moved, and the batch order's generator
+lives on the device. Same config, device type, machine and thread count → identical weights.
 
 Artifact cache: the directory `artifacts_root()/artifact_key(cfg)` holds `model.save_pretrained` and
 `tokenizer.save_pretrained` output plus `emrl.json` (kind, key, resolved config, metrics, package versions).
 A stage is built in a temporary directory `.<key>.<host>.<pid>.*.tmp` inside the root and renamed into place only
 when complete, so an interrupted build never counts as present: an exception removes its folder, and the folder
 of a killed process is removed by the next build of the same key on the same host once that pid is gone. Of two
-processes racing on one key, the loser discards its copy. The key hashes the config only:
-delete the cache after changing the training code.
+processes racing on one key, the loser discards its copy. The key hashes the config only, with the device
+type appended off the CPU (a CUDA-trained model differs in its numbers): delete the cache after changing the training
+code.
 
 Defaults, measured on an idle 2-core CPU (torch 2.13 CPU, transformers 5.23; numbers as recorded in the artifacts'
 `emrl.json`): pretrain 500 steps ~27 s; SFT 2000 steps ~65 s, its samples at temperature 1 on held-out prompts 96%
@@ -55,6 +58,7 @@ from torch.nn import functional as F
 
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from tasks import lm_language as lang
+from tasks.base import Device
 from tasks.lm_language import LanguageConfig
 from tasks.seeding import stream_seed
 
@@ -299,10 +303,10 @@ def lr_factor(step: int, steps: int, warmup: float) -> float:
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
     """Index batches from consecutive random permutations of range(n)."""
-    buf = torch.empty(0, dtype=torch.long)
+    buf = torch.empty(0, dtype=torch.long, device=gen.device)
     for _ in range(steps):
         while len(buf) < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
+            buf = torch.cat([buf, torch.randperm(n, generator=gen, device=gen.device)])
         yield buf[:batch_size]
         buf = buf[batch_size:]
 
@@ -310,7 +314,7 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
 def _train(model: torch.nn.Module, loss_fn: Callable[[Tensor], Tensor], n: int, cfg: Any,
            gen: torch.Generator) -> list[float]:
     """Minimise loss_fn(batch indices) over n examples with AdamW (module docstring) as the stage config `cfg`
-    sets it (steps, batch_size, lr, adam_beta2, warmup); the loss per step."""
+    sets it (steps, batch_size, lr, adam_beta2, warmup), in batches of indices on `gen`'s device; the loss per step."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=0.0)
     model.train()
     losses = []
@@ -322,9 +326,13 @@ def _train(model: torch.nn.Module, loss_fn: Callable[[Tensor], Tensor], n: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
     model.eval()
-    return losses
+    return torch.stack(losses).tolist()  # one device-to-host copy, not one per step
+
+
+def _to(data: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in data.items()}
 
 
 def _lm_loss_fn(model, data: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
@@ -352,13 +360,15 @@ def artifacts_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "results" / "artifacts"
 
 
-def artifact_key(cfg: PretrainConfig | SFTStageConfig | RewardModelConfig) -> str:
-    """"<kind>-<first 16 hex digits of sha256(canonical JSON of dataclasses.asdict(cfg))>", kind in pretrain/sft/rm."""
+def artifact_key(cfg: PretrainConfig | SFTStageConfig | RewardModelConfig, device: Device = "cpu") -> str:
+    """"<kind>-<first 16 hex digits of sha256(canonical JSON of dataclasses.asdict(cfg))>", kind in pretrain/sft/rm,
+    then "-<device>" for a stage trained off the CPU (CPU keys predate devices and stay as they were)."""
     kind = KINDS.get(type(cfg).__name__)
     if kind is None or not dataclasses.is_dataclass(cfg):
         raise ConfigError(f"artifact_key got a {type(cfg).__name__}: must be one of {', '.join(KINDS)}.")
     canonical = json.dumps(dataclasses.asdict(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return f"{kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+    key = f"{kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+    return key if device == "cpu" else f"{key}-{device}"
 
 
 def _versions() -> dict[str, str]:
@@ -389,10 +399,11 @@ def _remove_abandoned(root: Path, key: str) -> None:
             pass
 
 
-def _cached(cfg, build: Callable[[Path], dict]) -> Path:
-    """The artifact directory of `cfg`, built by build(tmp_dir) -> metrics if missing (module docstring: atomic)."""
+def _cached(cfg, device: Device, build: Callable[[Path], dict]) -> Path:
+    """The artifact directory of `cfg` trained on `device`, built by build(tmp_dir) -> metrics if missing (module
+    docstring: atomic)."""
     root = artifacts_root()
-    key = artifact_key(cfg)
+    key = artifact_key(cfg, device)
     final = root / key
     if (final / METADATA).is_file():
         return final
@@ -404,7 +415,7 @@ def _cached(cfg, build: Callable[[Path], dict]) -> Path:
         metrics = build(tmp)
         metrics["time/wall_s"] = time.perf_counter() - start
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        meta = {"kind": KINDS[type(cfg).__name__], "key": key, "config": dataclasses.asdict(cfg),
+        meta = {"kind": KINDS[type(cfg).__name__], "key": key, "config": dataclasses.asdict(cfg), "device": device,
                 "metrics": metrics, "versions": _versions()}
         (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private to this user
@@ -433,51 +444,53 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def pretrained(cfg: PretrainConfig) -> Path:
-    """The directory of the stage-1 artifact for `cfg`, trained now if not cached."""
-    return _cached(cfg, lambda out: _build_pretrained(cfg, out))
+def pretrained(cfg: PretrainConfig, device: Device = "cpu") -> Path:
+    """The directory of the stage-1 artifact for `cfg` trained on `device`, trained now if not cached."""
+    return _cached(cfg, device, lambda out: _build_pretrained(cfg, out, device))
 
 
-def _build_pretrained(cfg: PretrainConfig, out: Path) -> dict:
+def _build_pretrained(cfg: PretrainConfig, out: Path, device: Device) -> dict:
     from transformers import GPT2LMHeadModel
 
+    dev = torch.device(device)
     tokenizer = lang.build_tokenizer()
     docs = lang.documents(cfg.language, cfg.documents, stream_seed(cfg.seed, "pretrain-data"))
     data = collate([pretrain_example(tokenizer, d, cfg.model.n_positions) for d in docs], tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "pretrain-init"))
-        model = GPT2LMHeadModel(gpt2_config(cfg.model, tokenizer))
-        losses = _train(model, _lm_loss_fn(model, data), len(docs), cfg,
-                        torch.Generator().manual_seed(stream_seed(cfg.seed, "pretrain")))
+        model = GPT2LMHeadModel(gpt2_config(cfg.model, tokenizer)).to(dev)
+        losses = _train(model, _lm_loss_fn(model, _to(data, dev)), len(docs), cfg,
+                        torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "pretrain")))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"train/loss": _final_loss(losses), "train/loss_first": losses[0],
             "data/truncated": float(np.mean([len(d.split()) + 2 > cfg.model.n_positions for d in docs]))}
 
 
-def sft_model(cfg: SFTStageConfig) -> Path:
-    """The directory of the stage-2 artifact for `cfg` (building stage 1 first if needed)."""
-    base = pretrained(cfg.pretrain)
-    return _cached(cfg, lambda out: _build_sft(cfg, base, out))
+def sft_model(cfg: SFTStageConfig, device: Device = "cpu") -> Path:
+    """The directory of the stage-2 artifact for `cfg` trained on `device` (building stage 1 first if needed)."""
+    base = pretrained(cfg.pretrain, device)
+    return _cached(cfg, device, lambda out: _build_sft(cfg, base, out, device))
 
 
-def _build_sft(cfg: SFTStageConfig, base: Path, out: Path) -> dict:
+def _build_sft(cfg: SFTStageConfig, base: Path, out: Path, device: Device) -> dict:
     from transformers import GPT2LMHeadModel
 
+    dev = torch.device(device)
     language = cfg.pretrain.language
     tokenizer = lang.build_tokenizer()
     pairs = lang.sft_pairs(language, cfg.pairs, stream_seed(cfg.seed, "sft-data"))
     data = collate([sft_example(tokenizer, p, r) for p, r in pairs], tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "sft-init"))
-        model = GPT2LMHeadModel.from_pretrained(base)
-        losses = _train(model, _lm_loss_fn(model, data), len(pairs), cfg,
-                        torch.Generator().manual_seed(stream_seed(cfg.seed, "sft")))
+        model = GPT2LMHeadModel.from_pretrained(base).to(dev)
+        losses = _train(model, _lm_loss_fn(model, _to(data, dev)), len(pairs), cfg,
+                        torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "sft")))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {"train/loss": _final_loss(losses), "train/loss_first": losses[0]}
     heldout = lang.prompts(language, "heldout", cfg.eval_prompts, stream_seed(cfg.seed, "sft-eval-prompts"))
-    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "sft-eval"))
+    gen = torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "sft-eval"))
     responses = _sample_texts(model, tokenizer, heldout, temperature=1.0, max_new_tokens=RESPONSE_TOKENS, gen=gen)
     metrics.update(quality_metrics(language, heldout, responses))
     return metrics
@@ -500,12 +513,13 @@ def quality_metrics(language: LanguageConfig, prompts: Sequence[str], responses:
 
 def _sample_ids(model, tokenizer, prompts: Sequence[str], *, temperature: float, max_new_tokens: int,
                 gen: torch.Generator, chunk: int = 512) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Samples for `prompts` in chunks: [(prompt_ids, prompt_mask, response_ids, response_mask)] per chunk."""
+    """Samples for `prompts` in chunks: [(prompt_ids, prompt_mask, response_ids, response_mask)] per chunk, on the
+    model's device."""
     from tasks.lm_tokens import encode_prompts, sample
 
     out = []
     for i in range(0, len(prompts), chunk):
-        pids, pmask = encode_prompts(tokenizer, list(prompts[i:i + chunk]))
+        pids, pmask = (x.to(model.device) for x in encode_prompts(tokenizer, list(prompts[i:i + chunk])))
         rids, rmask = sample(model, pids, pmask, max_new_tokens=max_new_tokens, temperature=temperature,
                              generator=gen, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
         out.append((pids, pmask, rids, rmask))
@@ -521,10 +535,10 @@ def _sample_texts(model, tokenizer, prompts: Sequence[str], *, temperature: floa
 # ------------------------------------------------------------------------------------------------ reward model
 
 
-def reward_model(cfg: RewardModelConfig) -> Path:
-    """The directory of the stage-3 artifact for `cfg` (building stages 1-2 first if needed)."""
-    policy = sft_model(cfg.sft)
-    return _cached(cfg, lambda out: _build_reward_model(cfg, policy, out))
+def reward_model(cfg: RewardModelConfig, device: Device = "cpu") -> Path:
+    """The directory of the stage-3 artifact for `cfg` trained on `device` (building stages 1-2 first if needed)."""
+    policy = sft_model(cfg.sft, device)
+    return _cached(cfg, device, lambda out: _build_reward_model(cfg, policy, out, device))
 
 
 @dataclass(frozen=True)
@@ -541,6 +555,10 @@ class Comparisons:
     """Pairs drawn again because the two samples tied."""
     grammatical: float
     """Fraction of grammatical samples among all drawn."""
+
+    def to(self, device: torch.device) -> "Comparisons":
+        moved = {k: getattr(self, k).to(device) for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
+        return dataclasses.replace(self, **moved)
 
 
 def _right_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -569,7 +587,7 @@ def comparisons(policy, tokenizer, prompts: Sequence[str], *, temperature: float
         for pids, pmask, rids, rmask in _sample_ids(policy, tokenizer, twice, temperature=temperature,
                                                     max_new_tokens=max_new_tokens, gen=gen):
             ids, mask = pack_right(pids, pmask, rids, rmask, pad)
-            seqs += [row[m > 0].tolist() for row, m in zip(ids, mask)]
+            seqs += [row[m > 0].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
             texts += decode_responses(tokenizer, rids)
         gold = lang.gold_rewards(twice, texts)
         drawn += len(texts)
@@ -617,7 +635,7 @@ def evaluate_reward_model(model, data: Comparisons, chunk: int = 1024) -> dict[s
     rl = torch.cat([_scores(model, data.rejected_ids[i:i + chunk], data.rejected_mask[i:i + chunk])
                     for i in range(0, len(data.gold_rejected), chunk)])
     loss, m = bradley_terry_loss(rw, rl)
-    scores = torch.cat([rw, rl]).numpy().astype(np.float64)
+    scores = torch.cat([rw, rl]).cpu().numpy().astype(np.float64)
     gold = np.concatenate([data.gold_chosen, data.gold_rejected]).astype(np.float64)
     return {"rm/accuracy": float(m["rm/accuracy"]), "rm/loss": float(loss), "rm/pearson": _corr(scores, gold),
             "rm/spearman": _corr(_ranks(scores), _ranks(gold))}
@@ -640,19 +658,20 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path) -> dict:
+def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path, device: Device) -> dict:
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
+    dev = torch.device(device)
     language = cfg.sft.pretrain.language
     tokenizer = lang.build_tokenizer()
-    policy = GPT2LMHeadModel.from_pretrained(policy_dir).eval()
+    policy = GPT2LMHeadModel.from_pretrained(policy_dir).to(dev).eval()
     train_prompts = lang.prompts(language, "train", cfg.pairs, stream_seed(cfg.seed, "rm-train-prompts"))
     test_prompts = lang.prompts(language, "heldout", cfg.heldout_pairs, stream_seed(cfg.seed, "rm-heldout-prompts"))
     kwargs = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_redraws=cfg.max_redraws)
-    train = comparisons(policy, tokenizer, train_prompts, gen=torch.Generator().manual_seed(
-        stream_seed(cfg.seed, "rm-train-samples")), **kwargs)
-    test = comparisons(policy, tokenizer, test_prompts, gen=torch.Generator().manual_seed(
-        stream_seed(cfg.seed, "rm-heldout-samples")), **kwargs)
+    train = comparisons(policy, tokenizer, train_prompts, gen=torch.Generator(dev).manual_seed(
+        stream_seed(cfg.seed, "rm-train-samples")), **kwargs).to(dev)
+    test = comparisons(policy, tokenizer, test_prompts, gen=torch.Generator(dev).manual_seed(
+        stream_seed(cfg.seed, "rm-heldout-samples")), **kwargs).to(dev)
     del policy
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "rm-init"))
@@ -664,13 +683,14 @@ def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path) -> 
             config.num_labels = 1
             model = GPT2ForSequenceClassification(config)
         model.config.pad_token_id = tokenizer.pad_token_id
+        model.to(dev)
 
         def loss_fn(idx: Tensor) -> Tensor:
             rw = _scores(model, train.chosen_ids[idx], train.chosen_mask[idx])
             rl = _scores(model, train.rejected_ids[idx], train.rejected_mask[idx])
             return bradley_terry_loss(rw, rl)[0]
 
-        losses = _train(model, loss_fn, cfg.pairs, cfg, torch.Generator().manual_seed(stream_seed(cfg.seed, "rm")))
+        losses = _train(model, loss_fn, cfg.pairs, cfg, torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "rm")))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {"train/loss": _final_loss(losses), "train/loss_first": losses[0],

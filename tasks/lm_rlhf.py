@@ -68,13 +68,13 @@ from algorithms.base import Batch, Needs
 from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from algorithms.reinforce_pp import last_token
-from tasks.base import Family, RunResult, RunSpec, register_task
+from tasks.base import Device, Family, RunResult, RunSpec, register_task
 from tasks.lm_language import LanguageConfig, gold_rewards, is_grammatical, prompts
 from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
                              load_reward_model, reward_model, reward_scores, sft_model)
 from tasks.lm_sft_check import LMSFTCheckConfig, sft_check
 from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
-from tasks.seeding import generator, stream_seed
+from tasks.seeding import stream_seed
 
 hf_logging.set_verbosity_error()  # the suite builds its models from configs: no "newly initialized" notices or
 hf_logging.disable_progress_bar()  # weight-loading progress bars in the CLI's output
@@ -135,6 +135,8 @@ class LMRLHFConfig:
     eval_every: int = field(10, "updates between curve evaluations (also at the start and the end)")
     final_every: int = field(0, "updates between evaluations on the fixed score set; 0: at the start and the end only")
     kl_limit: float = field(50.0, "a mean sequence KL to the reference above this (nats) marks the run diverged")
+    device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses: 'cpu' or 'cuda' (the "
+                                  "runner picks which GPU); the SFT and reward models are trained there too")
 
     def __post_init__(self):
         check_choices(self)
@@ -178,21 +180,22 @@ def language_of(task: LMTaskConfig) -> LanguageConfig:
 
 
 class Rewards:
-    """Gold and proxy rewards of decoded responses."""
+    """Gold and proxy rewards of decoded responses, on the device of the responses."""
 
-    def __init__(self, task: LMTaskConfig, tokenizer):
+    def __init__(self, task: LMTaskConfig, tokenizer, device: Device = "cpu"):
         self.tokenizer = tokenizer
-        self.rm, _ = load_reward_model(reward_model(stages(task)[1]))
-        self.rm.eval()
+        self.rm, _ = load_reward_model(reward_model(stages(task)[1], device))
+        self.rm.to(torch.device(device)).eval()
 
     def texts(self, response_ids: Tensor, response_mask: Tensor) -> list[str]:
-        return [self.tokenizer.decode(r[m > 0].tolist()) for r, m in zip(response_ids, response_mask)]
+        return [self.tokenizer.decode(r[m > 0].tolist()) for r, m in zip(response_ids.cpu(), response_mask.cpu())]
 
     @torch.no_grad()
     def __call__(self, prompt_texts: list[str], prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                  response_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(gold [N], proxy [N]) of each response to its prompt."""
-        gold = torch.from_numpy(gold_rewards(prompt_texts, self.texts(response_ids, response_mask))).float()
+        gold = torch.from_numpy(gold_rewards(prompt_texts, self.texts(response_ids, response_mask)))
+        gold = gold.float().to(response_ids.device)
         proxy = reward_scores(self.rm, prompt_ids, prompt_mask, response_ids, response_mask, self.tokenizer.pad_token_id)
         return gold, proxy
 
@@ -223,20 +226,23 @@ class Learner:
     def __init__(self, spec: RunSpec):
         self.cfg: LMRLHFConfig = spec.train_config
         self.task: LMTaskConfig = spec.task_config
-        self.method = ALGORITHMS[spec.algo](spec.algo_config)
+        self.dev = torch.device(self.cfg.device)
+        self.method = ALGORITHMS[spec.algo](spec.algo_config).to(self.dev)
         self.needs = type(self.method).needs_for(spec.algo_config)
         missing = self.needs.missing(provides(self.cfg))
         if missing:
             raise ConfigError(f"algorithm {spec.algo!r} needs {', '.join(missing)}, which the LM RLHF loop does not provide.")
-        path = self.task.policy or str(sft_model(stages(self.task)[0]))
+        path = self.task.policy or str(sft_model(stages(self.task)[0], self.cfg.device))
         self.path = path
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # loaded and initialised on the CPU, then moved
             torch.manual_seed(stream_seed(spec.seed, "run/init"))
             self.policy, self.tokenizer = load_causal_lm(path, dropout=self.cfg.dropout)
             self.ref, _ = load_causal_lm(path, dropout=0.0)
             self.value_head = nn.Linear(self.policy.config.hidden_size, 1)
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+        for module in (self.policy, self.ref, self.value_head):
+            module.to(self.dev)
         self.ref.requires_grad_(False)
         self.policy.train()
         params = [*self.policy.parameters(), *self.value_head.parameters()]
@@ -253,8 +259,7 @@ class Learner:
     @torch.no_grad()
     def rollout(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator, *, k: int,
                 greedy: bool = False) -> Rollout:
-        p_ids, p_mask = encode_prompts(self.tokenizer, prompt_texts)
-        p_ids, p_mask = p_ids.repeat_interleave(k, 0), p_mask.repeat_interleave(k, 0)
+        p_ids, p_mask = (x.to(self.dev).repeat_interleave(k, 0) for x in encode_prompts(self.tokenizer, prompt_texts))
         r_ids, r_mask = sample(self.policy, p_ids, p_mask, max_new_tokens=self.task.max_new_tokens,
                                temperature=self.task.temperature, generator=gen, eos_id=self.eos, pad_id=self.pad,
                                greedy=greedy)
@@ -296,7 +301,7 @@ class Learner:
     def batch(self, ro: Rollout, idx: Tensor, score: Tensor, target: Tensor | None, label: Tensor,
               baseline: Tensor | None, B: int, K: int) -> tuple[Batch, Tensor | None]:
         """The method's `Batch` for the prompts `idx` (rows idx·K .. idx·K + K − 1), with a gradient pass."""
-        rows = (idx[:, None] * K + torch.arange(K)).reshape(-1)
+        rows = (idx[:, None] * K + torch.arange(K, device=idx.device)).reshape(-1)
         b = len(idx)
         lp, states = forward_response(self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
                                       ro.mask[rows], hidden=self.critic)
@@ -305,7 +310,7 @@ class Learner:
         shape = lambda x: x.reshape(b, K, *x.shape[1:])  # noqa: E731  [b·K, ...] -> [b, K, ...]
         kl_ref = token_kl(ro.logprobs_ref[rows], lp, mask).sum(-1)    # KL(π_ref ‖ π_θ) per sequence
         kl_old = token_kl(ro.logprobs_old[rows], lp, mask).sum(-1)    # KL(π_old ‖ π_θ) per sequence
-        seq_mask = torch.ones(b, K)
+        seq_mask = torch.ones(b, K, device=idx.device)
         batch = Batch(logp=shape(tok.sum(-1)), score=shape(score[rows]), mask=seq_mask,
                       logp_old=shape(ro.logp_old[rows].sum(-1)), logp_ref=shape(ro.logp_ref[rows].sum(-1)),
                       label=shape(label[rows]), kl_ref=shape(kl_ref).mean(1), kl_old=shape(kl_old).mean(1),
@@ -328,13 +333,13 @@ class Learner:
         cfg = self.cfg
         score, target = self.scores(ro)
         ranked = self.shaped_reward(ro).reshape(B, K)
-        label = (2.0 * top_k_mask(ranked, torch.ones(B, K), k=K // 2) - 1.0).reshape(-1)
+        label = (2.0 * top_k_mask(ranked, torch.ones(B, K, device=ranked.device), k=K // 2) - 1.0).reshape(-1)
         ordered = ranked.sort(-1, descending=True).values
         boundary_ties = float((ordered[:, K // 2 - 1] == ordered[:, K // 2]).float().mean()) if K >= 2 else 0.0
         logged: list[dict[str, Tensor]] = []
         early_stop = 0.0
         for epoch in range(cfg.epochs):
-            for idx in torch.randperm(B, generator=gen).tensor_split(cfg.minibatches):
+            for idx in torch.randperm(B, generator=gen, device=gen.device).tensor_split(cfg.minibatches):
                 batch, value = self.batch(ro, idx, score, target, label, baseline, B, K)
                 loss, metrics = self.method(batch)
                 if self.critic and not self.needs.values:
@@ -400,7 +405,8 @@ FINAL_STREAM = "final-eval"
 """The generator stream of the fixed score set, seeded by the task's `prompt_seed` (never by the run's seed)."""
 
 _START_SCORES: dict[tuple, list[tuple[str, float]]] = {}
-"""The fixed score set's evaluation of each task's starting policy, computed once per process (same numbers)."""
+"""The fixed score set's evaluation of each task's starting policy on each device type, computed once per process
+(same numbers)."""
 
 
 def score_sets(task: LMTaskConfig) -> tuple[list[str], list[str], int]:
@@ -417,10 +423,11 @@ def score_sets(task: LMTaskConfig) -> tuple[list[str], list[str], int]:
 def final_scores(learner: Learner, rewards: Rewards, task: LMTaskConfig) -> list[tuple[str, float]]:
     """(metric, value) rows of the fixed score set for the learner's current policy."""
     heldout, train, k_train = score_sets(task)
+    gen = lambda stream: torch.Generator(learner.dev).manual_seed(stream_seed(task.prompt_seed, stream))  # noqa: E731
     out = [(f"final/{name}", v) for name, v in
-           learner.evaluate(heldout, rewards, generator(task.prompt_seed, FINAL_STREAM), k=task.final_samples).items()]
+           learner.evaluate(heldout, rewards, gen(FINAL_STREAM), k=task.final_samples).items()]
     if train:
-        m = learner.evaluate(train, rewards, generator(task.prompt_seed, FINAL_STREAM + "/train"), k=k_train)
+        m = learner.evaluate(train, rewards, gen(FINAL_STREAM + "/train"), k=k_train)
         out += [("final_train/gold", m["gold"]), ("final_train/kl_ref", m["kl_ref"])]
     return out
 
@@ -437,17 +444,17 @@ def _train_one(spec: RunSpec) -> RunResult:
     cfg: LMRLHFConfig = spec.train_config
     task: LMTaskConfig = spec.task_config
     learner = Learner(spec)
-    rewards = Rewards(task, learner.tokenizer)
+    rewards = Rewards(task, learner.tokenizer, cfg.device)
     language = language_of(task)
     pool = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)
     heldout = prompts(language, "heldout", task.eval_prompts, seed=task.prompt_seed)
     train_eval = pool[: task.eval_prompts]
-    gen = generator(spec.seed, "run")
+    gen = torch.Generator(learner.dev).manual_seed(stream_seed(spec.seed, "run"))
     B, K = cfg.prompts_per_update, cfg.samples_per_prompt
     rows: list[tuple[int, str, float]] = []
 
     def evaluate(step: int) -> None:
-        eval_gen = generator(spec.seed, f"eval/{step}")
+        eval_gen = torch.Generator(learner.dev).manual_seed(stream_seed(spec.seed, f"eval/{step}"))
         for name, value in learner.evaluate(heldout, rewards, eval_gen).items():
             rows.append((step, f"eval/{name}", value))
         if task.final_train:
@@ -455,7 +462,7 @@ def _train_one(spec: RunSpec) -> RunResult:
 
     def score(step: int) -> None:
         if step == 0:  # the starting policy is the same for every run of the task: evaluate it once per process
-            key = (learner.path, repr(task))
+            key = (learner.path, repr(task), cfg.device)
             if key not in _START_SCORES:
                 _START_SCORES[key] = final_scores(learner, rewards, task)
             values = _START_SCORES[key]
@@ -466,7 +473,7 @@ def _train_one(spec: RunSpec) -> RunResult:
     evaluate(0)
     score(0)
     for update in range(1, cfg.updates + 1):
-        chosen = torch.randint(len(pool), (B,), generator=gen).tolist()
+        chosen = torch.randint(len(pool), (B,), generator=gen, device=gen.device).tolist()
         prompt_texts = [pool[i] for i in chosen]
         ro = learner.rollout(prompt_texts, rewards, gen, k=K)
         baseline = None

@@ -26,11 +26,11 @@ from torch.nn import functional as F
 
 from algorithms import REGISTRY as ALGORITHMS
 from algorithms.base import Batch
-from algorithms.config import ConfigError, check_positive, check_range, field
-from tasks.base import RunResult, RunSpec
+from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
+from tasks.base import Device, RunResult, RunSpec
 from tasks.lm_language import sft_pairs
 from tasks.lm_models import collate, load_causal_lm, pretrained, sft_example
-from tasks.seeding import generator, stream_seed
+from tasks.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,11 @@ class LMSFTCheckConfig:
     batch_size: int = field(32, "demonstrations per step")
     lr: float = field(0.02, "SGD learning rate of both copies")
     dropout: float = field(0.1, "dropout p of both copies (identical masks)")
+    device: Device = field("cpu", "where the loop keeps networks, batches and losses: 'cpu' or 'cuda' (the runner "
+                                  "picks which GPU); the pretrained model is trained there too")
 
     def __post_init__(self):
+        check_choices(self)
         check_positive(self, "steps", "batch_size", "lr")
         check_range(self, "dropout", 0.0, 1.0, hi_open=True)
 
@@ -51,20 +54,22 @@ def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
     cfg: LMSFTCheckConfig = spec.train_config
     if spec.algo != "sft":
         raise ConfigError(f"the L8 check trains algorithm 'sft'; got {spec.algo!r}.")
-    path = str(pretrained(pretrain_cfg))
+    dev = torch.device(cfg.device)
+    path = str(pretrained(pretrain_cfg, cfg.device))
     a, tokenizer = load_causal_lm(path, dropout=cfg.dropout)
     b, _ = load_causal_lm(path, dropout=cfg.dropout)
-    a.train()
-    b.train()
-    method = ALGORITHMS["sft"](spec.algo_config)
+    a.to(dev).train()
+    b.to(dev).train()
+    method = ALGORITHMS["sft"](spec.algo_config).to(dev)
     opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=cfg.lr), torch.optim.SGD(b.parameters(), lr=cfg.lr)
     pairs = sft_pairs(pretrain_cfg.language, cfg.steps * cfg.batch_size, seed=stream_seed(spec.seed, "l8/data"))
-    gen = generator(spec.seed, "l8/order")
-    order = torch.randperm(len(pairs), generator=gen).tolist()
-    rows: list[tuple[int, str, float]] = []
+    gen = torch.Generator(dev).manual_seed(stream_seed(spec.seed, "l8/order"))
+    order = torch.randperm(len(pairs), generator=gen, device=dev).tolist()
+    logged: list[torch.Tensor] = []
     for step in range(1, cfg.steps + 1):
         chosen = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
-        data = collate([sft_example(tokenizer, *pairs[i]) for i in chosen], tokenizer.pad_token_id)
+        data = {k: v.to(dev) for k, v in collate([sft_example(tokenizer, *pairs[i]) for i in chosen],
+                                                 tokenizer.pad_token_id).items()}
         b.load_state_dict(a.state_dict())
         seed = stream_seed(spec.seed, f"l8/dropout/{step}")
         torch.manual_seed(seed)
@@ -82,12 +87,14 @@ def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
         with torch.no_grad():
             ga = torch.cat([p.grad.reshape(-1) for p in a.parameters() if p.grad is not None])
             gb = torch.cat([p.grad.reshape(-1) for p in b.parameters() if p.grad is not None])
-            grad_diff = float((ga - gb).norm() / ga.norm().clamp_min(1e-30))
+            grad_diff = (ga - gb).norm() / ga.norm().clamp_min(1e-30)
         opt_a.step()
         opt_b.step()
         with torch.no_grad():
-            diff = max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
-        la, lb = float(loss_a.detach()), float(loss_b.detach())
+            diff = torch.stack([(p - q).abs().max() for p, q in zip(a.parameters(), b.parameters())]).max()
+        logged.append(torch.stack([grad_diff, diff, loss_a.detach(), loss_b.detach()]))
+    rows: list[tuple[int, str, float]] = []
+    for step, (grad_diff, diff, la, lb) in enumerate(torch.stack(logged).tolist(), 1):  # one copy off the device
         rows += [(step, "check/grad_rel_diff", grad_diff), (step, "check/max_param_diff", diff),
                  (step, "check/loss_diff", abs(la - lb)), (step, "check/loss", la)]
     return RunResult("ok", rows)

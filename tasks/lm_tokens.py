@@ -60,7 +60,7 @@ def sample(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: in
         out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
         pos = positions(mask)[:, -1]
-        done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         tokens, masks = [], []
         for _ in range(max_new_tokens):
             if greedy:

@@ -247,8 +247,8 @@ def test_losing_a_race_keeps_the_winner(tmp_path, monkeypatch):
     monkeypatch.setenv("EMRL_ARTIFACTS", str(root))
     real = lm_models._build_pretrained
 
-    def build_and_lose(cfg, out):
-        metrics = real(cfg, out)
+    def build_and_lose(cfg, out, device):
+        metrics = real(cfg, out, device)
         winner = root / artifact_key(cfg)
         winner.mkdir()
         (winner / "emrl.json").write_text("{}")
