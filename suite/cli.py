@@ -19,6 +19,7 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 MAX_SEEDS = 1000  # more than any claim needs (suite.analysis.AFFORDABLE_SEEDS); a larger number is a typo
 STATUSES = ("ok", "diverged", "failed")  # suite.store.STATUSES, repeated so that parsing imports nothing heavy
+BACKENDS = ("process", "ray")  # suite.runner.BACKENDS, likewise
 DEFAULT_RESULTS = os.environ.get("EMRL_RESULTS", "results")
 DEFAULT_REPORTS = "reports"
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a question's grid (skipping stored runs) and write its report")
     run.add_argument("question", help="a question name or a claim ID (e.g. bandits-kl or B3)")
     _grid_args(run)
-    run.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
+    _backend_args(run)
     run.add_argument("--no-report", action="store_true", help="train only; do not write the report")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--dry-run", action="store_true", help="print the grid's runs, how many are stored and the estimated "
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rpr = sub.add_parser("reproduce", help="run every question at a profile and write every report")
     rpr.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
-    rpr.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
+    rpr.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N: where the control, Atari and LM families "
+                                                   "train (default: as configured, the CPU); bandits and theory stay on the CPU")
+    _backend_args(rpr)
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
     rpr.add_argument("--dry-run", action="store_true", help="print every question's runs, how many are stored and the "
                                                            "estimated CPU-hours per family; train and write nothing")
@@ -103,6 +106,18 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_seeds, default=None, help="seeds per variant (default: the profile's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field for every run that has it: task.*, train.*, algo.*, or <algorithm>.*")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N: where the control, Atari and LM families train "
+                                                  "(default: as configured, the CPU); a CUDA run is another run than a CPU one")
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes, or the CPUs of a local Ray instance (default: all cores)")
+    p.add_argument("--backend", choices=BACKENDS, default="process",
+                   help="process: a local process pool; ray: Ray tasks, on a local instance or the cluster at --address "
+                        "(default: %(default)s)")
+    p.add_argument("--address", default=None, help="with --backend ray: a running Ray cluster's address (e.g. 10.0.0.1:6379 "
+                                                  "or auto); without it a local Ray instance is started")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,24 +170,67 @@ def _plan(args, question_name: str):
     entry = catalogue.question(question_name)
     profile = check_profile(args.profile)
     catalogue.check_overrides(entry, overrides.parse(args.overrides))
+    device = _device(args)
     from suite.questions import get_question
 
     question = get_question(entry["name"])
     points = question.grid(profile, seeds=args.seeds)
     points = overrides.apply(points, args.overrides)
+    if device is not None:  # a question of one family must be able to use it; a sweep of all of them moves what can
+        from suite import devices
+
+        points = devices.apply(points, devices.resolve(device[0], *_backend(args)), require=bool(getattr(args, "question", None)))
     return question, profile, points
+
+
+def _device(args) -> tuple[str, int | None] | None:
+    """The parsed --device (None when not given), checked with the backend: an address is for Ray only, and a device
+    index for the process pool only (Ray places GPUs)."""
+    backend, address, _ = _backend(args)
+    if address is not None and backend != "ray":
+        raise ConfigError("--address is for --backend ray: give both, or neither.")
+    if getattr(args, "device", None) is None:
+        return None
+    from suite import devices
+
+    kind, index = devices.parse(args.device)
+    if index is not None and backend == "ray":
+        raise ConfigError(f"--device {args.device} with --backend ray: Ray chooses each task's GPU; give --device cuda.")
+    return kind, index
+
+
+def _backend(args) -> tuple[str, str | None, int | None]:
+    return getattr(args, "backend", "process"), getattr(args, "address", None), getattr(args, "workers", None)
+
+
+def _execute(args, points, label: str):
+    """Train `points` on the chosen backend, having refused a CUDA run on a machine without CUDA (the process pool)."""
+    from suite.runner import execute
+    from suite.store import Store
+
+    backend, address, workers = _backend(args)
+    index = (_device(args) or ("cpu", None))[1]
+    if backend == "process":
+        from suite import devices
+
+        devices.check_local(points, index)
+    return execute(points, Store(args.results), workers=workers, progress=not args.quiet, label=label, backend=backend,
+                   address=address, gpu=index)
 
 
 def _report_dir(args, question, points) -> Path:
     """The reports folder for a canonical run; an ablation (another profile, --seeds or --set) goes under results/."""
     from suite.report import COMMITTED_PROFILE
 
-    canonical = not args.overrides and args.seeds is None and (args.profile == COMMITTED_PROFILE or args.reports_chosen)
+    on_cpu = not any(getattr(p.spec.train_config, "device", "cpu") != "cpu" for p in points)  # the committed reports' device
+    canonical = (not args.overrides and args.seeds is None and on_cpu
+                 and (args.profile == COMMITTED_PROFILE or args.reports_chosen))
     if canonical:
         return Path(args.reports) / question.name
     from suite.configs import content_hash
 
-    tag = content_hash({"overrides": args.overrides, "seeds": args.seeds, "profile": args.profile})[:8]
+    key = {"overrides": args.overrides, "seeds": args.seeds, "profile": args.profile}
+    tag = content_hash(key if on_cpu else {**key, "device": "cuda"})[:8]  # CPU ablations keep their folders
     return Path(args.results) / "ablations" / f"{question.name}-{args.profile}-{tag}"
 
 
@@ -184,11 +242,10 @@ def cmd_run(args) -> int:
     question, profile, points = _plan(args, args.question)  # first: bad input is refused before the heavy imports
     if args.dry_run:
         return _dry_run(args, f"{question.name} [{profile}]", points)
-    from suite.runner import execute
     from suite.store import Store
 
     store = Store(args.results)
-    summary = execute(points, store, workers=args.workers, progress=not args.quiet, label=question.name)
+    summary = _execute(args, points, question.name)
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(f"{question.name} [{profile}]: {summary.total} runs, {summary.skipped} already stored, trained: {done} "
           f"({summary.wall_s:.1f} s)")
@@ -283,7 +340,6 @@ def cmd_reproduce(args) -> int:
 
     check_profile(args.profile)  # before the heavy imports
     from suite.questions import QUESTIONS
-    from suite.runner import execute
     from suite.store import Store
 
     args = argparse.Namespace(**{**vars(args), "seeds": None, "overrides": []})
@@ -292,7 +348,7 @@ def cmd_reproduce(args) -> int:
     union = list({p.spec: p for _, _, points in plans for p in points}.values())
     if args.dry_run:
         return _dry_run(args, f"reproduce [{args.profile}]", union)
-    summary = execute(union, store, workers=args.workers, progress=not args.quiet, label=f"reproduce [{args.profile}]")
+    summary = _execute(args, union, f"reproduce [{args.profile}]")
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
     print(f"reproduce [{args.profile}]: {summary.total} runs, {summary.skipped} already stored, trained: {done} ({summary.wall_s:.1f} s)")
     for question, profile, points in plans:

@@ -46,6 +46,8 @@ class FamilyCost:
     cpu_s: float = 0.0
     unpriced: int = 0
     """Runs to train whose (family, budget field) has no measured cost."""
+    on_gpu: int = 0
+    """Runs to train on a GPU (`train.device = cuda`), priced at their CPU cost: no GPU cost is measured yet."""
 
 
 def estimate(specs_to_train: list, stored_by_family: dict[str, int], family_of) -> dict[str, FamilyCost]:
@@ -59,6 +61,7 @@ def estimate(specs_to_train: list, stored_by_family: dict[str, int], family_of) 
         units, unit = budget(spec.train_config)
         cost = out[family]
         cost.runs += 1
+        cost.on_gpu += getattr(spec.train_config, "device", "cpu") == "cuda"
         if (family, unit) in SECONDS_PER_UNIT:
             cost.cpu_s += units * SECONDS_PER_UNIT[(family, unit)]
         else:
@@ -76,4 +79,7 @@ def render(costs: dict[str, FamilyCost], workers: int) -> str:
     total = sum(c.cpu_s for c in costs.values()) / 3600
     lines.append(f"about {total:.2f} CPU-hours to train, ≈ {total / workers:.2f} h wall on {workers} worker(s) "
                  f"(costs measured on {MEASURED_ON}, suite/costs.py; good to about a factor of two). Nothing was trained.")
+    if gpu := sum(c.on_gpu for c in costs.values()):
+        lines.append(f"{gpu} of the runs to train are on a GPU (--device cuda): no GPU cost has been measured yet (the "
+                     "development machine has none), so they are priced at what they take on the CPU.")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Expand a question's grid, skip what is stored, train the rest on a local process pool.
+"""Expand a question's grid, skip what is stored, train the rest on a local process pool or on Ray.
 
 The unit of work is a *group*: the runs of one grid cell that differ only in their seed, which a task
 family trains as one vectorised batch. Each finished run is written to the store atomically by the
@@ -9,6 +9,7 @@ recorded as `failed` with its traceback and the sweep goes on; a diverged seed i
 of letting it train on for nothing: an unwritable store is refused before anything trains, and an
 error outside training (a failed store write) ends the sweep once the groups in flight finish. A
 worker process that dies (OOM killer, kill -9) is replaced and its groups retried (`MAX_TRIES`).
+On Ray (`suite.ray_backend`) the driver writes the records the tasks send back, with the same guarantees.
 """
 
 from __future__ import annotations
@@ -123,12 +124,23 @@ def make_record(spec: RunSpec, result: RunResult, started: str, wall_s: float, g
     }
 
 
-def train_group(specs: list[RunSpec], root: str, prov: dict, threads: int = 1) -> list[str]:
-    """Train one group (same cell, different seeds) and store each run. Returns the statuses."""
+def train_records(specs: list[RunSpec], prov: dict, threads: int = 1, gpu: int | None = None) -> list[dict]:
+    """Train one group (same cell, different seeds): one record per run, ready for the store.
+
+    `gpu` is the CUDA device index a `cuda` run uses in a process-pool worker; Ray places its tasks itself (each sees
+    the GPU it was given as device 0)."""
     import torch
 
     torch.set_num_threads(threads)
-    store = Store(root)
+    # The same numbers per device type: on CUDA, without deterministic kernels cuBLAS and the scatter/index kernels
+    # (embedding and gather backward) may sum in a different order on every call. An op with no deterministic kernel
+    # raises, and its runs are recorded failed naming it, rather than giving numbers that cannot be reproduced. (Set per
+    # group: a worker trains CPU groups, left as they always ran, between CUDA ones.)
+    torch.use_deterministic_algorithms(uses_gpu(specs[0]))
+    if uses_gpu(specs[0]):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if gpu is not None:
+            torch.cuda.set_device(gpu)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
@@ -140,9 +152,20 @@ def train_group(specs: list[RunSpec], root: str, prov: dict, threads: int = 1) -
         tb = traceback.format_exc()
         results = [RunResult(status="failed", error=tb) for _ in specs]
     wall = (time.perf_counter() - t0) / len(specs)
-    for spec, result in zip(specs, results):
-        store.write(make_record(spec, result, started, wall, len(specs), prov))
-    return [r.status for r in results]
+    return [make_record(spec, result, started, wall, len(specs), prov) for spec, result in zip(specs, results)]
+
+
+def train_group(specs: list[RunSpec], root: str, prov: dict, threads: int = 1, gpu: int | None = None) -> list[str]:
+    """A process-pool worker: train one group and store each run. Returns the statuses."""
+    store = Store(root)
+    records = train_records(specs, prov, threads, gpu)
+    for record in records:
+        store.write(record)
+    return [r["status"] for r in records]
+
+
+def uses_gpu(spec: RunSpec) -> bool:
+    return getattr(spec.train_config, "device", "cpu") == "cuda"
 
 
 def check_writable(store: Store) -> None:
@@ -158,11 +181,17 @@ def check_writable(store: Store) -> None:
                         "Fix its permissions or choose another store (--results, or EMRL_RESULTS).") from None
 
 
-def execute(points: list[GridPoint], store: Store, workers: int | None = None, progress: bool = True, label: str = "") -> Summary:
-    """Train every run of `points` that is not stored. `workers=1` trains in this process.
+BACKENDS = ("process", "ray")
 
-    An error from outside training (a store that refuses a write, a conflicting record) stops the sweep: the
-    groups in flight finish, nothing else starts, and the error is re-raised.
+
+def execute(points: list[GridPoint], store: Store, workers: int | None = None, progress: bool = True, label: str = "",
+            backend: str = "process", address: str | None = None, gpu: int | None = None) -> Summary:
+    """Train every run of `points` that is not stored.
+
+    `backend`: "process", a local process pool of `workers` processes (`workers=1` trains in this process; `gpu` is
+    the CUDA index its `cuda` runs use), or "ray" (`suite.ray_backend`: a local Ray instance of `workers` CPUs, or the
+    cluster at `address`). An error from outside training (a store that refuses a write, a conflicting record) stops
+    the sweep: the groups in flight finish, nothing else starts, and the error is re-raised.
     """
     from suite.progress import SweepProgress, cell_name  # the display is the parent's alone
 
@@ -171,6 +200,11 @@ def execute(points: list[GridPoint], store: Store, workers: int | None = None, p
     if not groups:
         return summary
     check_writable(store)
+    if backend == "ray":
+        from suite import ray_backend  # Ray is imported only when chosen
+
+        ray_backend.connect(address, workers)
+        ray_backend.check_gpus(any(uses_gpu(g[0]) for g in groups))
     prov = {"code": provenance.code(), "packages": provenance.packages()}
     workers = max(1, workers or os.cpu_count() or 1)
     # longest groups first keeps the pool busy at the end of a sweep
@@ -179,8 +213,10 @@ def execute(points: list[GridPoint], store: Store, workers: int | None = None, p
     cells = [cell_name(g[0].task, g[0].algo, variant[g[0]], len(g)) for g in groups]
     t0 = time.perf_counter()
     with SweepProgress(label, sum(map(len, groups)), enabled=progress) as bar:
-        sweep = _Sweep(groups, cells, store, prov, bar, summary)
-        if workers == 1:
+        sweep = _Sweep(groups, cells, store, prov, bar, summary, gpu)
+        if backend == "ray":
+            ray_backend.run(sweep)
+        elif workers == 1:
             sweep.inline()
         else:
             sweep.on_pools(workers)
@@ -192,8 +228,9 @@ class _Sweep:
     """Hands groups to workers and counts each finished group once, into the summary and the progress display."""
 
     def __init__(self, groups: list[list[RunSpec]], cells: list[str], store: Store, prov: dict, bar: SweepProgress,
-                 summary: Summary):
+                 summary: Summary, gpu: int | None = None):
         self.groups, self.cells, self.store, self.prov, self.bar, self.summary = groups, cells, store, prov, bar, summary
+        self.gpu = gpu
         self.tries = [0] * len(groups)
         self.started: dict[int, tuple[str, float]] = {}
 
@@ -210,7 +247,7 @@ class _Sweep:
     def inline(self) -> None:
         for i, g in enumerate(self.groups):
             self.start(i)
-            self.finish(i, train_group(g, str(self.store.root), self.prov))
+            self.finish(i, train_group(g, str(self.store.root), self.prov, gpu=self.gpu))
 
     def on_pools(self, workers: int) -> None:
         """Train on a process pool; when a worker dies (OOM killer, kill -9) and takes the groups in flight with it,
@@ -242,7 +279,7 @@ class _Sweep:
             while not died and ((suspects and not running) or (not suspects and queue and len(running) < workers)):
                 i = (suspects or queue).popleft()
                 self.start(i)
-                running[pool.submit(train_group, self.groups[i], str(self.store.root), self.prov)] = i
+                running[pool.submit(train_group, self.groups[i], str(self.store.root), self.prov, gpu=self.gpu)] = i
             if not running:
                 return died
             done, _ = wait(running, return_when=FIRST_COMPLETED)

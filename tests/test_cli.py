@@ -187,7 +187,7 @@ def test_commands_that_need_no_training_do_not_import_torch(dirs):
              "for argv in (['list'], ['list', 'algorithms', '--fields'], ['run', 'B99'], ['run', 'B1', '--set', 'ppo.x=1'],\n"
              "             ['run', 'B1', '--set', 'train.stepz=3'], ['report', 'B99'], ['reproduce', '--profile', 'papr']):\n"
              "    main(argv)\n"
-             "heavy = sorted(m for m in ('torch', 'dm_control', 'transformers', 'matplotlib', 'scipy') if m in sys.modules)\n"
+             "heavy = sorted(m for m in ('torch', 'dm_control', 'transformers', 'matplotlib', 'scipy', 'ray') if m in sys.modules)\n"
              "print('HEAVY', heavy)\n")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
