@@ -48,8 +48,8 @@ def connect(address: str | None, workers: int | None) -> None:
     options = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     where = f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
     address = address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
+    if address is None:  # "local": a new instance, even where `ray start` runs a cluster on this machine
+        ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **options)
         return
     # The cluster's workers did not start from this shell: give them what the families read from the environment. Shared
     # artifacts (C6's offline dataset, the LM base models) are built on each node, at the same absolute path as here.
@@ -59,7 +59,9 @@ def connect(address: str | None, workers: int | None) -> None:
         ray.init(address=address, runtime_env={"env_vars": env}, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"{where}: cannot connect to a Ray cluster there ({exc}). Start one with `ray start --head` and "
-                        "give the address it prints, or leave the address out to run on a local Ray instance.") from None
+                        "give the address it prints; a cluster with token authentication (Ray's default) needs "
+                        "RAY_AUTH_MODE=token here and its token (`ray get-auth-token` on the head) in ~/.ray/auth_token "
+                        "or RAY_AUTH_TOKEN. Or leave the address out to run on a local Ray instance.") from None
 
 
 def gpus() -> int:

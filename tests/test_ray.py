@@ -1,18 +1,23 @@
-"""The Ray backend (`suite.ray_backend`) on a local Ray instance: the same records as the process pool, resume after
-the driver is killed, a group that raises or whose worker dies recorded `failed`, and devices refused up front.
+"""The Ray backend (`suite.ray_backend`): the same records as the process pool, resume after the driver is killed, a
+group that raises or whose worker dies recorded `failed`, and CUDA refused up front where there is none.
 
-The instance is started once for the module (with the toy family's environment: `ray_instance`) and shut down
-after it. A Ray worker learns of the toy family by importing this module to unpickle a `RayToy` (the job's
-PYTHONPATH holds tests/), which registers the family where `EMRL_RAY_TOY` is set: in the workers only.
+The in-process tests join a one-node cluster started as the README says (`ray start --head`, the `cluster`
+fixture) with `--address`; the kill test's driver, a subprocess, starts its own local instance. A Ray worker
+learns of the toy family by importing this module to unpickle a `RayToy` (the cluster's PYTHONPATH holds
+tests/), which registers the family where `EMRL_RAY_TOY` is set: in the workers only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,9 @@ from suite.runner import MAX_TRIES, execute, run_id
 from suite.store import Store
 from tasks.base import TASKS, Family, RunResult, RunSpec, register_task
 
+# A driver joining a token-authenticated cluster by its address says so (README, "Running on a cluster"); Ray reads
+# this when it is first imported, which is here.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
@@ -67,15 +75,37 @@ if os.environ.get(TOY_ENV) and TOY not in TASKS:  # a Ray worker unpickling a Ra
     _register()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.shutdown()  # a fresh instance whose workers have the toy's environment
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join([tests, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else tests
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": path, TOY_ENV: "1", "MUJOCO_GL": "disable"}})
-    yield
+@pytest.fixture(scope="module")
+def cluster():
+    """A one-node Ray cluster started as the README says (`ray start --head`), with the toy family's environment; yields
+    its address. Stopped at the end by signalling its process group (`ray stop` would stop every Ray on the machine)."""
     ray.shutdown()
+    tests = str(Path(__file__).resolve().parent)
+    env = {**subprocess_env(), TOY_ENV: "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    log = Path(tempfile.mkdtemp()) / "ray-start.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                                 "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, address = time.monotonic() + 120, None
+        while address is None and time.monotonic() < deadline and head.poll() is None:
+            address = next(iter(re.findall(r"ray start --address='([^']+)'", log.read_text())), None)
+            time.sleep(0.2)
+        assert address, f"ray start did not come up:\n{log.read_text()[-3000:]}"
+        yield address
+    finally:
+        ray.shutdown()
+        for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=wait_s)
+                break
 
 
 @pytest.fixture
@@ -94,10 +124,10 @@ def without_timing(record: dict) -> dict:
 
 
 @pytest.mark.parametrize("args", [SMOKE_BANDITS, ["control-pmpo", "--profile", "smoke"]], ids=["bandits", "control"])
-def test_ray_stores_the_same_records_as_the_process_pool(tmp_path, cli, args):
+def test_ray_stores_the_same_records_as_the_process_pool(tmp_path, cli, cluster, args):
     pool, on_ray = tmp_path / "pool", tmp_path / "ray"
     assert cli("--results", pool, "run", *args, "--no-report", "--quiet", "--workers", "2").rc == 0
-    result = cli("--results", on_ray, "run", *args, "--no-report", "--quiet", "--backend", "ray")
+    result = cli("--results", on_ray, "run", *args, "--no-report", "--quiet", "--backend", "ray", "--address", cluster)
     assert result.rc == 0, result.out + result.err
     a, b = records(pool), records(on_ray)
     assert a.keys() == b.keys() and len(a) > 20
@@ -139,13 +169,13 @@ def test_a_killed_driver_resumes_from_the_store_with_no_duplicate(tmp_path, cli)
     assert after.problems == [] and sorted(after.runs.run_id) == ids and after.runs.run_id.is_unique
 
 
-def test_a_group_that_raises_or_whose_worker_dies_is_recorded_failed_and_the_sweep_goes_on(tmp_path, toy):
+def test_a_group_that_raises_or_whose_worker_dies_is_recorded_failed_and_the_sweep_goes_on(tmp_path, cluster, toy):
     def points(mode: str) -> list[GridPoint]:
         return [GridPoint(mode, RunSpec(TOY, RayToy(mode), "pmpo", PMPOConfig(), RayToyLoop(), s)) for s in (0, 1)]
 
     raises, dies, good = points("raise"), points("die"), points("ok")
     store = Store(tmp_path / "results")
-    summary = execute(raises + dies + good, store, progress=False, backend="ray")
+    summary = execute(raises + dies + good, store, progress=False, backend="ray", address=cluster)
     assert dict(summary.statuses) == {"failed": 4, "ok": 2}
     for p in raises:
         rec = store.read(run_id(p.spec))
@@ -156,14 +186,14 @@ def test_a_group_that_raises_or_whose_worker_dies_is_recorded_failed_and_the_swe
     assert [store.status(run_id(p.spec)) for p in good] == ["ok", "ok"]
 
 
-def test_cuda_is_refused_before_anything_trains_where_there_is_none(tmp_path, cli):
+def test_cuda_is_refused_before_anything_trains_where_there_is_none(tmp_path, cli, cluster):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    for backend in ("process", "ray"):
+    for backend in (["--backend", "process"], ["--backend", "ray", "--address", cluster]):
         result = cli("--results", tmp_path / "results", "run", "control-pmpo", "--profile", "smoke", "--device", "cuda",
-                     "--no-report", "--backend", backend)
+                     "--no-report", *backend)
         assert result.rc == 2, result.out + result.err
         assert "--device cuda" in result.err and ("no CUDA device" in result.err or "no GPU" in result.err), result.err
     assert not (tmp_path / "results" / "runs").exists() or not any((tmp_path / "results" / "runs").rglob("*.json"))
