@@ -93,6 +93,35 @@ def estep(
     return log_w, eta_loss, metrics
 
 
+def weights_kl(log_w: Tensor, keep: Tensor) -> Tensor:
+    """Mean over contexts with a kept sample of KL(w ‖ uniform on the kept samples) = Σ w log w + log n: the E-step's
+    KL to the sampling distribution on its samples, the quantity ε_η bounds (MPO, per context)."""
+    w = log_w.exp()
+    n = keep.sum(-1)
+    kl = torch.where(w > 0, w * log_w, torch.zeros_like(w)).sum(-1) + torch.log(n.clamp_min(1.0))
+    has = (n > 0).to(w.dtype)
+    return (kl * has).sum() / has.sum().clamp_min(1.0)
+
+
+def solve_eta(score: Tensor, mask: Tensor, epsilon: float, *, lo: float = 1e-6, hi: float = 1e12, iters: int = 64) -> Tensor:
+    """The temperature that minimises the dual L(η) on this batch (per context, MPO): the η at which the weights'
+    KL to uniform, mean over contexts, equals ε (L'(η) = ε − KL(η), and KL falls as η grows).
+
+    Bisection in log η, a fixed number of halvings and no data-dependent branch, so it runs under `vmap` (the bandit
+    loop's seeds): 64 halvings of [1e-6, 1e12] leave a bracket 41.4/2^64 wide in log η. Where even η = lo keeps the KL
+    below ε (all scores equal) it returns lo's side; where η = hi still exceeds it, hi. Detached scalar.
+    """
+    a = score.detach()
+    log_lo = torch.full((), math.log(lo), dtype=a.dtype, device=a.device)
+    log_hi = torch.full((), math.log(hi), dtype=a.dtype, device=a.device)
+    for _ in range(iters):
+        mid = 0.5 * (log_lo + log_hi)
+        kl = weights_kl(normalized_log_weights(a / mid.exp(), mask), mask)
+        too_greedy = kl > epsilon  # η too small: raise the lower end
+        log_lo, log_hi = torch.where(too_greedy, mid, log_lo), torch.where(too_greedy, log_hi, mid)
+    return (0.5 * (log_lo + log_hi)).exp()
+
+
 def log_uniform_prior(n: int) -> float:
     """log(1/n): the weight each of n samples gets when the temperature is infinite."""
     return -math.log(n)
