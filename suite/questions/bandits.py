@@ -37,6 +37,11 @@ BUDGETS = {
     "quick": Budget(seeds=10, train=dict(steps=1200, log_every=50)),
     "paper": Budget(seeds=20, train=dict(steps=20000, log_every=200)),
 }
+PMPO_BUDGETS = {**BUDGETS, "quick": Budget(seeds=10, train=dict(steps=5000, log_every=100))}
+"""B1 and B2 at `quick`: 5,000 steps. With the reference frozen for N = 100 steps each block settles at a fixed point,
+so progress is set by the number of reference refreshes, not by the learning rate: 1,200 steps are 12 EM iterations,
+5,000 are 50, where the 2026-12-03 audit found every PMPO variant passing B1's rule. (B3 and B4 keep 1,200: B3's
+collapse shows within it, and B4 compares temperatures at one budget.)"""
 SENSITIVITY_PROFILES = ("quick", "paper")
 """Profiles whose grid runs B1's and B2's knob values; `smoke` runs only the paper's / default value of each."""
 LEARNS_DECADES = -math.log10(2.0)
@@ -262,7 +267,7 @@ class BanditsPMPO(Question):
         "(`[PMPO] §5.1`, Figure 1)."
     )
     tasks = FUNCTIONS
-    budgets = BUDGETS
+    budgets = PMPO_BUDGETS
     claims = (
         Claim(
             "B1", "PMPO-AR, PMPO-A and PMPO-R each learn every function: f at the policy mean falls with confidence.",
