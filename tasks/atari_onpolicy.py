@@ -34,7 +34,7 @@ from tasks.atari import AtariTaskConfig, AtariVecEnv, all_tasks, make_torso, ran
 from tasks.base import Device, Family, RunResult, RunSpec, register_task
 from tasks.control_onpolicy import advantages_and_targets, next_values
 from tasks.cores import CoreConfig, make_core
-from tasks.seeding import stream_seed
+from tasks.seeding import generator, stream_seed
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def evaluate(agent: Agent, task: str, task_cfg: AtariTaskConfig, episodes: int, 
     the policy on its own device (Atari evaluations sample: a greedy policy can stall, e.g. never pressing FIRE)."""
     dev = agent.pi.weight.device
     env = AtariVecEnv(task, [stream_seed(seed, f"eval/{i}") for i in range(episodes)], task_cfg)
-    gen = torch.Generator(dev).manual_seed(stream_seed(seed, "eval/actions"))
+    gen = generator(seed, "eval/actions", dev)
     state = agent.core.initial_state(env.n)
     first = torch.ones(env.n, dtype=torch.bool, device=dev)
     returns, so_far = np.full(env.n, np.nan), np.zeros(env.n)
@@ -186,7 +186,7 @@ def train_one(spec: RunSpec) -> RunResult:
     dev = torch.device(cfg.device)
     method.to(dev)
     env = AtariVecEnv(spec.task, [stream_seed(spec.seed, f"instance/{i}") for i in range(N)], task_cfg)
-    gen = torch.Generator(dev).manual_seed(stream_seed(spec.seed, "run"))
+    gen = generator(spec.seed, "run", dev)
     with torch.random.fork_rng(devices=[]):  # initialised on the CPU, then moved: the same weights on every device
         torch.manual_seed(stream_seed(spec.seed, "run/init"))
         agent = Agent(env.obs_shape, env.num_actions, cfg).to(dev)

@@ -76,7 +76,7 @@ from tasks.control_ac import ActorCriticConfig
 from tasks.control_ac import _train_group as train_actor_critic
 from tasks.dmc import (PolicyConfig, RunningNorm, SeedStatus, Stacked, VecEnv, evaluate_seeds, make_policy, mlp, register_loop,
                        seed_generators)
-from tasks.seeding import stream_seed
+from tasks.seeding import generator, stream_seed
 
 BEHAVIOUR_DEFAULT = ActorCriticConfig(total_steps=100_000, eval_every=100_000, eval_episodes=1, log_every=100_000)
 
@@ -263,7 +263,7 @@ def build_dataset(task: str, task_config, cfg: OfflineConfig) -> tuple[dict, dic
     actor, norm = keep["actor"], keep["norm"]
     policy = actor.module_of(0)
     run_norm = norm.to_running_norm(0) if norm is not None else None
-    final_gen = torch.Generator(device=dev).manual_seed(stream_seed(seed, "dataset/final"))
+    final_gen = generator(seed, "dataset/final", dev)
 
     @torch.no_grad()
     def final_act(o: np.ndarray) -> np.ndarray:
@@ -312,7 +312,7 @@ def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
     dev = torch.device(cfg.device)
     obs_n = ((data["obs"] - data["obs_mean"]) / data["obs_std"]).to(dev)
     next_n = ((data["next_obs"] - data["obs_mean"]) / data["obs_std"]).to(dev)
-    g = torch.Generator(device=dev).manual_seed(stream_seed(seed, "dataset/value"))
+    g = generator(seed, "dataset/value", dev)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(stream_seed(seed, "dataset/value/init"))  # the CPU's only (see tasks.dmc.Stacked)
         value = mlp([obs_n.shape[1], *cfg.value_hidden, 1], out_gain=1.0).to(dev)

@@ -309,9 +309,8 @@ def evaluate(policy: nn.Module, obs_norm: RunningNorm, name: str, episodes: int,
 
 
 def seed_generators(seeds: list[int], stream: str, device: torch.device | str) -> list[torch.Generator]:
-    """Each seed's generator of the named stream (`tasks.seeding.generator`) on `device`, where the tensors it draws live.
-    A CUDA generator draws other numbers than the CPU one of the same seed (runs are equal per device type)."""
-    return [torch.Generator(device=device).manual_seed(stream_seed(sd, stream)) for sd in seeds]
+    """Each seed's generator of the named stream on `device` (`tasks.seeding.generator`)."""
+    return [generator(sd, stream, device) for sd in seeds]
 
 
 class StackedNorm:

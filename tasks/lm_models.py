@@ -60,7 +60,7 @@ from algorithms.config import ConfigError, check_choices, check_positive, check_
 from tasks import lm_language as lang
 from tasks.base import Device
 from tasks.lm_language import LanguageConfig
-from tasks.seeding import stream_seed
+from tasks.seeding import generator, stream_seed
 
 if TYPE_CHECKING:
     from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
@@ -460,7 +460,7 @@ def _build_pretrained(cfg: PretrainConfig, out: Path, device: Device) -> dict:
         torch.manual_seed(stream_seed(cfg.seed, "pretrain-init"))
         model = GPT2LMHeadModel(gpt2_config(cfg.model, tokenizer)).to(dev)
         losses = _train(model, _lm_loss_fn(model, _to(data, dev)), len(docs), cfg,
-                        torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "pretrain")))
+                        generator(cfg.seed, "pretrain", dev))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"train/loss": _final_loss(losses), "train/loss_first": losses[0],
@@ -485,12 +485,12 @@ def _build_sft(cfg: SFTStageConfig, base: Path, out: Path, device: Device) -> di
         torch.manual_seed(stream_seed(cfg.seed, "sft-init"))
         model = GPT2LMHeadModel.from_pretrained(base).to(dev)
         losses = _train(model, _lm_loss_fn(model, _to(data, dev)), len(pairs), cfg,
-                        torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "sft")))
+                        generator(cfg.seed, "sft", dev))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {"train/loss": _final_loss(losses), "train/loss_first": losses[0]}
     heldout = lang.prompts(language, "heldout", cfg.eval_prompts, stream_seed(cfg.seed, "sft-eval-prompts"))
-    gen = torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "sft-eval"))
+    gen = generator(cfg.seed, "sft-eval", dev)
     responses = _sample_texts(model, tokenizer, heldout, temperature=1.0, max_new_tokens=RESPONSE_TOKENS, gen=gen)
     metrics.update(quality_metrics(language, heldout, responses))
     return metrics
@@ -668,10 +668,8 @@ def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path, dev
     train_prompts = lang.prompts(language, "train", cfg.pairs, stream_seed(cfg.seed, "rm-train-prompts"))
     test_prompts = lang.prompts(language, "heldout", cfg.heldout_pairs, stream_seed(cfg.seed, "rm-heldout-prompts"))
     kwargs = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_redraws=cfg.max_redraws)
-    train = comparisons(policy, tokenizer, train_prompts, gen=torch.Generator(dev).manual_seed(
-        stream_seed(cfg.seed, "rm-train-samples")), **kwargs).to(dev)
-    test = comparisons(policy, tokenizer, test_prompts, gen=torch.Generator(dev).manual_seed(
-        stream_seed(cfg.seed, "rm-heldout-samples")), **kwargs).to(dev)
+    train = comparisons(policy, tokenizer, train_prompts, gen=generator(cfg.seed, "rm-train-samples", dev), **kwargs).to(dev)
+    test = comparisons(policy, tokenizer, test_prompts, gen=generator(cfg.seed, "rm-heldout-samples", dev), **kwargs).to(dev)
     del policy
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "rm-init"))
@@ -690,7 +688,7 @@ def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path, dev
             rl = _scores(model, train.rejected_ids[idx], train.rejected_mask[idx])
             return bradley_terry_loss(rw, rl)[0]
 
-        losses = _train(model, loss_fn, cfg.pairs, cfg, torch.Generator(dev).manual_seed(stream_seed(cfg.seed, "rm")))
+        losses = _train(model, loss_fn, cfg.pairs, cfg, generator(cfg.seed, "rm", dev))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {"train/loss": _final_loss(losses), "train/loss_first": losses[0],

@@ -74,7 +74,7 @@ from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFT
                              load_reward_model, reward_model, reward_scores, sft_model)
 from tasks.lm_sft_check import LMSFTCheckConfig, sft_check
 from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
-from tasks.seeding import stream_seed
+from tasks.seeding import generator, stream_seed
 
 hf_logging.set_verbosity_error()  # the suite builds its models from configs: no "newly initialized" notices or
 hf_logging.disable_progress_bar()  # weight-loading progress bars in the CLI's output
@@ -423,7 +423,7 @@ def score_sets(task: LMTaskConfig) -> tuple[list[str], list[str], int]:
 def final_scores(learner: Learner, rewards: Rewards, task: LMTaskConfig) -> list[tuple[str, float]]:
     """(metric, value) rows of the fixed score set for the learner's current policy."""
     heldout, train, k_train = score_sets(task)
-    gen = lambda stream: torch.Generator(learner.dev).manual_seed(stream_seed(task.prompt_seed, stream))  # noqa: E731
+    gen = lambda stream: generator(task.prompt_seed, stream, learner.dev)  # noqa: E731
     out = [(f"final/{name}", v) for name, v in
            learner.evaluate(heldout, rewards, gen(FINAL_STREAM), k=task.final_samples).items()]
     if train:
@@ -449,12 +449,12 @@ def _train_one(spec: RunSpec) -> RunResult:
     pool = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)
     heldout = prompts(language, "heldout", task.eval_prompts, seed=task.prompt_seed)
     train_eval = pool[: task.eval_prompts]
-    gen = torch.Generator(learner.dev).manual_seed(stream_seed(spec.seed, "run"))
+    gen = generator(spec.seed, "run", learner.dev)
     B, K = cfg.prompts_per_update, cfg.samples_per_prompt
     rows: list[tuple[int, str, float]] = []
 
     def evaluate(step: int) -> None:
-        eval_gen = torch.Generator(learner.dev).manual_seed(stream_seed(spec.seed, f"eval/{step}"))
+        eval_gen = generator(spec.seed, f"eval/{step}", learner.dev)
         for name, value in learner.evaluate(heldout, rewards, eval_gen).items():
             rows.append((step, f"eval/{name}", value))
         if task.final_train:

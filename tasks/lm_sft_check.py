@@ -30,7 +30,7 @@ from algorithms.config import ConfigError, check_choices, check_positive, check_
 from tasks.base import Device, RunResult, RunSpec
 from tasks.lm_language import sft_pairs
 from tasks.lm_models import collate, load_causal_lm, pretrained, sft_example
-from tasks.seeding import stream_seed
+from tasks.seeding import generator, stream_seed
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
     method = ALGORITHMS["sft"](spec.algo_config).to(dev)
     opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=cfg.lr), torch.optim.SGD(b.parameters(), lr=cfg.lr)
     pairs = sft_pairs(pretrain_cfg.language, cfg.steps * cfg.batch_size, seed=stream_seed(spec.seed, "l8/data"))
-    gen = torch.Generator(dev).manual_seed(stream_seed(spec.seed, "l8/order"))
+    gen = generator(spec.seed, "l8/order", dev)
     order = torch.randperm(len(pairs), generator=gen, device=dev).tolist()
     logged: list[torch.Tensor] = []
     for step in range(1, cfg.steps + 1):

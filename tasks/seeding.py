@@ -14,6 +14,7 @@ def stream_seed(seed: int, stream: str) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def generator(seed: int, stream: str) -> torch.Generator:
-    """A CPU torch generator for the named stream of `seed`."""
-    return torch.Generator().manual_seed(stream_seed(seed, stream))
+def generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator for the named stream of `seed`, on `device`, where the tensors it draws live. A CUDA generator
+    draws other numbers than the CPU one of the same seed (runs are equal per device type)."""
+    return torch.Generator(device).manual_seed(stream_seed(seed, stream))
