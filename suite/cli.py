@@ -222,7 +222,9 @@ def _report_dir(args, question, points) -> Path:
     """The reports folder for a canonical run; an ablation (another profile, --seeds or --set) goes under results/."""
     from suite.report import COMMITTED_PROFILE
 
-    on_cpu = not any(getattr(p.spec.train_config, "device", "cpu") != "cpu" for p in points)  # the committed reports' device
+    from suite.devices import on_gpu
+
+    on_cpu = not any(on_gpu(p.spec) for p in points)  # the committed reports' device
     canonical = (not args.overrides and args.seeds is None and on_cpu
                  and (args.profile == COMMITTED_PROFILE or args.reports_chosen))
     if canonical:

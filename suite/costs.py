@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
+from suite.devices import on_gpu
+
 BUDGET_KEYS = ("total_steps", "steps", "updates", "pairs")
 """Training-config fields that measure a run's budget, in the order they are looked for."""
 
@@ -61,7 +63,7 @@ def estimate(specs_to_train: list, stored_by_family: dict[str, int], family_of) 
         units, unit = budget(spec.train_config)
         cost = out[family]
         cost.runs += 1
-        cost.on_gpu += getattr(spec.train_config, "device", "cpu") == "cuda"
+        cost.on_gpu += on_gpu(spec)
         if (family, unit) in SECONDS_PER_UNIT:
             cost.cpu_s += units * SECONDS_PER_UNIT[(family, unit)]
         else:

@@ -18,8 +18,14 @@ from algorithms.config import ConfigError
 
 if TYPE_CHECKING:
     from suite.questions.base import GridPoint
+    from tasks.base import RunSpec
 
 PATTERN = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+
+
+def on_gpu(spec: RunSpec) -> bool:
+    """Whether the run trains on CUDA (a loop without a device trains on the CPU)."""
+    return getattr(spec.train_config, "device", "cpu") == "cuda"
 
 
 def parse(text: str) -> tuple[str, int | None]:
@@ -51,7 +57,7 @@ def apply(points: list[GridPoint], kind: str, require: bool = True) -> list[Grid
 
     With `require`, asking for CUDA for a grid none of whose loops has a device is refused rather than silently run
     on the CPU (`emrl run`; `reproduce` moves the families that can move)."""
-    movable = [dataclasses.is_dataclass(p.spec.train_config) and hasattr(p.spec.train_config, "device") for p in points]
+    movable = [hasattr(p.spec.train_config, "device") for p in points]
     if require and kind == "cuda" and points and not any(movable):
         families = sorted({type(p.spec.train_config).__name__ for p in points})
         raise ConfigError(f"--device cuda: no run of this grid can train on a GPU (its loops, {', '.join(families)}, "
@@ -62,7 +68,7 @@ def apply(points: list[GridPoint], kind: str, require: bool = True) -> list[Grid
 
 def check_local(points: list[GridPoint], index: int | None) -> None:
     """Refuse `cuda` runs on a machine without CUDA (or without GPU `index`) before anything trains."""
-    if not any(getattr(p.spec.train_config, "device", "cpu") == "cuda" for p in points):
+    if not any(on_gpu(p.spec) for p in points):
         return
     import torch
 

@@ -19,9 +19,7 @@ the process (`emrl reproduce` runs every question on it); with one, emrl connect
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +27,9 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from suite import provenance
+from suite.devices import on_gpu
 from suite.errors import UserError
-from suite.runner import MAX_TRIES, make_record, train_records, uses_gpu
+from suite.runner import MAX_TRIES, make_record, train_records, utc_now
 from tasks.base import RunResult, RunSpec
 
 if TYPE_CHECKING:
@@ -81,12 +80,8 @@ def _train(specs: list[RunSpec], driver_code: dict, threads: int) -> list[dict]:
     if prov["code"] != driver_code:
         reason = (f"this node runs the suite at {prov['code']}, the driver at {driver_code}: install the driver's "
                   "checkout on every node")
-        return [make_record(s, RunResult(status="failed", error=reason), _now(), 0.0, len(specs), prov) for s in specs]
+        return [make_record(s, RunResult(status="failed", error=reason), utc_now(), 0.0, len(specs), prov) for s in specs]
     return train_records(specs, prov, threads)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def run(sweep: _Sweep) -> None:
@@ -102,7 +97,7 @@ def run(sweep: _Sweep) -> None:
             i = queue.pop()
             group = sweep.groups[i]
             sweep.start(i)
-            ref = task.options(num_cpus=THREADS, num_gpus=1 if uses_gpu(group[0]) else 0, max_retries=MAX_TRIES - 1,
+            ref = task.options(num_cpus=THREADS, num_gpus=1 if on_gpu(group[0]) else 0, max_retries=MAX_TRIES - 1,
                                retry_exceptions=False, name=sweep.cells[i]).remote(group, sweep.prov["code"], THREADS)
             running[ref] = i
         if not running:
@@ -112,9 +107,9 @@ def run(sweep: _Sweep) -> None:
         try:
             records = ray.get(done[0])
         except RayTaskError as exc:  # the task itself raised outside training (training errors are records already)
-            records = _failed(sweep, i, f"the Ray task raised: {exc}")
+            records = sweep.failed_records(i, f"the Ray task raised: {exc}")
         except RayError as exc:  # its worker or node died on every try
-            records = _failed(sweep, i, f"the Ray task was lost on {MAX_TRIES} tries ({type(exc).__name__}: {exc})")
+            records = sweep.failed_records(i, f"the Ray task was lost on {MAX_TRIES} tries ({type(exc).__name__}: {exc})")
         try:
             for record in records:
                 sweep.store.write(record)
@@ -124,9 +119,3 @@ def run(sweep: _Sweep) -> None:
         sweep.finish(i, [r["status"] for r in records])
     if error is not None:
         raise error
-
-
-def _failed(sweep: _Sweep, i: int, reason: str) -> list[dict]:
-    group, (started, t0) = sweep.groups[i], sweep.started[i]
-    wall = (time.perf_counter() - t0) / len(group)
-    return [make_record(s, RunResult(status="failed", error=reason), started, wall, len(group), sweep.prov) for s in group]

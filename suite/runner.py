@@ -27,6 +27,7 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING
 
 from suite import provenance
+from suite.devices import on_gpu
 from suite.configs import content_hash, to_dict
 from suite.errors import UserError
 from suite.store import CorruptRecord, Store
@@ -101,6 +102,11 @@ def pending(points: list[GridPoint], store: Store) -> tuple[list[list[RunSpec]],
     return list(groups.values()), stored
 
 
+def utc_now() -> str:
+    """A record's `started_at`: UTC, to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def make_record(spec: RunSpec, result: RunResult, started: str, wall_s: float, group_size: int, prov: dict) -> dict:
     rows = result.rows
     return {
@@ -136,12 +142,12 @@ def train_records(specs: list[RunSpec], prov: dict, threads: int = 1, gpu: int |
     # (embedding and gather backward) may sum in a different order on every call. An op with no deterministic kernel
     # raises, and its runs are recorded failed naming it, rather than giving numbers that cannot be reproduced. (Set per
     # group: a worker trains CPU groups, left as they always ran, between CUDA ones.)
-    torch.use_deterministic_algorithms(uses_gpu(specs[0]))
-    if uses_gpu(specs[0]):
+    torch.use_deterministic_algorithms(on_gpu(specs[0]))
+    if on_gpu(specs[0]):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         if gpu is not None:
             torch.cuda.set_device(gpu)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     t0 = time.perf_counter()
     try:
         family = get_task(specs[0].task).family
@@ -162,10 +168,6 @@ def train_group(specs: list[RunSpec], root: str, prov: dict, threads: int = 1, g
     for record in records:
         store.write(record)
     return [r["status"] for r in records]
-
-
-def uses_gpu(spec: RunSpec) -> bool:
-    return getattr(spec.train_config, "device", "cpu") == "cuda"
 
 
 def check_writable(store: Store) -> None:
@@ -195,6 +197,9 @@ def execute(points: list[GridPoint], store: Store, workers: int | None = None, p
     """
     from suite.progress import SweepProgress, cell_name  # the display is the parent's alone
 
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: allowed are {', '.join(BACKENDS)}")
+
     groups, stored = pending(points, store)
     summary = Summary(total=len(points), skipped=stored)
     if not groups:
@@ -204,7 +209,7 @@ def execute(points: list[GridPoint], store: Store, workers: int | None = None, p
         from suite import ray_backend  # Ray is imported only when chosen
 
         ray_backend.connect(address, workers)
-        ray_backend.check_gpus(any(uses_gpu(g[0]) for g in groups))
+        ray_backend.check_gpus(any(on_gpu(g[0]) for g in groups))
     prov = {"code": provenance.code(), "packages": provenance.packages()}
     workers = max(1, workers or os.cpu_count() or 1)
     # longest groups first keeps the pool busy at the end of a sweep
@@ -236,7 +241,7 @@ class _Sweep:
 
     def start(self, i: int) -> None:
         self.tries[i] += 1
-        self.started[i] = (dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.perf_counter())
+        self.started[i] = (utc_now(), time.perf_counter())
         self.bar.start(i, self.cells[i])
 
     def finish(self, i: int, statuses: list[str]) -> None:
@@ -292,11 +297,15 @@ class _Sweep:
                     continue
                 self.finish(i, statuses)
 
-    def _record_death(self, i: int) -> None:
+    def failed_records(self, i: int, reason: str) -> list[dict]:
+        """Group `i`'s runs as `failed` records with `reason`, timed from the group's start (a worker or task lost)."""
         group, (started, t0) = self.groups[i], self.started[i]
+        wall = (time.perf_counter() - t0) / len(group)
+        return [make_record(spec, RunResult(status="failed", error=reason), started, wall, len(group), self.prov) for spec in group]
+
+    def _record_death(self, i: int) -> None:
         reason = (f"worker process died while training this group (BrokenProcessPool) on {MAX_TRIES} tries, the retries "
                   "with no other group running (killed by the OOM killer or a signal?)")
-        wall = (time.perf_counter() - t0) / len(group)
-        for spec in group:
-            self.store.write(make_record(spec, RunResult(status="failed", error=reason), started, wall, len(group), self.prov))
-        self.finish(i, ["failed"] * len(group))
+        for record in self.failed_records(i, reason):
+            self.store.write(record)
+        self.finish(i, ["failed"] * len(self.groups[i]))

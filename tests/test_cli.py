@@ -180,6 +180,12 @@ def test_list_task_fields_are_grouped_by_family_not_repeated_per_task(cli):
     assert len(lines) < 600  # was 2,289 with the training-loop fields repeated for every dm_control task
 
 
+def test_the_clis_copies_of_the_status_and_backend_names_match_the_store_and_runner():
+    from suite import cli, runner, store
+
+    assert cli.STATUSES == store.STATUSES and cli.BACKENDS == runner.BACKENDS
+
+
 def test_commands_that_need_no_training_do_not_import_torch(dirs):
     """`--help`, `list` and a rejected name answer at once: nothing heavy is imported (the catalogue cache is warm)."""
     catalogue.load()  # the cache the subprocess reads (tests share EMRL_CACHE, see conftest)
