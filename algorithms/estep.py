@@ -93,14 +93,23 @@ def estep(
     return log_w, eta_loss, metrics
 
 
-def weights_kl(log_w: Tensor, keep: Tensor) -> Tensor:
-    """Mean over contexts with a kept sample of KL(w ‖ uniform on the kept samples) = Σ w log w + log n: the E-step's
-    KL to the sampling distribution on its samples, the quantity ε_η bounds (MPO, per context)."""
-    w = log_w.exp()
+def kl_to_uniform(log_w: Tensor, keep: Tensor, over: Over = "context") -> Tensor:
+    """KL(p ‖ uniform on the kept samples) = Σ p (log p + log n) of normalised log-weights, per normaliser ([B] per
+    context, a scalar over the batch); 0 for a normaliser with nothing kept. Detached: a diagnostic and a dual's target."""
+    lw = log_w.detach()
+    p = lw.exp()
+    if over == "batch":
+        n = keep.sum().clamp_min(1.0)
+        return torch.where(p > 0, p * (lw + torch.log(n)), torch.zeros_like(p)).sum()
     n = keep.sum(-1)
-    kl = torch.where(w > 0, w * log_w, torch.zeros_like(w)).sum(-1) + torch.log(n.clamp_min(1.0))
-    has = (n > 0).to(w.dtype)
-    return (kl * has).sum() / has.sum().clamp_min(1.0)
+    return torch.where(p > 0, p * (lw + torch.log(n.clamp_min(1.0))[:, None]), torch.zeros_like(p)).sum(-1)
+
+
+def weights_kl(log_w: Tensor, keep: Tensor) -> Tensor:
+    """Mean over contexts with a kept sample of KL(w ‖ uniform on the kept samples): the E-step's KL to the sampling
+    distribution on its samples, the quantity ε_η bounds (MPO, per context)."""
+    has = (keep.sum(-1) > 0).to(log_w.dtype)
+    return (kl_to_uniform(log_w, keep) * has).sum() / has.sum().clamp_min(1.0)
 
 
 def solve_eta(score: Tensor, mask: Tensor, epsilon: float, *, lo: float = 1e-6, hi: float = 1e12, iters: int = 64) -> Tensor:

@@ -42,6 +42,7 @@ from algorithms.advantages import batch_zscore
 from algorithms.base import REGISTRY, Batch, Method, Metrics, Needs, dual_parameter, register
 from algorithms.common import NEG_INF, Over, effective_sample_size, masked_mean, normalized_log_weights, top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field, unknown
+from algorithms.estep import kl_to_uniform
 from algorithms.mstep import kl_penalty, kl_trust_region, weighted_nll
 
 DUAL_FLOOR = 1e-8
@@ -166,16 +167,12 @@ def estep_kls(log_w: Tensor, log_ratios: Tensor, keep: Tensor, over: Over) -> Te
     `log_w` are normalised log-weights p over `over`; for an anchor equal to π_t (d = 0) this is the
     E-step's KL to the sampling distribution, the quantity V-MPO's ε_η bounds.
     """
-    lw = log_w.detach()
-    p = lw.exp()
+    p = log_w.detach().exp()
     d = log_ratios.detach()
+    kl_u = kl_to_uniform(log_w, keep, over)
     if over == "batch":
-        n = keep.sum().clamp_min(1.0)
-        kl_u = torch.where(p > 0, p * (lw + torch.log(n)), torch.zeros_like(p)).sum()
         return kl_u - (p[None] * d).sum((-2, -1))
-    n = keep.sum(-1)
-    kl_u = torch.where(p > 0, p * (lw + torch.log(n.clamp_min(1.0))[:, None]), torch.zeros_like(p)).sum(-1)
-    has = (n > 0).to(p.dtype)
+    has = (keep.sum(-1) > 0).to(p.dtype)
     return ((kl_u[None] - (p[None] * d).sum(-1)) * has).sum(-1) / has.sum().clamp_min(1.0)
 
 

@@ -3,6 +3,8 @@ on a batch, checked against the KL bound it must meet, a brute-force scan of the
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import vmap
@@ -47,6 +49,15 @@ def test_the_solved_eta_is_the_argmin_of_the_dual_over_a_scan():
     losses = torch.stack([temperature_loss(score, mask, e, EPS) for e in grid])
     best = grid[losses.argmin()].item()
     assert eta == pytest.approx(best, rel=2e-3)
+
+
+def test_weights_kl_is_zero_for_uniform_weights_and_log_n_for_greedy_ones_over_the_kept_samples():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    greedy = normalized_log_weights(torch.tensor([[9.0, 0, 0, 0], [9.0, 0, 0, 0], [0.0, 0, 0, 0]], dtype=torch.float64) * 1e3, mask)
+    uniform = normalized_log_weights(torch.zeros(3, 4, dtype=torch.float64), mask)
+    # the empty context does not count: means over the two contexts with samples
+    assert weights_kl(greedy, mask).item() == pytest.approx((math.log(4) + math.log(2)) / 2)
+    assert weights_kl(uniform, mask).item() == pytest.approx(0.0, abs=1e-15)
 
 
 def test_scores_that_tie_leave_uniform_weights_whatever_eta():
