@@ -625,9 +625,9 @@ class BanditsKL(Question):
 
 # ---------------------------------------------------------------------------------------------------------------- B4
 ETAS = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
-"""B4's fixed temperatures: decades placed around the score scale, so that the η the KL bound implies (tens on Sphere,
-about 1e4 on Rosenbrock in the 2026-12-03 audit) lies inside the sweep on every function, with greedy and near-uniform
-weights at its ends."""
+"""B4's fixed temperatures: decades placed around the score scale, so that the η the KL bound implies lies inside the
+sweep on every function (the audit of 2026-12-03 estimated about 30 on Sphere and 1e4 on Rosenbrock; the solved dual's
+final η is reported), with greedy and near-uniform weights at its ends."""
 DUAL_LRS = (0.001, 0.01, 0.1)
 """The gradient dual's learning rate (η starts at 1; at 0.01 it moves ~1% per step in softplus space)."""
 SOLVED, STEPPED = "solved η", "dual η"
