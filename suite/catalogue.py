@@ -101,7 +101,8 @@ def build() -> dict:
     questions, claims, loops, members = [], [], {}, {}
     for q in QUESTIONS.values():
         points = []
-        for profile in PROFILES:
+        defined = [profile for profile in PROFILES if profile in q.budgets]
+        for profile in defined:
             grid = q.grid(profile)
             points += grid
             for p in grid:
@@ -115,7 +116,7 @@ def build() -> dict:
             sections.setdefault(p.spec.algo, set()).update(names)
             family = tasks.get_task(p.spec.task).family.name
             loops.setdefault(family, {})[type(p.spec.train_config).__name__] = p.spec.train_config
-        questions.append({"name": q.name, "title": q.title, "claims": [c.id for c in q.claims],
+        questions.append({"name": q.name, "title": q.title, "claims": [c.id for c in q.claims], "profiles": defined,
                           "tasks": sorted({p.spec.task for p in points}),
                           "algorithms": sorted({p.spec.algo for p in points}),
                           "sections": {s: sorted(names) for s, names in sections.items()}})

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(rep)
 
     rpr = sub.add_parser("reproduce", help="run every question at a profile and write every report")
-    rpr.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
+    rpr.add_argument("--profile", default="quick", help="smoke | quick | standard | paper (default: %(default)s)")
     rpr.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N: where the control, Atari and LM families "
                                                    "train (default: as configured, the CPU); bandits and theory stay on the CPU")
     _backend_args(rpr)
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", help="smoke | quick | paper (default: %(default)s)")
+    p.add_argument("--profile", default="quick", help="smoke | quick | standard | paper (default: %(default)s)")
     p.add_argument("--seeds", type=_seeds, default=None, help="seeds per variant (default: the profile's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field for every run that has it: task.*, train.*, algo.*, or <algorithm>.*")
@@ -165,10 +165,10 @@ def _plan(args, question_name: str):
     """The question, profile and grid a command runs on. Names, the profile and the overrides are checked against the
     catalogue first, so a typo is refused before torch and the task families are imported."""
     from suite import catalogue, overrides
-    from suite.profiles import check_profile
+    from suite.profiles import check_defined, check_profile
 
     entry = catalogue.question(question_name)
-    profile = check_profile(args.profile)
+    profile = check_defined(entry["name"], check_profile(args.profile), entry["profiles"])
     catalogue.check_overrides(entry, overrides.parse(args.overrides))
     device = _device(args)
     from suite.questions import get_question
@@ -344,9 +344,15 @@ def cmd_reproduce(args) -> int:
     from suite.questions import QUESTIONS
     from suite.store import Store
 
+    from suite import catalogue
+
     args = argparse.Namespace(**{**vars(args), "seeds": None, "overrides": []})
     store = Store(args.results)
-    plans = [_plan(args, name) for name in QUESTIONS]
+    undefined = [q["name"] for q in catalogue.load()["questions"] if args.profile not in q["profiles"]]
+    if undefined:  # a known profile that some families have not set yet (`standard` while their issues are open)
+        print(f"reproduce [{args.profile}]: {len(undefined)} question(s) define no {args.profile!r} profile yet and are "
+              f"left out: {', '.join(undefined)}")
+    plans = [_plan(args, name) for name in QUESTIONS if name not in undefined]
     union = list({p.spec: p for _, _, points in plans for p in points}.values())
     if args.dry_run:
         return _dry_run(args, f"reproduce [{args.profile}]", union)

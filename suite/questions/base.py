@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from suite.claims import Claim, Verdict
-from suite.profiles import PROFILE_DOC, PROFILES  # noqa: F401 - re-exported: questions import them from here
+from suite.profiles import PROFILE_DOC, PROFILES, check_defined  # noqa: F401 - PROFILE_DOC re-exported: questions import it from here
 from tasks import RunSpec, check_compatible, get_task
 
 
@@ -77,6 +77,7 @@ class Question:
 
     def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
         """Every run of this question at `profile`: tasks × variants × seeds, with the profile's budget."""
+        check_defined(self.name, profile, [p for p in PROFILES if p in self.budgets])
         budget = self.budgets[profile]
         n_seeds = budget.seeds if seeds is None else seeds
         points = []
