@@ -115,7 +115,7 @@ def _synthetic(question: str, final, *, falling=lambda v, t: True, kl=lambda v, 
             frac = step / cfg.steps if falling(v, t) else min(1.0, 2.0 * step / cfg.steps)
             rows.append((rid, s, step, "f", 100.0 * 10 ** (final(v, t, s) * frac)))
             rows.append((rid, s, step, "kl/ref", kl(v, t, s) * frac))
-            rows.append((rid, s, step, "weights/ess", 1.0 if "η=" in v and float(v[2:]) < 50 else 3.0))
+            rows.append((rid, s, step, "weights/ess", 1.0 if v.startswith("η=") and float(v[2:]) < 50 else 3.0))
             rows.append((rid, s, step, "dual/eta", float(v[2:]) if v.startswith("η=") else 1.0 + 9.0 * frac))
     return pd.DataFrame(runs), pd.DataFrame(rows, columns=["run_id", "seed", "step", "metric", "value"])
 
@@ -128,16 +128,16 @@ def _analyse(question, runs, rows):
     return analysis.verdicts
 
 
-def test_grid_runs_the_b1_and_b2_knobs_at_quick_and_paper_and_only_their_defaults_at_smoke():
+def test_grid_runs_the_b1_and_b2_knobs_at_quick_standard_and_paper_and_only_their_defaults_at_smoke():
     from suite.questions import QUESTIONS
     from suite.questions import bandits as q
     from suite.runner import run_id
 
     question = QUESTIONS["bandits-pmpo"]
     b1, b2 = question.claims
-    assert b1.knob.values == q.REFRESH_PERIODS and b1.knob.run_at == b2.knob.run_at == ("quick", "paper")
+    assert b1.knob.values == q.REFRESH_PERIODS and b1.knob.run_at == b2.knob.run_at == ("quick", "standard", "paper")
     assert len(b2.knob.values) >= 3 and min(b2.knob.values) <= 0.1 and max(b2.knob.values) >= 20
-    for profile in ("quick", "paper"):
+    for profile in ("quick", "standard", "paper"):
         points = question.grid(profile)
         labels = {p.variant for p in points}
         assert {q.dpo_label(b) for b in q.DPO_BETAS} <= labels
@@ -243,8 +243,12 @@ def test_b4_best_fixed_eta_is_picked_on_other_seeds_and_a_flat_sweep_cannot_deci
             return 0.0 + 0.05 * NOISE[s]
         return -1.0 + 0.05 * NOISE[s]
 
+    from suite.questions.bandits import EPS_ETAS
+
     (b4,) = _analyse("bandits-temperature", *_synthetic("bandits-temperature", final))
-    verdict_checks = {c.name.rsplit(", ", 1)[-1]: c for c in b4.checks if c.kind == "verdict"}
+    groups = [c.group for c in b4.checks if c.kind == "verdict"]
+    assert groups == [f"ε_η={e:g}" for _ in range(3) for e in EPS_ETAS] and b4.by == "ε_η"  # one group per knob value
+    verdict_checks = {c.name.rsplit(", ", 1)[-1]: c for c in b4.checks if c.kind == "verdict" and c.group == "ε_η=0.1"}
     assert [c.words for c in verdict_checks.values()] == ["automatically tunes the temperature"] * 3
     assert verdict_checks["sphere"].outcome == verdict_checks["schwefel"].outcome == "supported"
     assert verdict_checks["rosenbrock"].outcome == "inconclusive" and "score scale" in verdict_checks["rosenbrock"].decide
@@ -268,3 +272,15 @@ def test_b3_a_reject_only_run_that_has_not_gone_far_has_not_tested_stability():
     necessary = [c for c in b3.checks if c.name.startswith("reject-only unstable")]
     assert [c.outcome for c in necessary] == ["inconclusive"] * 3 and "halve f" in necessary[0].decide
     assert b3.outcome == "inconclusive"
+
+
+def test_standard_runs_the_seeds_the_quick_reports_asked_for_at_a_longer_budget():
+    """B2's and B4's open checks at `quick` asked for ≈ 16–69 seeds per cell; `standard` runs 40, at ≥ 4× quick's steps."""
+    from suite.questions import QUESTIONS
+
+    for name in ("bandits-pmpo", "bandits-kl", "bandits-temperature"):
+        question = QUESTIONS[name]
+        quick, standard = question.budgets["quick"], question.budgets["standard"]
+        assert standard.seeds == 40 and standard.train["steps"] >= 2 * quick.train["steps"]
+        assert {c.decides for c in question.claims} == {"standard"}
+

@@ -35,14 +35,19 @@ FUNCTIONS = ("sphere", "rosenbrock", "schwefel")
 BUDGETS = {
     "smoke": Budget(seeds=2, train=dict(steps=40, log_every=20)),
     "quick": Budget(seeds=10, train=dict(steps=1200, log_every=50)),
+    "standard": Budget(seeds=40, train=dict(steps=5000, log_every=100)),
     "paper": Budget(seeds=20, train=dict(steps=20000, log_every=200)),
 }
-PMPO_BUDGETS = {**BUDGETS, "quick": Budget(seeds=10, train=dict(steps=5000, log_every=100))}
+"""`standard`: 40 seeds, the number B2's and B4's open checks asked for at 80% power at `quick` (≈ 16–69 seeds per cell on
+most cells; 2026-12-03 reports), at 5,000 steps (B3 and B4 at 4× the `quick` budget). The bandit family is cheap: a
+10-seed group of 5,000 steps trains in seconds, so `standard` is minutes, not hours."""
+PMPO_BUDGETS = {**BUDGETS, "quick": Budget(seeds=10, train=dict(steps=5000, log_every=100)),
+                "standard": Budget(seeds=40, train=dict(steps=10_000, log_every=100))}
 """B1 and B2 at `quick`: 5,000 steps. With the reference frozen for N = 100 steps each block settles at a fixed point,
 so progress is set by the number of reference refreshes, not by the learning rate: 1,200 steps are 12 EM iterations,
 5,000 are 50, where the 2026-12-03 audit found every PMPO variant passing B1's rule. (B3 and B4 keep 1,200: B3's
 collapse shows within it, and B4 compares temperatures at one budget.)"""
-SENSITIVITY_PROFILES = ("quick", "paper")
+SENSITIVITY_PROFILES = ("quick", "standard", "paper")
 """Profiles whose grid runs B1's and B2's knob values; `smoke` runs only the paper's / default value of each."""
 LEARNS_DECADES = -math.log10(2.0)
 """A cell learns when its IQM score's 95% CI lies wholly below −log10 2 ≈ −0.30 decades (f at least halved)."""
@@ -282,7 +287,7 @@ class BanditsPMPO(Question):
             COMMON_DEVIATIONS,
             quote=B1_QUOTE,
             knob=Knob("reference refresh period N", REFRESH_PERIODS, f"{PAPER_PERIOD} ([PMPO] §5.1)", run_at=SENSITIVITY_PROFILES),
-            decides="paper",
+            decides="standard",
         ),
         Claim(
             "B2", "DPO on the best vs worst of 4 samples performs like PMPO-AR (within ±0.5 decades on every function).",
@@ -298,7 +303,7 @@ class BanditsPMPO(Question):
             quote=B2_QUOTE,
             knob=Knob("DPO β", DPO_BETAS, "not given for the bandits (20 in the Gaussian control runs, [PMPO] §5.2)",
                       run_at=SENSITIVITY_PROFILES),
-            decides="paper",
+            decides="standard",
         ),
     )
 
@@ -510,7 +515,7 @@ class BanditsKL(Question):
                                            "the suite asks it of the bandits; §5.1 has no β sweep"),),
             quote=B3_QUOTE,
             knob=Knob("reference refresh period N", REFRESH_PERIODS, f"{PAPER_PERIOD} ([PMPO] §5.1)", run_at=()),
-            decides="paper",
+            decides="standard",
         ),
     )
 
@@ -628,11 +633,20 @@ ETAS = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 """B4's fixed temperatures: decades placed around the score scale, so that the η the KL bound implies lies inside the
 sweep on every function (the audit of 2026-12-03 estimated about 30 on Sphere and 1e4 on Rosenbrock; the solved dual's
 final η is reported), with greedy and near-uniform weights at its ends."""
-DUAL_LRS = (0.001, 0.01, 0.1)
-"""The gradient dual's learning rate (η starts at 1; at 0.01 it moves ~1% per step in softplus space)."""
 SOLVED, STEPPED = "solved η", "dual η"
 """B4's subject, the dual's minimiser on each batch (`MPOConfig.temperature = "solved"`), and the gradient-step dual,
 whose chase of that minimiser can outlast a run (an observation beside it)."""
+EPS_ETAS = (0.01, 0.1, 1.0)
+"""B4's open knob, the E-step KL bound ε_η the dual satisfies: 0.1 is the configured default (Acme's MPO); 1.0 lets the
+weights come near greedy, 0.01 keeps them near uniform. Over K = 4 samples the weights' KL to uniform lies in [0, log 4 ≈ 1.39]: at `quick` on
+2026-12-03 the best fixed η was near-greedy (η = 0.1 or 1, ESS ≈ 1 of 4) on every function, which ε_η = 0.1 forbids, so
+the paper's mechanism is tested at both bounds, each value its own group of verdict checks. The paper gives no ε_η for
+this setting."""
+
+
+def solved_label(eps: float) -> str:
+    """The solved dual's variant at ε_η = `eps` (the default's label is the plain `SOLVED`, so its runs keep their name)."""
+    return SOLVED if eps == MPOConfig().epsilon_eta else f"{SOLVED}, ε_η={eps:g}"
 
 
 def eta_label(eta: float) -> str:
@@ -666,7 +680,8 @@ class BanditsTemperature(Question):
             "gradient steps on the dual chase it, and are reported beside). "
             f"Per function: the best fixed η (η ∈ {{{', '.join(f'{e:g}' for e in ETAS)}}}) is the one with the lowest IQM score "
             f"on the even seeds; on the odd seeds, the 95% CI of IQM(dual) − IQM(best fixed) of log10 f(μ_T)/f(μ_0) must lie "
-            f"below +{EQUIVALENCE_DECADES:g} decades (wholly above: not supported). The sweep decides only where η matters in "
+            f"below +{EQUIVALENCE_DECADES:g} decades (wholly above: not supported), at each ε_η of the knob (one group of "
+            f"checks per value). The sweep decides only where η matters in "
             f"it: if every fixed η scores within {EQUIVALENCE_DECADES:g} decades of the best on the even seeds, matching the best "
             "says nothing about tuning, and a supported comparison reads inconclusive. Supported if every function is, not "
             "supported if one is contradicted. Observations: whether the extremes of the sweep fail, the E-step's effective "
@@ -676,14 +691,16 @@ class BanditsTemperature(Question):
                                  Deviation("experiment", "none: RQ3 is posed as an open question", "bandit sweep",
                                            "the suite's own test of the quoted mechanism")),
             quote=B4_QUOTE,
-            knob=Knob("dual learning rate", DUAL_LRS, "not given", run_at=()),
-            decides="paper",
+            knob=Knob("ε_η (the E-step's KL bound)", EPS_ETAS, "not given for this setting (Acme's MPO: 0.1)",
+                      run_at=("smoke", "quick", "standard", "paper")),
+            decides="standard",
         ),
     )
 
     def variants(self):
         fixed = [Variant(eta_label(e), "mpo", MPOConfig(temperature="fixed", eta=e)) for e in ETAS]
-        return fixed + [Variant(SOLVED, "mpo", MPOConfig(temperature="solved")), Variant(STEPPED, "mpo", MPOConfig(temperature="dual"))]
+        solved = [Variant(solved_label(e), "mpo", MPOConfig(temperature="solved", epsilon_eta=e)) for e in EPS_ETAS]
+        return fixed + solved + [Variant(STEPPED, "mpo", MPOConfig(temperature="dual"))]
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
@@ -693,25 +710,27 @@ class BanditsTemperature(Question):
         eta = last_value(rows, "dual/eta")
         eta_rise = last_quarter_change(runs, rows, "dual/eta").change
         k = BanditLoopConfig().samples
-        table, checks, held, flat, finals = [], [], 0, [], {}
+        table, checks, held, flat, finals = [], [], dict.fromkeys(EPS_ETAS, 0), [], {}
         for fn in FUNCTIONS:
             even_iqm = {e: stats.iqm(v) if len(v := by_cell(runs, s, fn, eta_label(e), even)) else np.inf for e in ETAS}
             best = min(ETAS, key=lambda e: even_iqm[e])
             finite = [v for v in even_iqm.values() if np.isfinite(v)]
             spread = max(finite) - min(finite) if finite else float("nan")
-            x, y = by_cell(runs, s, fn, SOLVED, odd), by_cell(runs, s, fn, eta_label(best), odd)
-            outcome, diff, decide = ci_test(x, rng, test="below", threshold=EQUIVALENCE_DECADES, y=y)
-            text = (f"{fmt_ci(diff)} against η = {best:g} (picked on the even seeds); needs < +{EQUIVALENCE_DECADES:g}"
-                    if np.isfinite(diff[0]) else f"{NO_DATA} (the solved η's odd seeds, or the fixed η's)")
-            if outcome == "supported" and not spread > EQUIVALENCE_DECADES:
-                outcome = "inconclusive"
-                text += f"; every fixed η within {spread:.2f} decades of the best"
-                decide = (f"a fixed-η sweep placed around the score scale, where a wrong η costs more than {EQUIVALENCE_DECADES:g} "
-                          "decades; in this one every η scores alike")
-                flat.append(fn)
-            held += outcome == "supported"
-            checks.append(Check(f"dual (solved η) − best fixed η on the odd seeds, {fn}", "verdict", outcome, text,
-                                words="automatically tunes the temperature", decide=decide))
+            y = by_cell(runs, s, fn, eta_label(best), odd)
+            for eps_eta in EPS_ETAS:
+                x = by_cell(runs, s, fn, solved_label(eps_eta), odd)
+                outcome, diff, decide = ci_test(x, rng, test="below", threshold=EQUIVALENCE_DECADES, y=y)
+                text = (f"{fmt_ci(diff)} against η = {best:g} (picked on the even seeds); needs < +{EQUIVALENCE_DECADES:g}"
+                        if np.isfinite(diff[0]) else f"{NO_DATA} (the solved η's odd seeds, or the fixed η's)")
+                if outcome == "supported" and not spread > EQUIVALENCE_DECADES:
+                    outcome = "inconclusive"
+                    text += f"; every fixed η within {spread:.2f} decades of the best"
+                    decide = (f"a fixed-η sweep placed around the score scale, where a wrong η costs more than "
+                              f"{EQUIVALENCE_DECADES:g} decades; in this one every η scores alike")
+                    flat.append(fn)
+                held[eps_eta] += outcome == "supported"
+                checks.append(Check(f"dual (solved η) − best fixed η on the odd seeds, {fn}", "verdict", outcome, text,
+                                    words="automatically tunes the temperature", decide=decide, group=f"ε_η={eps_eta:g}"))
             o, d, _ = ci_test(by_cell(runs, s, fn, STEPPED, odd), rng, test="below", threshold=EQUIVALENCE_DECADES, y=y)
             checks.append(observation(f"gradient-step dual − best fixed η on the odd seeds, {fn}",
                                       {"supported": "no worse", "not supported": "worse"}.get(o, "open"),
@@ -728,16 +747,21 @@ class BanditsTemperature(Question):
             checks.append(observation(f"extremes of the sweep − best fixed η on the odd seeds, {fn}", ", ".join(ext),
                                       "; ".join(nums) + f" (fails: worse by more than {EQUIVALENCE_DECADES:g} decades, CI included)"))
             eps = MPOConfig().epsilon_eta
-            ess_ci = {v: iqm_or_nan(by_cell(runs, ess, fn, v), rng) for v in (SOLVED, STEPPED)}
+            wide = solved_label(EPS_ETAS[-1])
+            ess_ci = {v: iqm_or_nan(by_cell(runs, ess, fn, v), rng) for v in (SOLVED, wide, STEPPED)}
             fixed_ess = ", ".join(f"{e:g}: {stats.iqm(v):.2f}" for e in ETAS if len(v := by_cell(runs, ess, fn, eta_label(e))))
             checks.append(observation(f"E-step effective sample size (of {k}), last quarter, {fn}",
-                                      f"solved {ess_ci[SOLVED][0]:.2f}, gradient-step {ess_ci[STEPPED][0]:.2f} of {k}",
-                                      f"solved {fmt_ci(ess_ci[SOLVED])}; gradient-step {fmt_ci(ess_ci[STEPPED])}; fixed η {fixed_ess}"))
-            kl_ci = {v: iqm_or_nan(by_cell(runs, estep_kl, fn, v), rng) for v in (SOLVED, STEPPED)}
-            checks.append(observation(f"E-step KL to the samples, last quarter, against ε_η = {eps:g}, {fn}",
-                                      f"solved {kl_ci[SOLVED][0]:.3g}, gradient-step {kl_ci[STEPPED][0]:.3g}",
-                                      f"solved {fmt_ci(kl_ci[SOLVED], 3)}; gradient-step {fmt_ci(kl_ci[STEPPED], 3)} (the bound is "
-                                      f"met where the KL is ≤ {eps:g}; log(K = {k}) = {math.log(k):.3g} is greedy)"))
+                                      f"solved {ess_ci[SOLVED][0]:.2f} (ε_η={eps:g}) and {ess_ci[wide][0]:.2f} "
+                                      f"(ε_η={EPS_ETAS[-1]:g}), gradient-step {ess_ci[STEPPED][0]:.2f} of {k}",
+                                      f"solved {fmt_ci(ess_ci[SOLVED])} and {fmt_ci(ess_ci[wide])}; gradient-step "
+                                      f"{fmt_ci(ess_ci[STEPPED])}; fixed η {fixed_ess}"))
+            kl_ci = {v: iqm_or_nan(by_cell(runs, estep_kl, fn, v), rng) for v in (SOLVED, wide, STEPPED)}
+            checks.append(observation(f"E-step KL to the samples, last quarter, against ε_η, {fn}",
+                                      f"solved {kl_ci[SOLVED][0]:.3g} (bound {eps:g}) and {kl_ci[wide][0]:.3g} (bound "
+                                      f"{EPS_ETAS[-1]:g}), gradient-step {kl_ci[STEPPED][0]:.3g} (bound {eps:g})",
+                                      f"solved {fmt_ci(kl_ci[SOLVED], 3)} and {fmt_ci(kl_ci[wide], 3)}; gradient-step "
+                                      f"{fmt_ci(kl_ci[STEPPED], 3)} (the bound is met where the KL is ≤ ε_η; log(K = {k}) = "
+                                      f"{math.log(k):.3g} is greedy)"))
             solved_eta = iqm_or_nan(by_cell(runs, eta, fn, SOLVED), rng)
             stepped_eta = iqm_or_nan(by_cell(runs, eta, fn, STEPPED), rng)
             rise = iqm_or_nan(by_cell(runs, eta_rise, fn, STEPPED), rng)
@@ -749,7 +773,7 @@ class BanditsTemperature(Question):
                                       f"{moving}, {reached} it",
                                       f"solved {fmt_ci(solved_eta, 3)}; gradient-step {fmt_ci(stepped_eta, 3)}, log10 change over "
                                       f"the last quarter {fmt_ci(rise)}"))
-            for v in [*(eta_label(e) for e in ETAS), SOLVED, STEPPED]:
+            for v in [*(eta_label(e) for e in ETAS), *(solved_label(e) for e in EPS_ETAS), STEPPED]:
                 table.append({"function": fn, "variant": v, "IQM score, all seeds [95% CI]": fmt_ci(iqm_or_nan(by_cell(runs, s, fn, v), rng)),
                               "IQM, even seeds": f"{stats.iqm(e_):.2f}" if len(e_ := by_cell(runs, s, fn, v, even)) else "—",
                               "IQM, odd seeds": f"{stats.iqm(o_):.2f}" if len(o_ := by_cell(runs, s, fn, v, odd)) else "—",
@@ -758,13 +782,15 @@ class BanditsTemperature(Question):
                               "E-step KL, last quarter": f"{stats.iqm(e4):.3g}" if len(e4 := by_cell(runs, estep_kl, fn, v)) else "—",
                               "final η": f"{stats.iqm(e3):.3g}" if len(e3 := by_cell(runs, eta, fn, v)) else "—"})
         summary = (f"The dual (its minimiser on each batch) scores no worse than the best fixed η (+{EQUIVALENCE_DECADES:g} decades; "
-                   f"picked on the even seeds, compared on the odd) on {held} of {len(FUNCTIONS)} functions"
-                   + (f"; on {', '.join(flat)} every fixed η scores within {EQUIVALENCE_DECADES:g} decades of the best, so the sweep "
+                   f"picked on the even seeds, compared on the odd) on "
+                   + " and ".join(f"{n} of {len(FUNCTIONS)} functions at ε_η = {e:g}" for e, n in held.items())
+                   + (f"; on {', '.join(sorted(set(flat)))} every fixed η scores within {EQUIVALENCE_DECADES:g} decades of the best, so the sweep "
                       "cannot tell tuning from any setting" if flat else "") + ". Final η, solved and gradient-step (observations): "
                    + ", ".join(f"{fn} {a:.3g} and {b:.3g} ({m}, {r} the solved)" for fn, (a, b, m, r) in finals.items()) + ".")
-        verdict = Verdict(self.claims[0], None, summary, table, checks=checks,
+        verdict = Verdict(self.claims[0], None, summary, table, checks=checks, by="ε_η",
                           paper="none: the paper runs no experiment on this (RQ3 is posed as open)",
-                          sensitivity=f"the subject needs no step size: its η is the dual's minimiser on every batch. The "
+                          sensitivity=f"run at this profile: ε_η = {', '.join(f'{e:g}' for e in EPS_ETAS)}, each value one group "
+                                      "of verdict checks. The subject needs no step size: its η is the dual's minimiser on every batch. The "
                                       f"gradient-step dual (Adam at lr {BanditLoopConfig().dual_lr:g} from η = 1) is its "
                                       "approximation, shown beside it; its learning rate sets whether it reaches the solved η "
                                       "within the budget.")
@@ -783,7 +809,8 @@ class BanditsTemperature(Question):
                 cis = [iqm_or_nan(by_cell(runs, values, fn, eta_label(e)), rng) for e in ETAS]
                 ax.plot(ETAS, [c[0] for c in cis], marker="o", color=fixed_c, label="fixed η")
                 ax.fill_between(ETAS, [c[1] for c in cis], [c[2] for c in cis], color=fixed_c, alpha=0.2, linewidth=0)
-                for v, c, style in ((SOLVED, dual_c, "-"), (STEPPED, plotting.PALETTE[2], "--")):
+                for v, c, style in ((SOLVED, dual_c, "-"), (solved_label(EPS_ETAS[-1]), plotting.PALETTE[3], "-."),
+                                    (STEPPED, plotting.PALETTE[2], "--")):
                     d = iqm_or_nan(by_cell(runs, values, fn, v), rng)
                     ax.axhline(d[0], color=c, linestyle=style, label=f"{v} (any x)")
                     ax.axhspan(d[1], d[2], color=c, alpha=0.15, linewidth=0)
