@@ -25,13 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms.base import Batch, Method, Metrics, Needs, dual_parameter, register
 from algorithms.common import kl_categorical, kl_diag_gaussian
 from algorithms.config import check_choices, check_positive, check_range, field
-from algorithms.estep import estep
+from algorithms.estep import estep, kl_to_uniform
 from algorithms.gempi import DUAL_FLOOR, GEMPIConfig, masked_trust_region
 from algorithms.mstep import weighted_nll
 
@@ -81,11 +82,12 @@ def vmpo_estep(advantage: Tensor, mask: Tensor, eta: Tensor, *, epsilon_eta: flo
 
     Returns: log_w [B, K] (detached, summing to 1 over the batch's top-k, -inf elsewhere), L_η (gradient to η
         only, on the top-k set), metrics `weights/ess`, `weights/ess_frac`, `weights/max`, `dual/eta`,
-        `dual/eta_loss`.
+        `dual/eta_loss`, `weights/kl` (KL of the weights to uniform on the top-k set: what ε_η bounds).
     Deviations: top-k ties go to the lower flat index (`common.top_k_mask`); k = max(1, floor(ρ·N_valid)).
     """
     log_w, eta_loss, metrics = estep(advantage, mask, eta, over="batch", topk_frac=topk_frac, epsilon=epsilon_eta)
     metrics["dual/eta_loss"] = eta_loss.detach()
+    metrics["weights/kl"] = kl_to_uniform(log_w, torch.isfinite(log_w).to(log_w.dtype), over="batch")
     return log_w, eta_loss, metrics
 
 

@@ -114,6 +114,9 @@ def test_vmpo_estep_keeps_top_half_over_the_batch():
     assert eta_loss.item() == pytest.approx(0.01 + 4 + math.log((1 + 1 / e) / 2), rel=1e-12)
     assert not log_w.requires_grad
     assert m["dual/eta"].item() == 1.0
+    # the KL ε_η bounds: ψ against uniform on S, Σ ψ log(2ψ)
+    psi = (1 / (1 + e), e / (1 + e))
+    assert m["weights/kl"].item() == pytest.approx(sum(p * math.log(2 * p) for p in psi), rel=1e-12)
 
 
 def test_vmpo_temperature_gradient_matches_closed_form():
