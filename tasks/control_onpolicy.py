@@ -12,7 +12,9 @@ What the loop provides (`Needs` below):
   sampled it (recorded at sampling time).
 - `kl_old`: the closed-form KL(π_old(·|s) ‖ π_θ(·|s)), differentiable, where π_old is the *target
   network*: a copy of the policy refreshed at the start of every rollout (`target_period = None`, the
-  PPO convention: π_old is the behaviour policy) or every `target_period` learner steps (V-MPO: 100).
+  PPO convention: π_old is the behaviour policy) or every `target_period` learner steps ([V-MPO]'s 100, with one
+  learner step per batch; the suite's V-MPO questions refresh it per rollout, since a rollout here makes many
+  learner steps: `suite/questions/control_onpolicy.py`, `VMPO_LOOP`).
   The rollouts act with the target network, so for V-MPO it is the "target/behaviour network" of docs/reference-settings.md.
 - `logp_ref`, `kl_ref`: the reference policy for DAR-style anchors. `reference = "behaviour"` (default):
   π_ref is the behaviour policy, so DAR's w_reg = 1 and DAR reduces to its π_ref = π_t limit
