@@ -13,10 +13,14 @@ calculated on all 140k episodes." Table 1 compares BC, Accept+BC, Accept, Reject
   3. `final_episodes` episodes of the behaviour run's final policy, sampling its actions (good data).
 A value function V (an MLP on normalised observations) is fitted on *all* transitions by `value_rounds` rounds
 of regression on GAE(γ, λ) λ-returns computed with the previous round's V (time-limit truncations bootstrap
-from V of the final observation, terminations do not); the transitions of the first `label_fraction` of the
-episodes (paper: 40k / 140k) are labelled accept (+1, GAE advantage > 0) or reject (−1, ≤ 0); the rest are
-unlabelled (0). The dataset is stored as an artifact, keyed by the hash of everything that defines it:
-`<results>/artifacts/<key>/dataset.pt` and `meta.json` (episode returns by source, accept fraction, ...),
+from V of the final observation, terminations do not); the transitions of `label_fraction` of the episodes
+(paper: 40k / 140k) are labelled accept (+1, GAE advantage > 0) or reject (−1, ≤ 0); the rest are unlabelled (0).
+Which episodes (`labelled_episodes`, named by `label_episodes`): "leading" — the first ones in dataset order, as the
+paper's "first 40k episodes"; "spread" — as many at evenly spaced ranks of the episode return, from the worst episode to
+the best, so that the labelled subset spans the dataset's whole quality range (in this dataset's order the leading
+episodes are the random policy's alone). The dataset is stored as an artifact, keyed by the hash of everything that
+defines it: `<results>/artifacts/<key>/dataset.pt` and `meta.json` (episode returns, each episode's source, the
+labelled episodes, accept fraction, ...),
 written to a temporary folder and renamed into place (atomic), under a file lock so that concurrent workers
 build it once; later runs load it. `<results>` is the environment variable `EMRL_RESULTS`, which the CLI sets
 to its `--results` store (the runner hands train functions only run specs), else `results` (relative to the
@@ -37,14 +41,18 @@ J = α E_accept[log π] − (1−α) E_reject[log π] − β KL:
 With one action per state, PMPO's per-state expectations become means over the minibatch in which states
 without an accepted (rejected) action contribute 0 (`pmpo_loss`'s convention).
 
-Logged rows: at step 0 `data/*` (dataset summary: return of each source, accept fraction, size); every
+Logged rows: at step 0 `data/*` (dataset summary: return of each source, accept fraction, size; and, measured per
+episode against the learner's `bad_return`, `data/bad_episode_fraction` — the share of episodes whose return is below
+it, the paper's "significant amount of bad episodes" — `data/labelled_bad_fraction`, the labelled episodes' lowest
+and highest return and the dataset's lowest, median and highest: `episode_rows`); every
 `log_every` steps the means of the algorithm's metrics; `eval/return` every `eval_every` gradient steps and at
 the end (deterministic policy, `eval_episodes` episodes, "eval" stream). A non-finite loss or parameter marks
 the seed diverged. Seeds: the dataset has its own (`dataset_seed`), shared by every run; a run's seed drives
 its network initialisation ("run/init"), minibatches ("run") and evaluation ("eval").
 
 Deviations from `[PMPO] §5.3`: cartpole-scale state-based control instead of RGB Stacking from pixels; a dataset
-of about ten to a hundred episodes from one short single-task run instead of 140k episodes of a multi-task run;
+of tens to hundreds of episodes (uniform-random ones and one short single-task run) instead of 140k episodes of a
+multi-task run; the labelled episodes may be spread over the return ranks instead of leading (`label_episodes`);
 the value function is V(s) with GAE advantages (the paper does not give its estimator); β is not given by the
 paper for Table 1 (ours above).
 """
@@ -95,13 +103,19 @@ class OfflineConfig:
     learn_on: Literal["labelled", "all"] = field(
         "labelled", "transitions that fill Batch.logp/label: the labelled subset (PMPO pieces) or all of them (BC with sft)")
     eval_every: int = field(10_000, "gradient steps between evaluations (and one at the end)")
-    eval_episodes: int = field(10, "deterministic evaluation episodes per evaluation; 004 Table 1: 100")
+    eval_episodes: int = field(10, "deterministic evaluation episodes per evaluation; [PMPO] §5.3 Table 1: 100")
     log_every: int = field(1_000, "gradient steps between logged means of the algorithm's metrics")
+    bad_return: float = field(
+        100.0, "an episode whose return is below this counts as bad in the logged data/bad_episode_fraction (a diagnostic of "
+               "the dataset; the paper does not define 'bad episodes' by a number)")
     # ---- the dataset (these fields, the task and its config are the artifact's key: `dataset_key`)
     behaviour: ActorCriticConfig = field(BEHAVIOUR_DEFAULT, "the behaviour run (MPO, one seed) whose episodes form the dataset's middle")
     random_episodes: int = field(20, "episodes of a uniform-random policy at the start of the dataset")
     final_episodes: int = field(20, "episodes of the behaviour run's final (stochastic) policy at the end of the dataset")
-    label_fraction: float = field(40 / 140, "leading fraction of the episodes labelled accept/reject; paper: 40k of 140k")
+    label_fraction: float = field(40 / 140, "fraction of the episodes labelled accept/reject; paper: 40k of 140k")
+    label_episodes: Literal["leading", "spread"] = field(
+        "leading", "which episodes are labelled: 'leading', the first in dataset order (the paper's 'first 40k episodes'); "
+                   "'spread', at evenly spaced ranks of their return, worst to best (`labelled_episodes`)")
     dataset_seed: int = field(0, "seed of the dataset (behaviour run, random and final episodes); shared by every run")
     gamma: float = field(0.99, "discount of the value function and the advantages")
     gae_lambda: float = field(0.95, "λ of the GAE advantages that label the transitions")
@@ -118,6 +132,8 @@ class OfflineConfig:
                        "value_rounds", "value_epochs")
         check_positive(self, "random_episodes", "final_episodes", strict=False)
         check_range(self, "label_fraction", 0.0, 1.0, lo_open=True)
+        if not np.isfinite(self.bad_return):
+            raise ConfigError(f"OfflineConfig.bad_return = {self.bad_return!r} is invalid: must be a finite return.")
         check_range(self, "gamma", 0.0, 1.0)
         check_range(self, "gae_lambda", 0.0, 1.0)
         if self.bins < 2:
@@ -136,8 +152,8 @@ class OfflineConfig:
 
     @property
     def dataset_fields(self) -> tuple[str, ...]:
-        return ("behaviour", "random_episodes", "final_episodes", "label_fraction", "dataset_seed", "gamma", "gae_lambda",
-                "value_rounds", "value_epochs", "value_hidden")
+        return ("behaviour", "random_episodes", "final_episodes", "label_fraction", "label_episodes", "dataset_seed", "gamma",
+                "gae_lambda", "value_rounds", "value_epochs", "value_hidden")
 
 
 PROVIDES = Needs(min_samples=1, labels=True, kl_ref=True)
@@ -156,10 +172,12 @@ def dataset_key(task: str, task_config, cfg: OfflineConfig) -> str:
     """16-hex-digit hash of everything that defines the dataset (the artifact's folder name).
 
     The device it is built on is part of it, except the CPU: datasets built before the loops had a device were built on
-    the CPU and keep their keys. (The behaviour config's own device is always "cpu": it trains on `cfg.device`.)"""
+    the CPU and keep their keys. Likewise `label_episodes` is part of it except at "leading", the only choice before it
+    existed (same code, same labels). (The behaviour config's own device is always "cpu": it trains on `cfg.device`.)"""
     behaviour = {k: v for k, v in asdict(cfg.behaviour).items() if k != "device"}
+    fields = [name for name in cfg.dataset_fields if name != "label_episodes" or cfg.label_episodes != "leading"]
     payload = {"kind": "offline-accept-reject-dataset", "version": 1, "task": task, "task_config": asdict(task_config),
-               **{name: (behaviour if name == "behaviour" else getattr(cfg, name)) for name in cfg.dataset_fields},
+               **{name: (behaviour if name == "behaviour" else getattr(cfg, name)) for name in fields},
                **({"device": cfg.device} if cfg.device != "cpu" else {})}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -341,18 +359,37 @@ def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
         adv, ret = gae(reward, pad(v), pad(nv), term, trunc, gamma=cfg.gamma, lam=cfg.gae_lambda)
         adv = adv[episode, pos]
         explained = 1.0 - float((ret[episode, pos] - v).var() / ret[episode, pos].var().clamp_min(1e-8))
-    n_label = max(1, round(cfg.label_fraction * n_ep))
-    labelled = episode < n_label
+    chosen = labelled_episodes(data["episode_return"], cfg.label_fraction, cfg.label_episodes).to(dev)
+    labelled = torch.isin(episode, chosen)
     label = torch.where(labelled, torch.where(adv > 0, 1.0, -1.0), torch.zeros_like(adv))
     data["advantage"], data["label"] = adv.cpu(), label.cpu()
-    return {"labelled_episodes": n_label, "labelled_transitions": int(labelled.sum()),
-            "accept_fraction": float((label > 0).sum() / labelled.sum()), "value_explained_variance": explained}
+    return {"labelled_episodes": len(chosen), "labelled_episode_ids": chosen.cpu().tolist(),
+            "labelled_transitions": int(labelled.sum()), "accept_fraction": float((label > 0).sum() / labelled.sum()),
+            "value_explained_variance": explained}
+
+
+def labelled_episodes(episode_return: Tensor, fraction: float, mode: str) -> Tensor:
+    """The indices (ascending) of the max(1, round(fraction × n)) labelled episodes of n with returns `episode_return` [n].
+
+    "leading": the first ones (`[PMPO] §5.3`: "the first 40k episodes"). "spread": the episodes at ranks
+    floor((n − 1) i / (k − 1) + ½), i = 0 … k − 1, of the returns sorted ascending (ties: the lower index first), i.e. the
+    worst, the best and evenly spaced ranks between (k = 1: the median rank); ranks ≥ 1 apart, so k distinct episodes."""
+    n = len(episode_return)
+    k = max(1, round(fraction * n))
+    if mode == "leading":
+        return torch.arange(k, device=episode_return.device)
+    if mode != "spread":
+        raise ValueError(f"label_episodes must be 'leading' or 'spread', got {mode!r}")
+    order = torch.sort(episode_return, stable=True).indices
+    ranks = torch.floor(torch.linspace(0, n - 1, k, dtype=torch.float64) + 0.5).long() if k > 1 else torch.tensor([(n - 1) // 2])
+    return torch.sort(order[ranks.to(order.device)]).values
 
 
 def _summary(data: dict[str, Tensor], episodes, source) -> dict:
     ret = data["episode_return"]
     src = torch.tensor(source, device="cpu")
-    out = {"episodes": len(episodes), "transitions": int(len(data["reward"]))}
+    out = {"episodes": len(episodes), "transitions": int(len(data["reward"])),
+           "episode_returns": [round(float(x), 3) for x in ret], "episode_sources": [int(x) for x in src]}
     for i, name in enumerate(("random", "behaviour_run", "final_policy")):
         sel = ret[src == i]
         out[f"{name}_episodes"] = int(len(sel))
@@ -378,6 +415,21 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
 
 DATA_ROWS = ("random_return_mean", "behaviour_run_return_mean", "final_policy_return_mean", "accept_fraction", "episodes",
              "transitions", "labelled_transitions", "value_explained_variance")
+
+
+def episode_rows(data: dict[str, Tensor], bad_return: float) -> dict[str, float]:
+    """Per-episode facts of the dataset, from its tensors (so that artifacts built before they were logged give them too):
+    `bad_episode_fraction` = share of episodes with return < `bad_return` (and `bad_return` itself),
+    `labelled_bad_fraction` the same among the labelled episodes, the labelled episodes' lowest and highest return
+    (`labelled_return_min`, `labelled_return_max`) and the dataset's `return_min`, `return_median`, `return_max`."""
+    ret = data["episode_return"].double()
+    chosen = torch.unique(data["episode"][data["label"] != 0])
+    lab = ret[chosen]
+    return {"bad_return": float(bad_return), "bad_episode_fraction": float((ret < bad_return).double().mean()),
+            "labelled_bad_fraction": float((lab < bad_return).double().mean()) if len(lab) else float("nan"),
+            "labelled_return_min": float(lab.min()) if len(lab) else float("nan"),
+            "labelled_return_max": float(lab.max()) if len(lab) else float("nan"),
+            "return_min": float(ret.min()), "return_median": float(ret.median()), "return_max": float(ret.max())}
 
 
 def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
@@ -412,7 +464,8 @@ def _learn(specs: list[RunSpec], data: dict, meta: dict) -> list[RunResult]:
         return loss, {k: m.detach().float().reshape(()) for k, m in metrics.items()}
 
     vmapped = vmap(method_loss)
-    rows: list[list[tuple[int, str, float]]] = [[(0, f"data/{k}", float(meta[k])) for k in DATA_ROWS if k in meta] for _ in seeds]
+    facts = {**{k: float(meta[k]) for k in DATA_ROWS if k in meta}, **episode_rows(data, cfg.bad_return)}
+    rows: list[list[tuple[int, str, float]]] = [[(0, f"data/{k}", v) for k, v in facts.items()] for _ in seeds]
     status = SeedStatus(S, dev)
     alive = status.alive  # updated in place by status.kill
     window: list[Tensor] = []

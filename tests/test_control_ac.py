@@ -6,6 +6,7 @@ end-to-end run takes about a second.
 """
 
 import dataclasses
+import functools
 import json
 import math
 
@@ -25,7 +26,8 @@ from algorithms.virel import VIRELConfig
 from tasks import RunSpec, check_compatible
 from tasks.control_ac import (ActorCriticConfig, Replay, accept_reject_labels, critic_target, policy_tensors, sample_k,
                               train as train_ac)
-from tasks.control_offline import BUILDS, OfflineConfig, dataset_key, load_or_build, train as train_offline
+from tasks.control_offline import (BUILDS, OfflineConfig, dataset_key, episode_rows, labelled_episodes, load_or_build,
+                                   train as train_offline)
 from tasks.dmc import BinnedPolicy, ControlConfig, GaussianPolicy, PolicyConfig, VecEnv
 
 TASK = "cartpole-swingup"
@@ -306,42 +308,146 @@ def test_offline_learners_run_end_to_end(shared_results, monkeypatch, algo, cfg,
     assert [r.status for r in results] == ["ok", "ok"]
     for r in results:
         m = metrics_of(r)
-        assert {"eval/return", "data/accept_fraction", "data/random_return_mean", "policy/bc_nll"} <= m
+        assert {"eval/return", "data/accept_fraction", "data/random_return_mean", "policy/bc_nll", "data/bad_episode_fraction",
+                "data/labelled_bad_fraction", "data/bad_return"} <= m
     assert results[0].rows != results[1].rows
     assert train_offline(specs(algo, cfg, loop))[0].rows == results[0].rows  # deterministic, on the reused dataset
+
+
+def test_labelled_episodes_leading_or_spread_over_the_return_ranks():
+    ret = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.0])
+    # k = round(0.5 × 6) = 3. leading: the first three. spread: returns ascending are episodes [5, 1, 3, 4, 2, 0]; ranks
+    # floor(linspace(0, 5, 3) + ½) = floor([0.5, 3.0, 5.5]) = [0, 3, 5] -> episodes 5 (return 0), 4 (3), 0 (5): worst,
+    # middle, best
+    assert labelled_episodes(ret, 0.5, "leading").tolist() == [0, 1, 2]
+    assert labelled_episodes(ret, 0.5, "spread").tolist() == [0, 4, 5]
+    assert labelled_episodes(ret, 0.01, "spread").tolist() == [3]  # k = 1: the median rank, (6 − 1) // 2 = 2 -> episode 3
+    assert labelled_episodes(torch.zeros(4), 0.5, "spread").tolist() == [0, 3]  # ties: the lower index ranks lower
+    for n in range(1, 40):  # k distinct episodes whatever n and the fraction (round-half-even would repeat ranks)
+        for frac in (0.05, 40 / 140, 0.5, 0.9, 1.0):
+            chosen = labelled_episodes(torch.randn(n, generator=torch.Generator().manual_seed(n)), frac, "spread")
+            assert len(set(chosen.tolist())) == len(chosen) == max(1, round(frac * n))
+    with pytest.raises(ConfigError, match="label_episodes"):
+        OfflineConfig(label_episodes="best")
+
+
+def test_spread_labels_span_the_returns_and_change_the_dataset_identity(shared_results, monkeypatch):
+    from tasks.control_offline import _label
+
+    monkeypatch.setenv("EMRL_RESULTS", str(shared_results))
+    data, _ = load_or_build(TASK, SHORT, OFFLINE)
+    spread = dataclasses.replace(OFFLINE, label_episodes="spread")
+    assert dataset_key(TASK, SHORT, spread) != dataset_key(TASK, SHORT, OFFLINE)  # a new recipe is a new artifact
+    relabelled = {k: v.clone() for k, v in data.items()}
+    meta = _label(relabelled, spread, spread.dataset_seed)
+    ret = data["episode_return"]
+    chosen = meta["labelled_episode_ids"]
+    assert chosen == labelled_episodes(ret, spread.label_fraction, "spread").tolist() and len(chosen) == 3
+    assert int(ret.argmin()) in chosen and int(ret.argmax()) in chosen  # the whole quality range, not the first episodes
+    assert torch.equal(relabelled["label"] != 0, torch.isin(data["episode"], torch.tensor(chosen)))
+
+
+def test_the_loop_logs_the_share_of_bad_episodes_of_its_dataset(shared_results, monkeypatch):
+    monkeypatch.setenv("EMRL_RESULTS", str(shared_results))
+    data, _ = load_or_build(TASK, SHORT, OFFLINE)
+    ret = data["episode_return"]
+    bar_ = float(ret.median())
+    facts = episode_rows(data, bar_)
+    # by hand: the share of episodes below the bar; the labelled ones are the first 3 (label_fraction 0.5 of 6, leading)
+    assert facts["bad_episode_fraction"] == pytest.approx(float((ret < bar_).double().mean()))
+    assert facts["labelled_bad_fraction"] == pytest.approx(float((ret[:3] < bar_).double().mean()))
+    assert (facts["labelled_return_min"], facts["labelled_return_max"]) == pytest.approx((float(ret[:3].min()), float(ret[:3].max())))
+    assert (facts["return_min"], facts["return_max"]) == pytest.approx((float(ret.min()), float(ret.max())))
+    result = train_offline(specs("sft", SFTConfig(), dataclasses.replace(OFFLINE, learn_on="all", bad_return=bar_)))[0]
+    logged = {m: v for step, m, v in result.rows if step == 0 and m.startswith("data/")}
+    assert logged["data/bad_episode_fraction"] == pytest.approx(facts["bad_episode_fraction"]) and logged["data/bad_return"] == bar_
+
+
+def test_c6_dataset_is_mostly_bad_by_construction_and_labelled_across_its_returns():
+    """The recipe at every profile past smoke: more than half of the dataset's episodes are a uniform-random policy's
+    (bad: below BAD_RETURN, `test_c6_quick_dataset_returns_are_mostly_below_the_bad_bar` measures it at quick), the
+    labelled episodes spread over the returns, one dataset shared by the five variants, 10 seeds at quick."""
+    from suite.questions.control_ac import BAD_RETURN, PREMISE_BAD_SHARE, QUICK_OFF, ControlOffline, dataset_episodes
+    from tasks.dmc import ControlConfig
+
+    q = ControlOffline()
+    for profile in ("quick", "standard", "paper"):
+        grid = q.grid(profile)
+        assert len({p.spec.seed for p in grid}) == 10
+        for p in grid:
+            cfg = p.spec.train_config
+            assert p.spec.task_config == ControlConfig()  # 1,000-step episodes: one behaviour episode per 1,000 steps
+            n = cfg.random_episodes + cfg.behaviour.total_steps // 1000 + cfg.final_episodes
+            assert n == dataset_episodes({f: getattr(cfg, f) for f in ("random_episodes", "final_episodes", "behaviour")})
+            assert cfg.random_episodes > PREMISE_BAD_SHARE * n, (profile, cfg.random_episodes, n)
+            assert cfg.final_episodes < cfg.random_episodes / 2  # a minority of good episodes
+            assert cfg.label_episodes == "spread" and cfg.bad_return == BAD_RETURN
+        assert len({dataset_key(p.spec.task, p.spec.task_config, p.spec.train_config) for p in grid}) == 1
+    quick = q.grid("quick")[0].spec.train_config
+    old = dataclasses.replace(quick, random_episodes=3, final_episodes=5, label_episodes="leading")  # the recipe before #16
+    assert dataset_key(TASK, ControlConfig(), quick) != dataset_key(TASK, ControlConfig(), old)
+    assert QUICK_OFF["random_episodes"] == 30 and dataset_episodes(QUICK_OFF) == 45
+
+
+@pytest.mark.slow
+def test_c6_quick_dataset_returns_are_mostly_below_the_bad_bar(tmp_path, monkeypatch):
+    """The quick C6 dataset itself (about a minute on one core; one thread, as the runner sets): the majority its
+    docstring states lies below BAD_RETURN, the labelled episodes hold both bad and good ones, and the loop's logged
+    share is the histogram's."""
+    from suite.questions.control_ac import BAD_RETURN, PREMISE_BAD_SHARE, ControlOffline
+
+    monkeypatch.setenv("EMRL_RESULTS", str(tmp_path))
+    spec = ControlOffline().grid("quick")[0].spec
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # more threads than free cores spin: five times the CPU on a busy 2-core machine
+    try:
+        data, path = load_or_build(spec.task, spec.task_config, spec.train_config)
+    finally:
+        torch.set_num_threads(threads)
+    meta = json.loads((path / "meta.json").read_text())
+    ret = np.array(meta["episode_returns"])
+    assert len(ret) == 45 and np.allclose(ret, data["episode_return"].numpy(), atol=1e-3)
+    counts, _ = np.histogram(ret, bins=[-np.inf, BAD_RETURN, np.inf])
+    assert counts[0] / len(ret) > PREMISE_BAD_SHARE, (counts, np.sort(ret).round(0))
+    assert (ret[np.array(meta["episode_sources"]) == 0] < BAD_RETURN).all()  # every random episode is bad
+    labelled = ret[meta["labelled_episode_ids"]]
+    assert (labelled < BAD_RETURN).any() and (labelled >= BAD_RETURN).any(), np.sort(labelled).round(0)
+    assert episode_rows(data, BAD_RETURN)["bad_episode_fraction"] == pytest.approx(counts[0] / len(ret))
 
 
 # ------------------------------------------------------------------------------------------------ verdict rules on made-up scores
 
 
 def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str, list[float]]] | None = None,
-            run_columns: dict | None = None):
-    """runs/rows DataFrames as the store gives them, with made-up final returns per variant (5 seeds each); `extra` adds
-    metrics at step 0 (per variant and seed), `run_columns` config columns of every run."""
+            run_columns: dict | None = None, profile: str = "quick"):
+    """runs/rows DataFrames as the store gives them for the grid of `profile`, with made-up final returns per variant (a
+    list per variant, cycled through when the profile has more seeds); `extra` adds metrics at step 0 (per variant and
+    seed, cycled likewise), `run_columns` config columns of every run."""
     runs, rows = [], []
-    for p in question.grid("quick"):
+    for p in question.grid(profile):
         rid = f"{p.variant}/{p.spec.seed}"
         runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "status": "ok", "seed": p.spec.seed,
                      **(run_columns or {})})
-        value = finals[p.variant][p.spec.seed]
+        value = finals[p.variant][p.spec.seed % len(finals[p.variant])]
         for step, frac in ((1000, 0.5), (5000, 1.0)):
             rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "eval/return", "value": frac * value})
             rows.append({"run_id": rid, "seed": p.spec.seed, "step": step, "metric": "train/episode_return", "value": frac * value})
         for metric, per_variant in (extra or {}).items():
             if p.variant in per_variant:
-                rows.append({"run_id": rid, "seed": p.spec.seed, "step": 0, "metric": metric, "value": per_variant[p.variant][p.spec.seed]})
+                values = per_variant[p.variant]
+                rows.append({"run_id": rid, "seed": p.spec.seed, "step": 0, "metric": metric, "value": values[p.spec.seed % len(values)]})
     return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
-def _analysis(question, finals, extra=None, run_columns=None):
-    runs, rows = _frames(question, finals, extra, run_columns)
+def _analysis(question, finals, extra=None, run_columns=None, profile="quick"):
+    runs, rows = _frames(question, finals, extra, run_columns, profile)
     return question.analyse(runs, rows, np.random.default_rng(0))
 
 
-def _verdict(question, finals, extra=None, run_columns=None):
+def _verdict(question, finals, extra=None, run_columns=None, profile="quick"):
     import matplotlib.pyplot as plt
 
-    verdict = _analysis(question, finals, extra, run_columns).verdicts[0]
+    verdict = _analysis(question, finals, extra, run_columns, profile).verdicts[0]
     plt.close("all")
     return verdict
 
@@ -380,27 +486,32 @@ def test_quick_scores_are_means_of_at_least_10_evaluation_episodes_for_every_met
                 assert p.spec.train_config.eval_episodes == EVAL_EPISODES_QUICK, (q.name, p.variant)
 
 
-def test_c1_rule_pmpo_against_mpo_at_each_beta():
+@pytest.mark.parametrize("profile", ["quick", "standard"])
+def test_c1_rule_pmpo_against_mpo_at_each_beta(profile):
     from suite.questions.control_ac import RANDOM_LABEL, ControlPMPO, ar_label
 
     q = ControlPMPO()
     labels = [v.label for v in q.variants()]
     finals = {v: around(300.0) for v in labels}
     finals[RANDOM_LABEL] = around(25.0, 1.0)
-    v = _verdict(q, finals)
+    v = _verdict(q, finals, profile=profile)
     assert v.outcome == "supported" and set(_groups(v)) == {"PMPO-AR β=0.5", "PMPO-AR β=1", "PMPO-AR β=2"}
     assert all(c.words == "PMPO matches or outperforms the strong MPO baseline" for c in v.checks if c.kind == "verdict")
+    # accept-only and reject-only are observations over the kinds the profile runs: quick leaves their binned cells out
+    which = "Gaussian only" if profile == "quick" else "both kinds"
+    assert {c.name for c in v.checks if c.name.startswith("PMPO-A ")} == {
+        f"PMPO-A − MPO ({which}; the sentence does not compare each variant)", f"PMPO-A learns ({which})"}
     finals["PMPO-R (binned)"] = around(50.0)  # one variant alone far below MPO: an observation, never the verdict
     finals["PMPO-A (Gaussian)"] = around(50.0)
-    assert _verdict(q, finals).outcome == "supported"
+    assert _verdict(q, finals, profile=profile).outcome == "supported"
     for kind in ("Gaussian", "binned"):
         finals[ar_label(2.0, kind)] = around(50.0)  # PMPO-AR at β = 2 far below MPO: the knob decides
-    v = _verdict(q, finals)
+    v = _verdict(q, finals, profile=profile)
     assert v.outcome == "depends on" and v.label == "depends on PMPO-AR β"
     assert _groups(v) == {"PMPO-AR β=0.5": "supported", "PMPO-AR β=1": "supported", "PMPO-AR β=2": "not supported"}
     low = {v: around(30.0) for v in labels}  # MPO has not learned: no comparison can decide, and the report says why
     low[RANDOM_LABEL] = around(25.0, 1.0)
-    v = _verdict(q, low)
+    v = _verdict(q, low, profile=profile)
     assert v.outcome == "inconclusive" and "MPO" in v.decide and "would read: supported" in v.checks[0].statistic
 
 
@@ -412,22 +523,39 @@ def test_c2_rule_dpo_beta_groups():
     for b in (1.0, 5.0, 20.0):
         finals[dpo_label(b, "binned")] = around(200.0)
         finals[dpo_label(b, "Gaussian")] = around(150.0 if b == 20.0 else 10.0)  # needs the large β; slower than PMPO-AR
-    v = _verdict(q, finals)
+    verdict_of = functools.partial(_verdict, q, profile="standard")  # every β of the knob (quick leaves β = 5 out)
+    v = verdict_of(finals)
     assert v.outcome == "supported" and set(_groups(v)) == {"DPO β=1", "DPO β=5", "DPO β=20"}
     words = {c.words for c in v.checks if c.kind == "verdict"}
     assert words == {"works well when using a discretized action representation", "a strong algorithm",
                      "requires a very high implicit regularization parameter", "slow learning", "suboptimal policies"}
     assert not any(c.group == "DPO β=20" and "requires" in c.words for c in v.checks)  # no check of β = 20 against itself
     finals[dpo_label(5.0, "Gaussian")] = around(300.0)  # β = 5 works better than β = 20 and PMPO-AR: the claim holds at 1, 20
-    v = _verdict(q, finals)
+    v = verdict_of(finals)
     assert v.outcome == "depends on" and v.label == "depends on DPO β" and _groups(v)["DPO β=5"] == "not supported"
     for b in (1.0, 5.0, 20.0):
         finals[dpo_label(b, "Gaussian")] = around(300.0)  # Gaussian DPO neither slow nor suboptimal at any β
-    assert _verdict(q, finals).outcome == "not supported"
+    assert verdict_of(finals).outcome == "not supported"
     for b in (1.0, 5.0, 20.0):
         finals[dpo_label(b, "binned")] = around(20.0)  # binned DPO at random level: 'works well' contradicted
-    v = _verdict(q, finals)
+    v = verdict_of(finals)
     assert any(c.words.startswith("works well") and c.outcome == "not supported" for c in v.checks)
+
+
+def test_c2_at_quick_checks_the_betas_it_runs_and_names_the_one_left_out():
+    from suite.questions.control_ac import RANDOM_LABEL, ControlDPO, dpo_label
+
+    q = ControlDPO()
+    assert {p.variant for p in q.grid("quick")} == {v.label for v in q.variants()} - {dpo_label(5.0, k) for k in ("Gaussian", "binned")}
+    finals = {RANDOM_LABEL: around(25.0, 1.0), "PMPO-AR (binned)": around(200.0), "PMPO-AR (Gaussian)": around(250.0)}
+    for b in (1.0, 20.0):
+        finals[dpo_label(b, "binned")] = around(200.0)
+        finals[dpo_label(b, "Gaussian")] = around(150.0 if b == 20.0 else 10.0)
+    v = _verdict(q, finals)
+    # no check of a cell the profile does not run (it would read 'no data' and hold the verdict open)
+    assert v.outcome == "supported" and set(_groups(v)) == {"DPO β=1", "DPO β=20"}
+    assert "β = 5 runs at `standard` and `paper`" in v.sensitivity
+    assert q.claims[0].knob.run_at == ("standard", "paper")
 
 
 def test_c3_rule_per_feedback_type():
@@ -488,18 +616,100 @@ def test_c6_share_of_bad_episodes_is_bounded_from_the_dataset_make_up():
     assert v.outcome == "inconclusive" and "not met" in v.summary
 
 
-def test_c7_rule_tests_policy_improvement_and_never_compares_unequal_budgets():
+def test_c7_rule_tests_policy_improvement_and_reports_the_on_policy_arms_beside_it():
     from suite.questions.control_ac import RANDOM_LABEL, ControlVIREL
 
     q = ControlVIREL()
     c7 = {"VIREL": around(200.0), "AWR": around(100.0), "V-MPO": around(300.0), RANDOM_LABEL: around(25.0, 1.0)}
     v = _verdict(q, c7)
     assert v.outcome == "supported" and [c.words for c in v.checks if c.kind == "verdict"] == ["the E-step performs policy improvement"]
+    beside = {c.name: c for c in v.checks if c.name.startswith("VIREL − ")}
+    assert set(beside) == {"VIREL − AWR ([EM-LLM] §9 compares none)", "VIREL − V-MPO ([EM-LLM] §9 compares none)"}
+    assert beside["VIREL − AWR ([EM-LLM] §9 compares none)"].outcome == "VIREL higher"
+    assert beside["VIREL − V-MPO ([EM-LLM] §9 compares none)"].outcome == "V-MPO higher"
+    assert all(c.kind == "observation" and "equal steps" in c.statistic for c in beside.values())
     c7["AWR"] = c7["V-MPO"] = around(0.0)  # the on-policy methods are observations
     assert _verdict(q, c7).outcome == "supported"
     c7["VIREL"] = around(20.0)
     assert _verdict(q, c7).outcome == "not supported"
     assert "no empirical claim" in q.claims[0].statement
+
+
+def test_c7_arms_train_for_equal_environment_steps_at_every_profile():
+    """Issue #16: VIREL ran 4,000 steps against AWR's and V-MPO's 24,576. At every profile C7 defines (those C4 defines),
+    VIREL's actor-critic run takes the on-policy arms' steps, evaluations and seeds — C4's cartpole-swingup budget, whose
+    V-MPO runs C7 shares."""
+    from suite.profiles import PROFILES
+    from suite.questions.control_ac import RANDOM_LABEL, ControlVIREL
+    from suite.questions.control_onpolicy import ControlVMPOvsPPO
+
+    q, c4 = ControlVIREL(), ControlVMPOvsPPO()
+    assert {"smoke", "quick", "standard", "paper"} <= set(q.budgets) == {p for p in PROFILES if p in c4.budgets}
+    for profile in q.budgets:
+        grid = q.grid(profile)
+        arm = {v: [p.spec for p in grid if p.variant == v] for v in ("VIREL", "AWR", "V-MPO")}
+        for field_ in ("total_steps", "eval_every", "eval_episodes"):
+            assert len({getattr(s.train_config, field_) for v in arm for s in arm[v]}) == 1, (profile, field_)
+        assert {v: sorted(s.seed for s in arm[v]) for v in arm} == {v: list(range(c4.budgets[profile].seeds)) for v in arm}
+        c4_vmpo = {p.spec for p in c4.grid(profile) if p.spec.task == TASK and p.spec.algo == "vmpo"}
+        assert set(arm["V-MPO"]) <= c4_vmpo, profile  # C4's own runs, content-addressed
+        assert arm["VIREL"][0].train_config.total_steps == next(iter(c4_vmpo)).train_config.total_steps
+        rand = [p.spec.train_config for p in grid if p.variant == RANDOM_LABEL]
+        assert all(c.random_baseline for c in rand)  # the random policy keeps C1's config (shared runs)
+    quick = q.grid("quick")
+    assert len({p.spec.seed for p in quick}) >= 8 and min(p.spec.train_config.total_steps for p in quick
+                                                          if p.variant != RANDOM_LABEL) >= 10_000
+
+
+def test_actor_critic_budget_is_at_least_10000_steps_at_quick_and_standard_decides():
+    """Issue #16: the actor-critic loop had 4,000 steps (4 episodes) at quick. Every trained actor-critic cell of C1, C2,
+    C3 and C7 now runs ≥ 10,000; `standard` runs every cell at ≥ 100,000 steps and 10 seeds, and each claim is planned
+    to decide there."""
+    from suite.questions.control_ac import (SKIP, STANDARD_AC, ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL,
+                                            ControlVIREL)
+    from tasks.control_ac import ActorCriticConfig as AC
+
+    questions = (ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL())
+    for q in questions:
+        assert q.claims[0].decides == "standard" and {"quick", "standard", "paper"} <= set(q.budgets)
+        for profile, least in (("quick", 10_000), ("standard", STANDARD_AC["total_steps"])):
+            trained = [p for p in q.grid(profile) if isinstance(p.spec.train_config, AC) and not p.spec.train_config.random_baseline]
+            assert all(p.spec.train_config.total_steps >= least for p in trained), (q.name, profile)
+        standard = q.grid("standard")
+        assert {p.variant for p in standard} == {v.label for v in q.variants()}  # standard runs every cell
+        assert len({p.spec.seed for p in standard}) == 10
+    # quick leaves out only cells of the named questions that exist (a renamed label cannot silently run again)
+    by_name = {q.name: {v.label for v in q.variants()} for q in questions}
+    for name, labels in SKIP["quick"].items():
+        assert set(labels) <= by_name[name]
+        assert not {p.variant for p in next(q for q in questions if q.name == name).grid("quick")} & set(labels)
+
+
+def test_the_quick_actor_critic_share_of_the_control_family_fits_its_budget():
+    """The module docstring's arithmetic, recounted from the grids (runs are content-addressed: a configuration several
+    questions share is one group): per distinct trained actor-critic cell, its 5-seed cost at 4,000 steps in the
+    dc377d9 sweep, × 2.75 (between 2.5 for env steps and 3 for learner steps) at 10,000 steps, VIREL 12.6 s scaled to its
+    steps and seeds, the offline cells and the random policy as estimated there: ≤ 1,600 group-seconds."""
+    from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
+    from tasks.control_ac import ActorCriticConfig as AC
+
+    per_4k = {("mpo", "gaussian"): 20.7, ("mpo", "binned"): 27.8, ("pmpo", "gaussian"): 16.1, ("pmpo", "binned"): 21.1,
+              ("dpo", "gaussian"): 17.4, ("dpo", "binned"): 15.4, ("virel", "gaussian"): 12.6}
+    cells: dict = {}
+    for q in (ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlVIREL()):
+        for p in q.grid("quick"):
+            cfg = p.spec.train_config
+            if isinstance(cfg, AC) and not cfg.random_baseline:
+                key = (p.spec.algo, repr(p.spec.algo_config), dataclasses.astuple(cfg))
+                cells.setdefault(key, (p.spec.algo, cfg.policy, cfg.total_steps, set()))[3].add(p.spec.seed)
+    assert len(cells) == 25  # 24 in C1–C3 (28 less `SKIP`'s 4) and VIREL
+    cost = 0.0
+    for algo, policy, steps, seeds in cells.values():
+        scale = 2.75 * steps / 10_000 * (1.3 if len(seeds) > 5 else 1.0)  # ≈ 1.3× for 8 seeds instead of 5 (estimated)
+        cost += per_4k[(algo, policy)] * scale
+    offline = 30 + len(ControlOffline().variants()) * 20  # the dataset, then 5 groups of 10 seeds (estimated)
+    cost += offline + 6  # + the random policy
+    assert cost <= 1_600, cost
 
 
 def _made_up(question):

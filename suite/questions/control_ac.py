@@ -4,26 +4,40 @@ and C7 (VIREL, `[EM-LLM] §9`).
 
 **The score.** Every run is scored by its **final evaluation return**: the mean return of the deterministic policy
 (Gaussian mean, per-dimension argmax bin) over `EVAL_EPISODES_QUICK` = 10 evaluation episodes at the end of training at
-`quick` (100 at `paper`, as `[PMPO]` Figure 2; DMC returns lie in [0, 1000]); a run that diverged scores 0 (it is counted,
-never dropped). A uniform-random policy is measured on the same evaluation episodes. Aggregates are IQMs over seeds with
-stratified-bootstrap 95% CIs; comparisons use the CI of the IQM difference (`suite.stats.difference_ci`) through
-`suite.analysis.check`, which gives every open check the number of seeds that would decide it.
+`quick` and `standard` (100 at `paper`, as `[PMPO]` Figure 2; DMC returns lie in [0, 1000]); a run that diverged scores 0
+(it is counted, never dropped). A uniform-random policy is measured on the same evaluation episodes. Aggregates are IQMs
+over seeds with stratified-bootstrap 95% CIs; comparisons use the CI of the IQM difference (`suite.stats.difference_ci`)
+through `suite.analysis.check`, which gives every open check the number of seeds that would decide it.
 
 **Learning.** A cell *learns* when the CI of its IQM lies above `random_bar(random IQM, LEARN_RELATIVE, LEARN_FLOOR)`:
 the random policy's IQM plus max(1 × it, 50). The floor, 50 return points, is 5% of the DMC return range; on
 cartpole-swingup it is about 8 standard deviations of a random policy's 10-episode mean (≈ 6) and 2.5 of a single random
 episode's return (≈ 20; both measured over 10–20 seeds), so a policy that behaves like the random one cannot clear it,
-while it lies far below the swinging regime (a few hundred) the actor-critic reaches at `quick`.
+while it lies below what the actor-critic reaches at `quick` (MPO ≈ 140 after 4,000 steps, reports at dc377d9).
 
 **Verdict checks and observations.** Every claim quotes its sentence of the paper; a verdict check names the words of it
 that it tests, everything else is an observation (`suite.claims`). Where the setup cannot decide a check (the baseline
 has not learned; C6's dataset lacks the paper's premise), the check is inconclusive with the missing condition named.
 
-Why cartpole-swingup at `quick`: the paper's tasks (humanoid, manipulator; Figure 2) need millions of steps; C1–C3 and
-C7 together are about 30 cells × 5 seeds, which leaves a few thousand environment steps per run on a 2-core laptop.
-Cartpole-swingup is the cheapest listed task on which an actor-critic moves clearly above a random policy in that budget
-(to the "swinging" regime, returns of a few hundred; balancing needs far more), so `quick` compares *early learning*:
-a method that collapses, stalls or learns slower shows, one that wins only late does not.
+Why cartpole-swingup at `quick`: the paper's tasks (humanoid, manipulator; Figure 2) need millions of steps. Cartpole-
+swingup is the cheapest listed task on which an actor-critic moves clearly above a random policy in a laptop budget (to
+the "swinging" regime; balancing needs far more), so `quick` compares *early learning*: a method that collapses, stalls or
+learns slower shows, one that wins only late does not. `standard` (100,000 actor-critic steps, 10 seeds) is where C1–C3,
+C6 and C7 are planned to decide; `paper` runs Acme's settings for 1M steps.
+
+**The budget at `quick`** (≥ 10,000 actor-critic steps, where the 2026-12-03 audit found 4,000 too few to decide; this file's share of the control family ≤ ≈ 1,600
+group-seconds on one core, the on-policy questions taking the rest of 30 minutes on 2 cores). Per 5-seed group at 4,000
+steps, the quick sweep at dc377d9 recorded (wall seconds): MPO (K = 20) 20.7 Gaussian / 27.8 binned, PMPO 16.1 / 21.1,
+DPO 17.4 / 15.4, VIREL 12.6, the random policy 4.0, an offline group of 2,000 steps 12.9 (plus ≈ 19 to build the
+dataset). At 10,000 steps a group costs 2.5× (env steps) to 3× (learner steps, 1,500 → 4,500) that — *estimated*; one
+timing run of a 5-seed PMPO group at 10,000 steps took 85 s wall on a 2-core machine that another process kept busy, an
+upper bound. The full grid has 28 distinct training cells in C1–C3 (C2's PMPO-AR and five of C3's cells are C1's runs),
+493.9 s at 4,000 steps → 1,235–1,482 at 10,000; with VIREL (C4's cartpole budget, 40,960 steps × 8 seeds: 12.6 × 10.2–13.3
+× 1–1.6 = 129–268), C6 (dataset ≈ 25–35, 5 groups × 10 seeds ≈ 65–130) and the random policy (≈ 6) it comes to
+≈ 1,460–1,920, central ≈ 1,690: over. So `quick` leaves out the four cells that decide least (`SKIP`): C1's binned
+accept-only and reject-only (observations) and C2's DPO β = 5 in both kinds (the knob's middle value), −75.0 s at 4,000
+steps → 24 cells, 1,047–1,257, and ≈ 1,270–1,700 in all, central ≈ 1,480 (C7's AWR, in the on-policy loop, adds ≈ 30–50).
+Should the sweep measure above the share, the next cells to leave out are C3's β = 1.5 column (3 cells, ≈ 120–145).
 """
 
 from __future__ import annotations
@@ -40,14 +54,12 @@ from algorithms.pmpo import PMPOConfig
 from algorithms.sft import SFTConfig
 from algorithms.virel import VIRELConfig
 from suite import plotting, stats
-from suite.analysis import NO_DATA, cell, check, curve, fmt_ci, iqm_ci, n_diverged, observation, random_bar
+from suite.analysis import NO_DATA, cell, check, curve, fmt_ci, in_grid, iqm_ci, n_diverged, observation, random_bar
 from suite.claims import Check, Claim, Deviation, Knob, Verdict, tally
-from suite.questions.base import Analysis, Budget, Question, Variant
-from suite.questions.control_onpolicy import PAPER as ONPOLICY_PAPER
-from suite.questions.control_onpolicy import QUICK as ONPOLICY_QUICK
+from suite.questions.base import Analysis, Budget, GridPoint, Question, Variant
 from suite.questions.control_onpolicy import QUICK_CARTPOLE as ONPOLICY_QUICK_CARTPOLE
-from suite.questions.control_onpolicy import SMOKE as ONPOLICY_SMOKE
 from suite.questions.control_onpolicy import TASK_CONFIGS as ONPOLICY_TASK_CONFIGS
+from suite.questions.control_onpolicy import ControlVMPOvsPPO
 from suite.questions.control_onpolicy import VMPO, VMPO_LOOP
 from suite.questions.control_onpolicy import scores as final_scores
 from tasks.control_ac import ActorCriticConfig
@@ -78,14 +90,20 @@ episodes'): more than half of the dataset's episodes are bad."""
 
 # ---------------------------------------------------------------------------------------------------- budgets
 EVAL_EPISODES_QUICK = 10
-"""Evaluation episodes per final score at `quick` (issue 15: ≥ 10; the loops' default); the random baseline plays the same."""
+"""Evaluation episodes per final score at `quick` and `standard` (issue 15: ≥ 10; the loops' default); the random baseline
+plays the same."""
 SMOKE_AC = dict(total_steps=200, eval_every=200, eval_episodes=1, hidden=(16, 16), batch_size=16, learning_starts=50,
                 updates_per_step=0.25, log_every=100, replay_size=10_000)
 """A second or two per cell: 1-second episodes (100 steps), 40 learner steps, one evaluation episode."""
-QUICK_AC = dict(total_steps=4_000, eval_every=4_000, eval_episodes=EVAL_EPISODES_QUICK, hidden=(64, 64), batch_size=128,
+QUICK_AC = dict(total_steps=10_000, eval_every=10_000, eval_episodes=EVAL_EPISODES_QUICK, hidden=(64, 64), batch_size=128,
                 learning_starts=1_000, updates_per_step=0.5, log_every=1_000)
-"""4 episodes of training per seed, 1,500 learner steps, one evaluation of 10 episodes at the end (the learning curves are
-the training episodes' returns, one per 1,000 steps)."""
+"""10 episodes of training per seed, 4,500 learner steps, one evaluation of 10 episodes at the end (the learning curves
+are the training episodes' returns, one per 1,000 steps). The cost arithmetic is in the module docstring."""
+STANDARD_AC = dict(QUICK_AC, total_steps=100_000, eval_every=25_000, log_every=2_500)
+"""`standard`, where C1–C3 are planned to decide: quick's learner (small networks, 0.5 learner steps per env step) for
+100,000 steps (100 episodes, 49,500 learner steps), evaluations of 10 episodes every 25,000 steps, 10 seeds. Estimated
+from `quick`'s rate (learner steps × 11, seeds × 1.3–2): ≈ 10–20 CPU-minutes per cell, ≈ 5–10 CPU-hours for C1–C3's 28
+cells."""
 PAPER_AC = dict(total_steps=1_000_000, eval_every=50_000, eval_episodes=100)
 """Acme's MPO settings (the config's defaults) for 1M steps; evaluations of 100 episodes as in `[PMPO]` Figure 2."""
 
@@ -94,25 +112,62 @@ BEHAVIOUR = {
                                ("hidden", "batch_size", "learning_starts", "updates_per_step", "replay_size")}),
     "quick": ActorCriticConfig(total_steps=10_000, eval_every=10_000, eval_episodes=1, log_every=10_000, hidden=(64, 64),
                                batch_size=128, learning_starts=1_000, updates_per_step=0.5),
+    "standard": ActorCriticConfig(total_steps=50_000, eval_every=50_000, eval_episodes=1, log_every=10_000, hidden=(64, 64),
+                                  batch_size=128, learning_starts=1_000, updates_per_step=0.5),
     "paper": ActorCriticConfig(total_steps=100_000, eval_every=100_000, eval_episodes=1, log_every=10_000),
 }
-"""The behaviour run (MPO) whose episodes make up the offline dataset of C6 (its own evaluation is not used)."""
+"""The behaviour run (MPO, one seed) whose episodes make up the middle of C6's offline dataset, one per 1,000 steps (its
+own evaluation is not used). At `quick` its 10 episodes averaged 139 and its final policy 177 (the 18-episode dataset of
+the reports at dc377d9)."""
+BAD_RETURN = 100.0
+"""C6: an episode whose return is below 100 counts as *bad* (`OfflineConfig.bad_return`, logged as
+`data/bad_episode_fraction`). 100 is 10% of DMC's [0, 1000] and twice the learning floor; a uniform-random episode on
+cartpole-swingup returns ≈ 27 ± 20 (the quick dataset's 30: mean 27.3, standard deviation 19.6, highest 84; the random
+policy's IQM in the reports at dc377d9 29.5), about 4 standard deviations below; the quick behaviour run's final policy
+averages 177 (reports at dc377d9)."""
 SMOKE_OFF = dict(steps=20, batch_size=16, hidden=(16, 16), eval_every=20, eval_episodes=1, log_every=10, random_episodes=1,
                  final_episodes=1, value_rounds=1, value_epochs=1, value_hidden=(16, 16), behaviour=BEHAVIOUR["smoke"])
 QUICK_OFF = dict(steps=2_000, hidden=(64, 64), eval_every=2_000, eval_episodes=EVAL_EPISODES_QUICK, log_every=500,
-                 random_episodes=3, final_episodes=5, behaviour=BEHAVIOUR["quick"])
-"""18 episodes (3 random, 10 of the behaviour run, 5 of its final policy); the first 5 are labelled (40/140 of 18)."""
-PAPER_OFF = dict(eval_episodes=100, behaviour=BEHAVIOUR["paper"])
+                 random_episodes=30, final_episodes=5, behaviour=BEHAVIOUR["quick"])
+"""45 episodes: 30 of a uniform-random policy, the 10 of the behaviour run, 5 of its final policy. Bad by construction
+(the paper's premise, `PREMISE_BAD_SHARE`): the 30 random ones (67%), plus the behaviour run's early episodes (its first
+1,000 steps precede learning) that fall below `BAD_RETURN`. Measured on one build (`dataset_seed` 0, CPU; the slow test
+`test_c6_quick_dataset_returns_are_mostly_below_the_bad_bar` rebuilds it): 32 of 45 bad (71%) — the random episodes
+returned 3–84, the behaviour run 24, 25, then 118–197, its final policy 165–176. 13 episodes (40/140 of 45) are labelled,
+at evenly spaced return ranks from the worst to the best (`label_episodes="spread"`): 9 bad (3–62) and 4 good (160–197),
+the paper's "limited number of positive examples"; 85% of their transitions have a positive advantage. The build took
+72 s on one core of a busy 2-core machine (behaviour run 52, episodes 11, value fit and labels 9)."""
+STANDARD_OFF = dict(steps=20_000, eval_every=5_000, eval_episodes=EVAL_EPISODES_QUICK, random_episodes=100, final_episodes=10,
+                    behaviour=BEHAVIOUR["standard"])
+"""160 episodes: 100 random, the 50 of a 50,000-step behaviour run, 10 of its final policy (≥ 62.5% bad by construction);
+the learner's default networks (256, 256) for 20,000 gradient steps, 10 seeds."""
+PAPER_OFF = dict(eval_episodes=100, random_episodes=200, final_episodes=20, behaviour=BEHAVIOUR["paper"])
+"""320 episodes: 200 random, the 100 of a 100,000-step behaviour run, 20 of its final policy (≥ 62.5% bad by construction)."""
 
 LOOP_BUDGETS: dict[str, dict[type, dict]] = {
-    "smoke": {ActorCriticConfig: SMOKE_AC, OfflineConfig: SMOKE_OFF, OnPolicyConfig: ONPOLICY_SMOKE},
-    "quick": {ActorCriticConfig: QUICK_AC, OfflineConfig: QUICK_OFF, OnPolicyConfig: {**ONPOLICY_QUICK, **ONPOLICY_QUICK_CARTPOLE}},
-    "paper": {ActorCriticConfig: PAPER_AC, OfflineConfig: PAPER_OFF, OnPolicyConfig: ONPOLICY_PAPER},
+    "smoke": {ActorCriticConfig: SMOKE_AC, OfflineConfig: SMOKE_OFF},
+    "quick": {ActorCriticConfig: QUICK_AC, OfflineConfig: QUICK_OFF},
+    "standard": {ActorCriticConfig: STANDARD_AC, OfflineConfig: STANDARD_OFF},
+    "paper": {ActorCriticConfig: PAPER_AC, OfflineConfig: PAPER_OFF},
 }
-"""Per profile, the fields each training loop's config takes (one question may mix loops: C7)."""
-BUDGETS = {"smoke": Budget(seeds=2), "quick": Budget(seeds=5), "paper": Budget(seeds=10)}
+"""Per profile, the fields the actor-critic and offline loops' configs take. On-policy variants (C7's AWR and V-MPO) take
+the on-policy questions' budget instead (`onpolicy_changes`), so that they are C4's runs."""
+BUDGETS = {"smoke": Budget(seeds=2), "quick": Budget(seeds=5), "standard": Budget(seeds=10), "paper": Budget(seeds=10)}
+"""Seeds per cell; C6 runs 10 at `quick` (`ControlOffline.budgets`) and C7 the on-policy questions' (`ControlVIREL`)."""
+SKIP = {"quick": {"control-pmpo": ("PMPO-A (binned)", "PMPO-R (binned)"), "control-dpo": ("DPO β=5 (Gaussian)", "DPO β=5 (binned)")}}
+"""Cells a profile leaves out of a question's grid (every other profile runs them): at `quick` the four that decide least
+(the module docstring's budget arithmetic) — C1's binned accept-only and reject-only (observations: the verdict is
+PMPO-AR against MPO; their Gaussian cells are C3's runs and stay) and C2's DPO β = 5 in both kinds (the middle of the knob:
+'requires a very high β' is still tested at β = 1 against 20)."""
 TASK_CONFIGS = {"smoke": {"time_limit": 1.0}}
 """Task-config changes per profile: smoke uses 1-second episodes so that an evaluation takes milliseconds."""
+
+
+def onpolicy_changes(profile: str) -> dict:
+    """The on-policy loop's fields at `profile` on cartpole-swingup: those of C4 (`ControlVMPOvsPPO`), whose V-MPO runs
+    C7 shares, imported, never copied."""
+    return ControlVMPOvsPPO().train_changes(profile, TASK, OnPolicyConfig())
+
 
 # ---------------------------------------------------------------------------------------------------- variants
 AC_G20 = ActorCriticConfig(policy="gaussian", samples=20)
@@ -130,14 +185,21 @@ RANDOM_LABEL = "random policy"
 
 class ControlACQuestion(Question):
     """A control question whose variants may use different training loops: `LOOP_BUDGETS[profile][type(loop config)]`
-    replaces fields of each variant's loop config; `TASK_CONFIGS[profile]` replaces fields of the task config (that of
-    the on-policy questions for on-policy variants)."""
+    replaces fields of each variant's loop config (`onpolicy_changes` those of on-policy variants); `TASK_CONFIGS[profile]`
+    replaces fields of the task config (that of the on-policy questions for on-policy variants); `SKIP[profile][name]`
+    lists the cells the profile leaves out."""
 
     tasks = (TASK,)
     budgets = BUDGETS
 
     def train_changes(self, profile, task, train_config):
+        if isinstance(train_config, OnPolicyConfig):
+            return onpolicy_changes(profile)
         return LOOP_BUDGETS[profile].get(type(train_config), {})
+
+    def grid(self, profile: str, seeds: int | None = None) -> list[GridPoint]:
+        skip = SKIP.get(profile, {}).get(self.name, ())
+        return [p for p in super().grid(profile, seeds) if p.variant not in skip]
 
     def task_changes(self, profile, task, train_config):
         # on-policy variants (C7's AWR and V-MPO) run on the on-policy questions' task config, so they share runs
@@ -159,6 +221,18 @@ def curve_area(runs: pd.DataFrame, rows: pd.DataFrame) -> pd.Series:
     filled = wide.ffill(axis=1)
     filled[dead] = wide[dead].fillna(0.0)
     return filled.mean(axis=1)
+
+
+def ran(runs: pd.DataFrame, variant: str) -> bool:
+    """Whether this profile's grid has the cell (`in_grid`; `SKIP` leaves some out at `quick`)."""
+    return in_grid(runs, TASK, variant)
+
+
+def trained_steps(runs: pd.DataFrame) -> str:
+    """The env steps of the trained (non-random) runs, as text: one number, or 'this profile's' when unknown or mixed."""
+    col = "train_config.total_steps"
+    steps = set(runs.loc[runs.variant != RANDOM_LABEL, col].dropna().astype(int)) if col in runs and len(runs) else set()
+    return f"{steps.pop():,}" if len(steps) == 1 else "this profile's"
 
 
 def _ci(runs, s, variant, rng) -> tuple[float, float, float]:
@@ -253,18 +327,29 @@ SCORE_TEXT = (f"On final evaluation returns (the mean of {EVAL_EPISODES_QUICK} d
 BAR_TEXT = (f"the random bar = random IQM + max({LEARN_RELATIVE:g} × random IQM, {LEARN_FLOOR:g}) (`random_bar`; the floor is "
             "5% of DMC's [0, 1000] return range)")
 
+
+def learner_steps(ac: dict) -> int:
+    """Learner steps of an actor-critic run with the budget `ac` (fields of `ActorCriticConfig`)."""
+    return int((ac["total_steps"] - ac["learning_starts"]) * ac["updates_per_step"])
+
+
+AC_BUDGET = Deviation(
+    "training budget", "not given (curves to convergence)",
+    f"quick: {QUICK_AC['total_steps']:,} env steps, {learner_steps(QUICK_AC):,} learner steps, {BUDGETS['quick'].seeds} seeds; "
+    f"standard: {STANDARD_AC['total_steps']:,} steps, {learner_steps(STANDARD_AC):,} learner steps, {BUDGETS['standard'].seeds} seeds",
+    "quick: the file's share of the control family's 30 minutes on 2 cores, 4 cells left out (`SKIP`; the module docstring's "
+    "arithmetic); `standard` (planned to decide): ≈ 5–10 CPU-hours for C1–C3 (estimated); `paper`: 1M steps, 10 seeds")
+"""C1–C3's budget row (C7's VIREL runs the on-policy arms' steps instead)."""
 COMMON_DEVIATIONS = (
-    Deviation("task (quick)", "humanoid run/stand/walk, manipulator, … (Figure 2)", "cartpole-swingup",
-              "the 2-core `quick` budget; the paper's tasks need millions of steps"),
-    Deviation("training budget (quick)", "not given (curves to convergence)", f"{QUICK_AC['total_steps']:,} env steps, "
-              f"{int(QUICK_AC['total_steps'] * QUICK_AC['updates_per_step'] - QUICK_AC['learning_starts'] * QUICK_AC['updates_per_step']):,} "
-              "learner steps, 5 seeds", "C1–C3 and C7 together in about 12 minutes on 2 cores; `paper`: 1M steps, 10 seeds"),
+    Deviation("task (quick, standard)", "humanoid run/stand/walk, manipulator, … (Figure 2)", "cartpole-swingup",
+              "the laptop and workstation budgets; the paper's tasks need millions of steps"),
     Deviation("evaluation", "100 episodes per evaluation (Figure 2)", f"{EVAL_EPISODES_QUICK} deterministic episodes at the end "
-              "at quick (100 every 50k steps at paper); curves are training-episode returns",
-              "cost; evaluation episodes cost as much as training steps"),
+              f"at quick (and every {STANDARD_AC['eval_every']:,} steps at standard; 100 every 50k steps at paper; C7's VIREL "
+              "as the on-policy arms); curves are training-episode returns", "cost; evaluation episodes cost as much as training "
+              "steps"),
     Deviation("critic", "not given (a learned Q)", "one MLP Q, 5-step returns (Acme MPO), target nets every 100 learner steps",
               "Acme's MPO defaults; Acme's critic is distributional"),
-    Deviation("networks, replay ratio (quick)", "Acme: (256, 256, 256), batch 256, 0.125 learner steps per env step",
+    Deviation("networks, replay ratio (quick, standard)", "Acme: (256, 256, 256), batch 256, 0.125 learner steps per env step",
               f"{QUICK_AC['hidden']}, batch {QUICK_AC['batch_size']}, {QUICK_AC['updates_per_step']} learner steps per env step",
               "small networks and more updates per sample learn faster per env step at a laptop budget; `paper` uses Acme's"),
     Deviation("MPO trust region", "Acme: decoupled ε_μ = 0.0025, ε_Σ = 1e-6", "one KL(π_tgt‖π_θ) bound ε = 0.1",
@@ -306,15 +391,20 @@ class ControlPMPO(ControlACQuestion):
             f"resampled within each kind), lies above −{MATCH_FRACTION:g} × IQM(MPO) (supported), wholly below it (not "
             "supported), or covers it (inconclusive). The sentence names PMPO, not each variant, and does not separate the two "
             "action kinds ([PMPO] §5.2; the suite used to ask more), so accept-only and reject-only against MPO, each kind "
-            "alone, and whether each variant learns are observations. A baseline that has not learned proves nothing: unless "
+            "alone, and whether each variant learns are observations (at `quick` accept-only and reject-only run Gaussian "
+            "only: `SKIP`). A baseline that has not learned proves nothing: unless "
             f"MPO's CI lies above {BAR_TEXT} in both kinds, the check is inconclusive. The headline is `supported` / "
             "`not supported` where every β agrees, `depends on PMPO-AR β` where they disagree definitively.",
             COMMON_DEVIATIONS + (
+                AC_BUDGET,
                 Deviation("PMPO α, β", "A&R 0.5/0.5, A 1/0, R 0/2", "the same; A&R also at β = 1 and 2 (sensitivity)", "—"),
-                Deviation("bins", "not given", "11 per action dimension in [−1, 1]", "suite default"),),
+                Deviation("bins", "not given", "11 per action dimension in [−1, 1]", "suite default"),
+                Deviation("accept-only, reject-only (quick)", "Gaussian and binned", "Gaussian only",
+                          "observations; the quick budget (`SKIP`)"),),
             quote=C1_QUOTE,
             knob=Knob("PMPO-AR β", AR_BETAS, "0.5 ([PMPO] §5: 'a beta value of 0.5 for learning from accept&reject')",
-                      run_at=("quick", "paper")),
+                      run_at=("quick", "standard", "paper")),
+            decides="standard",
         ),
     )
 
@@ -338,8 +428,8 @@ class ControlPMPO(ControlACQuestion):
         margin = MATCH_FRACTION * mpo_iqm
         why = "MPO has not cleared the random bar in both kinds (see the observations)"
         decide = (f"a budget at which MPO learns in both kinds (its CI above the random bar, {b:.0f}; now Gaussian "
-                  f"{fmt_ci(mpo['Gaussian'], 1)}, binned {fmt_ci(mpo['binned'], 1)}): a longer actor-critic run, the family's "
-                  "budget issue")
+                  f"{fmt_ci(mpo['Gaussian'], 1)}, binned {fmt_ci(mpo['binned'], 1)}): a longer actor-critic run, "
+                  f"`standard`'s {STANDARD_AC['total_steps']:,} steps")
         checks, parts = [], []
         for beta in AR_BETAS:
             c = check("PMPO-AR − MPO (Gaussian and binned together)", "PMPO matches or outperforms the strong MPO baseline",
@@ -350,13 +440,17 @@ class ControlPMPO(ControlACQuestion):
         for k in KINDS:
             checks.append(observation(f"MPO ({k}) learns", learns(mpo[k], rand[0]), f"{fmt_ci(mpo[k], 1)}; random bar {b:.0f}"))
         for v in ("PMPO-A", "PMPO-R"):
-            x = pooled(runs, s, [f"{v} ({k})" for k in KINDS])
-            if x.size and mpo_all.size:
-                d = stats.difference_ci(x, mpo_all, stats.iqm, rng)
-                checks.append(observation(f"{v} − MPO (both kinds; the sentence does not compare each variant)",
-                                      matches(d, margin), f"IQM difference {fmt_ci(d, 1)}; 'matches' needs > {-margin:.1f}"))
+            kinds = [k for k in KINDS if ran(runs, f"{v} ({k})")]  # `quick` runs them Gaussian only (`SKIP`)
+            which = "both kinds" if len(kinds) == len(KINDS) else " and ".join(kinds) + " only"
+            x = pooled(runs, s, [f"{v} ({k})" for k in kinds])
+            y = mpo_all if len(kinds) == len(KINDS) else pooled(runs, s, [f"MPO ({k})" for k in kinds])
+            m = margin if len(kinds) == len(KINDS) else MATCH_FRACTION * (iqm_ci(y, rng)[0] if y.size else float("nan"))
+            if x.size and y.size:
+                d = stats.difference_ci(x, y, stats.iqm, rng)
+                checks.append(observation(f"{v} − MPO ({which}; the sentence does not compare each variant)",
+                                          matches(d, m), f"IQM difference {fmt_ci(d, 1)}; 'matches' needs > {-m:.1f}"))
                 ci = iqm_ci(x, rng)
-                checks.append(observation(f"{v} learns (both kinds)", learns(ci, rand[0]), f"{fmt_ci(ci, 1)}; random bar {b:.0f}"))
+                checks.append(observation(f"{v} learns ({which})", learns(ci, rand[0]), f"{fmt_ci(ci, 1)}; random bar {b:.0f}"))
         for k in KINDS:
             x, y = cell(runs, s, TASK, ar_label(0.5, k)), cell(runs, s, TASK, f"MPO ({k})")
             if len(x) and len(y):
@@ -369,6 +463,8 @@ class ControlPMPO(ControlACQuestion):
             y = cell(runs, s, TASK, f"MPO ({k})")
             table.append(_row(runs, s, f"MPO ({k})", rng, rand[0], **{"− MPO, same kind [95% CI]": "—"}))
             for v in [ar_label(beta, k) for beta in AR_BETAS] + [f"PMPO-A ({k})", f"PMPO-R ({k})"]:
+                if not ran(runs, v):
+                    continue
                 x = cell(runs, s, TASK, v)
                 diff = fmt_ci(stats.difference_ci(x, y, stats.iqm, rng), 1) if len(x) and len(y) else "—"
                 table.append(_row(runs, s, v, rng, rand[0], **{"− MPO, same kind [95% CI]": diff}))
@@ -411,7 +507,7 @@ class ControlDPO(ControlACQuestion):
     description = (
         "DPO in the actor-critic loop: of the 4 actions the target policy proposes per state, the best and the worst by Q "
         "form the preference pair; the target policy is DPO's reference (`[PMPO] §5.2`). DPO's β is swept over 1, 5 and 20 "
-        "in both action kinds."
+        "in both action kinds (1 and 20 at `quick`)."
     )
     claims = (
         Claim(
@@ -430,15 +526,18 @@ class ControlDPO(ControlACQuestion):
             "is inconclusive (a baseline that has not learned proves nothing). The headline is `supported` / `not supported` "
             "where every β agrees, `depends on DPO β` where they disagree definitively.",
             COMMON_DEVIATIONS + (
-                Deviation("DPO β (binned)", "not given", ", ".join(f"{b:g}" for b in DPO_BETAS), "swept (the knob)"),
-                Deviation("DPO β (Gaussian)", "20", ", ".join(f"{b:g}" for b in DPO_BETAS), "the paper's and two smaller values, "
-                          "to test 'requires a very high' β"),
+                AC_BUDGET,
+                Deviation("DPO β (binned)", "not given", ", ".join(f"{b:g}" for b in DPO_BETAS) + " (quick: 1, 20)",
+                          "swept (the knob); quick leaves the middle value out (`SKIP`)"),
+                Deviation("DPO β (Gaussian)", "20", ", ".join(f"{b:g}" for b in DPO_BETAS) + " (quick: 1, 20)",
+                          "the paper's and two smaller values, to test 'requires a very high' β; quick: one smaller value"),
                 Deviation("'slow learning'", "read off Figure 2", "area under the training-return curve", "a number with a CI"),
                 Deviation("reference method", "PMPO, MPO (Figure 2)", "PMPO-AR (β = 0.5, 4 samples: DPO's sample budget)",
                           "the same Q-ranked samples"),),
             quote=C2_QUOTE,
             knob=Knob("DPO β", DPO_BETAS, "20 in the Gaussian case ([PMPO] §5.2); not given for binned actions",
-                      run_at=("quick", "paper")),
+                      run_at=("standard", "paper")),
+            decides="standard",
         ),
     )
 
@@ -458,10 +557,11 @@ class ControlDPO(ControlACQuestion):
         ar = {k: _ci(runs, s, f"PMPO-AR ({k})", rng) for k in KINDS}
         ar_ok = {k: ar[k][1] > b for k in KINDS}
         decide = (f"a budget at which PMPO-AR learns in that kind (its CI above the random bar, {b:.0f}; now Gaussian "
-                  f"{fmt_ci(ar['Gaussian'], 1)}, binned {fmt_ci(ar['binned'], 1)}): a longer actor-critic run, the family's "
-                  "budget issue")
+                  f"{fmt_ci(ar['Gaussian'], 1)}, binned {fmt_ci(ar['binned'], 1)}): a longer actor-critic run, "
+                  f"`standard`'s {STANDARD_AC['total_steps']:,} steps")
+        betas = [x for x in DPO_BETAS if any(ran(runs, dpo_label(x, k)) for k in KINDS)]  # `quick`: not 5 (`SKIP`)
         checks = []
-        for beta in DPO_BETAS:
+        for beta in betas:
             g = f"DPO β={beta:g}"
             xb = cell(runs, s, TASK, dpo_label(beta, "binned"))
             checks.append(check("binned DPO clears the random bar", "works well when using a discretized action representation",
@@ -487,15 +587,18 @@ class ControlDPO(ControlACQuestion):
             checks.append(gated(c, ar_ok["Gaussian"], why, decide))
         for k in KINDS:
             checks.append(observation(f"PMPO-AR ({k}) learns", learns(ar[k], rand[0]), f"{fmt_ci(ar[k], 1)}; random bar {b:.0f}"))
-        labels = [v.label for v in self.variants() if v.label != RANDOM_LABEL]
+        labels = [v.label for v in self.variants() if v.label != RANDOM_LABEL and ran(runs, v.label)]
         table = [_row(runs, s, v, rng, rand[0], **{"mean training return (area) IQM [95% CI]": fmt_ci(_ci(runs, auc, v, rng), 1)})
                  for v in labels] + [random_row(rand)]
         summary = tally(checks)
+        left_out = [x for x in DPO_BETAS if x not in betas]
+        sensitivity = (f"DPO's β run at {', '.join(f'{x:g}' for x in betas)} in both action kinds at this profile; the verdict "
+                       "checks are given at each." + (f" β = {', '.join(f'{x:g}' for x in left_out)} runs at `standard` and "
+                                                       "`paper` (left out of `quick`'s budget)." if left_out else ""))
         verdict = Verdict(self.claims[0], None, f"{summary} (random policy {fmt_ci(rand, 1)}, bar {b:.0f}).", checks=checks,
-                          by="DPO β", sensitivity=f"DPO's β run at {', '.join(f'{x:g}' for x in DPO_BETAS)} in both action kinds "
-                                                  "at this profile; the verdict checks are given at each.")
+                          by="DPO β", sensitivity=sensitivity)
         names = [f"DPO β={x:g}" for x in DPO_BETAS] + ["PMPO-AR"]
-        panels = {k: [(dpo_label(x, k), f"DPO β={x:g}") for x in DPO_BETAS] + [(f"PMPO-AR ({k})", "PMPO-AR")] for k in KINDS}
+        panels = {k: [(dpo_label(x, k), f"DPO β={x:g}") for x in betas] + [(f"PMPO-AR ({k})", "PMPO-AR")] for k in KINDS}
         figures = {"learning_curves.png": curves_figure(runs, rows, rng, panels, rand, names)}
         return Analysis([verdict], figures, tables=[("Every variant", pd.DataFrame(filled(table)))])
 
@@ -503,6 +606,8 @@ class ControlDPO(ControlACQuestion):
 # ---------------------------------------------------------------------------------------------------------------- C3
 ALPHAS = (0.0, 0.5, 1.0)
 BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)
+BUDGET_STEPS = tuple(b["total_steps"] for b in (QUICK_AC, STANDARD_AC, PAPER_AC))
+"""C3's knob, the training budget: one value per profile (`quick`, `standard`, `paper`); none runs all three."""
 FEEDBACK = {0.0: "reject-only (α=0)", 0.5: "accept&reject (α=0.5)", 1.0: "accept-only (α=1)"}
 
 
@@ -542,10 +647,11 @@ class ControlPMPOKL(ControlACQuestion):
             "below 0. Comparisons are against the pooled runs of the other β (no best setting is picked on the runs it is "
             "compared on). Each check is contradicted when its CI lies wholly on the other side and inconclusive otherwise. "
             "Whether accept-only learns at each β, and divergences, are observations.",
-            COMMON_DEVIATIONS + (Deviation("policy", "not stated for Figure 3", "Gaussian", "the cheaper of the two C1 kinds"),),
+            COMMON_DEVIATIONS + (AC_BUDGET,
+                                 Deviation("policy", "not stated for Figure 3", "Gaussian", "the cheaper of the two C1 kinds"),),
             quote=C3_QUOTE,
-            knob=Knob("training budget (env steps)", (10_000, 100_000, 1_000_000),
-                      "not given (Figure 3: curves to convergence)", run_at=()),
+            knob=Knob("training budget (env steps)", BUDGET_STEPS, "not given (Figure 3: curves to convergence)", run_at=()),
+            decides="standard",
         ),
     )
 
@@ -603,9 +709,10 @@ class ControlPMPOKL(ControlACQuestion):
         verdict = Verdict(self.claims[0], None, f"{summary} (random policy {fmt_ci(rand, 1)}, bar {b:.0f}).", table, checks=checks,
                           by="feedback type",
                           sensitivity=("β is the claim's own axis (all five values run for each α). The open knob, the training "
-                                       f"budget, is not run: every cell runs {QUICK_AC['total_steps']:,} env steps at `quick`, "
-                                       "and reject-only's collapse without KL can come late (as on the bandits, B3); planned "
-                                       "at `paper`."))
+                                       "budget, runs one value per profile (" + ", ".join(f"{x:,}" for x in BUDGET_STEPS) +
+                                       f" env steps at `quick`, `standard`, `paper`): every cell here runs {trained_steps(runs)} "
+                                       "env steps, and reject-only's collapse without KL can come late (as on the bandits, B3); "
+                                       "the profiles' reports side by side read the knob."))
         fig, axes = plotting.figure(ncols=1, width=4.6, height=3.4)
         ax = axes[0]
         names = [FEEDBACK[a] for a in ALPHAS]
@@ -628,10 +735,12 @@ class ControlPMPOKL(ControlACQuestion):
 
 # ---------------------------------------------------------------------------------------------------------------- C6
 PAPER_TABLE1 = {"BC": 24, "Accept+BC": 26, "Accept": 27, "Reject+BC": 77, "Accept+Reject+BC": 93}
-"""`[PMPO]` Table 1: average reward over 100 evaluation episodes, RGB Stacking (all 5 triplets)."""
+"""`[PMPO] §5.3` Table 1, its 'Reward' row: "average reward (over 100 evaluation episodes) across stacking of all 5
+triplets" of RGB Stacking."""
 BC_WEIGHTS = (1.0, 2.0, 4.0)
 """C6's knob: the weight of the BC term in the '+BC' variants, as a multiple of each signal term's weight (ours: 2)."""
-OFFLINE = OfflineConfig()
+OFFLINE = OfflineConfig(label_episodes="spread", bad_return=BAD_RETURN)
+"""The learner's loop: labelled episodes spread over the return ranks (`QUICK_OFF` says why), bad below `BAD_RETURN`."""
 OFFLINE_VARIANTS = (
     ("BC", "sft", SFTConfig(), dataclasses.replace(OFFLINE, learn_on="all")),
     ("Accept+BC", "pmpo", PMPOConfig(alpha=1.0, beta=2.0), OFFLINE),
@@ -642,18 +751,30 @@ OFFLINE_VARIANTS = (
 """Every '+BC' variant weighs the BC term (β · −E_all log π) twice each signal term (α, 1 − α); see `tasks/control_offline.py`."""
 C6_QUOTE = ("Only when integrating the rejection loss bad data can be masked and performance goes up. Best performance is "
             "achieved when combining acceptance, rejection and BC loss signals.")
+C6_BUDGETS = {**BUDGETS, "quick": Budget(seeds=10)}
+"""C6 runs 10 seeds at `quick` too: its five offline cells cost ≈ 65–130 group-seconds at 10 seeds (module docstring)."""
+
+
+def dataset_episodes(off: dict, episode_steps: int = 1000) -> int:
+    """Episodes of the offline dataset with the loop fields `off` (a budget of `LOOP_BUDGETS`): random + the behaviour
+    run's (one per `episode_steps`, the task's default 1,000-step episodes) + final-policy ones."""
+    return off["random_episodes"] + off["behaviour"].total_steps // episode_steps + off["final_episodes"]
 
 
 def dataset_bad_share(runs: pd.DataFrame, rows: pd.DataFrame) -> tuple[float, float, str]:
     """(lower, upper) bounds on the share of the dataset's episodes that are bad, and how they were obtained.
 
-    Measured when the loop logs `data/bad_episode_fraction` (lower = upper). Otherwise bounded from the dataset's make-up:
+    Measured when the loop logs `data/bad_episode_fraction` (lower = upper; the share of episodes whose return is below
+    the logged `data/bad_return`). Otherwise (runs from before it was logged) bounded from the dataset's make-up:
     its uniform-random episodes are bad (lower bound: their share), its final-policy episodes are not (upper bound: one
     minus their share); the behaviour run's episodes in between are of unknown quality (only their mean is logged)."""
     data = rows[rows.metric.str.startswith("data/")].groupby("metric").value.first() if len(rows) else pd.Series(dtype=float)
     if "data/bad_episode_fraction" in data:
         f = float(data["data/bad_episode_fraction"])
-        return f, f, f"measured per episode: {100 * f:.0f}% of the episodes are bad"
+        n = data.get("data/episodes", np.nan)
+        of = f" of its {int(n)} episodes" if np.isfinite(n) else " of the episodes"
+        under = f" return less than {data['data/bad_return']:g}" if "data/bad_return" in data else " are bad"
+        return f, f, f"measured per episode: {100 * f:.0f}%{of}{under}"
     n = float(data.get("data/episodes", np.nan))
     col = lambda name: float(runs[name].dropna().iloc[0]) if name in runs and runs[name].notna().any() else np.nan  # noqa: E731
     n_random, n_final = col("train_config.random_episodes"), col("train_config.final_episodes")
@@ -672,10 +793,10 @@ class ControlOffline(ControlACQuestion):
     name = "control-offline"
     title = "Offline learning from accepted and rejected transitions of a mixed-quality dataset (PMPO Table 1)"
     description = (
-        "A fixed dataset of dm_control episodes of mixed quality (a random policy, the successive checkpoints of a short MPO "
-        "run, its final policy); a value function fitted on all of it labels the transitions of the leading episodes accept "
-        "(positive advantage) or reject; BC and PMPO's accept, reject and KL-to-data pieces are trained on it "
-        "(`[PMPO] §5.3`, Table 1)."
+        "A fixed dataset of dm_control episodes, mostly bad (a uniform-random policy's, then the successive checkpoints of a "
+        "short MPO run and a few of its final policy); a value function fitted on all of it labels the transitions of a "
+        "subset of episodes spread over the whole range of returns accept (positive advantage) or reject; BC and PMPO's "
+        "accept, reject and KL-to-data pieces are trained on it (`[PMPO] §5.3`, Table 1)."
     )
     claims = (
         Claim(
@@ -690,14 +811,26 @@ class ControlOffline(ControlACQuestion):
             "of the other four, the CI of IQM(Accept+Reject+BC) − IQM(it) lies above 0. Each is contradicted when its CI lies "
             "wholly on the other side and inconclusive otherwise. The paper's premise is a dataset with 'a significant amount "
             "of bad episodes' ('the large number of negative episodes' that BC is corrupted by): unless more than "
-            f"{PREMISE_BAD_SHARE:.0%} of the dataset's episodes are shown to be bad, every check is inconclusive with the "
-            "missing condition named. The ranking beside Table 1 and the labelled subset's accept share are observations.",
+            f"{PREMISE_BAD_SHARE:.0%} of the dataset's episodes are measured to be bad (return below {BAD_RETURN:g}, "
+            "`data/bad_episode_fraction`), every check is inconclusive with the missing condition named. The ranking beside "
+            "Table 1, the labelled subset's accept share and its returns are observations.",
             (
                 Deviation("task and data", "RGB Stacking from pixels; 140k episodes of a converged multi-task run",
-                          f"{TASK}; {QUICK_OFF['random_episodes']} random + {BEHAVIOUR['quick'].total_steps // 1000} episodes of a "
-                          f"{BEHAVIOUR['quick'].total_steps:,}-step MPO run + {QUICK_OFF['final_episodes']} of its final policy (quick)",
-                          "laptop budget; whether most episodes are bad is checked (the premise), not assumed"),
-                Deviation("labelled subset", "first 40k of 140k episodes", "first 40/140 of the episodes", "the same fraction"),
+                          f"{TASK}; {QUICK_OFF['random_episodes']} uniform-random + {BEHAVIOUR['quick'].total_steps // 1000} "
+                          f"episodes of a {BEHAVIOUR['quick'].total_steps:,}-step MPO run + {QUICK_OFF['final_episodes']} of its "
+                          f"final policy (quick; standard {STANDARD_OFF['random_episodes']} + "
+                          f"{BEHAVIOUR['standard'].total_steps // 1000} + {STANDARD_OFF['final_episodes']})",
+                          "laptop budget; mostly bad by construction (the paper: 'we have constructed the dataset in a way that "
+                          "the effect is strong'), and the share of bad episodes is measured (the premise), not assumed"),
+                Deviation("bad episode", "not defined by a number", f"return below {BAD_RETURN:g} (10% of DMC's [0, 1000]; a "
+                          "random episode returns ≈ 20–30)", "the premise is measured per episode"),
+                Deviation("labelled subset", "first 40k of 140k episodes",
+                          "40/140 of the episodes at evenly spaced ranks of their return, worst to best "
+                          f"({round(OFFLINE.label_fraction * dataset_episodes(QUICK_OFF))} of {dataset_episodes(QUICK_OFF)} at quick)",
+                          "the same fraction; our episodes are ordered random → behaviour run → final policy, so the first "
+                          "40/140 would be random episodes only, while the paper's hold some good ones ('the limited number of "
+                          "positive examples contained in the first 40k episodes'): spread over the returns, the subset is as "
+                          "mostly bad as the whole and holds good ones"),
                 Deviation("value function / advantage", "not given", "V(s) MLP, GAE(0.99, 0.95) fitted by 3 rounds of λ-return regression",
                           "the paper gives no estimator"),
                 Deviation("loss weights", "not given", "BC = sft on all data; +BC variants: β = 2 × each signal weight "
@@ -706,12 +839,16 @@ class ControlOffline(ControlACQuestion):
                           "the behaviour policies' densities are not stored"),
                 Deviation("evaluation", "100 episodes, reward normalised to the stacking success scale",
                           f"{QUICK_OFF['eval_episodes']} deterministic episodes (quick), raw DMC return in [0, 1000]", "cost"),
-                Deviation("learner budget", "not given", f"{QUICK_OFF['steps']:,} gradient steps of batch 256 (quick)", "cost"),
+                Deviation("learner budget", "not given", f"{QUICK_OFF['steps']:,} gradient steps of batch 256, networks "
+                          f"{QUICK_OFF['hidden']}, {C6_BUDGETS['quick'].seeds} seeds (quick); {STANDARD_OFF['steps']:,} steps, "
+                          f"(256, 256), {C6_BUDGETS['standard'].seeds} seeds (standard)", "cost"),
             ),
             quote=C6_QUOTE,
             knob=Knob("BC weight of the '+BC' variants (× each signal weight)", BC_WEIGHTS, "not given", run_at=()),
+            decides="standard",
         ),
     )
+    budgets = C6_BUDGETS
 
     def variants(self):
         return [Variant(label, algo, cfg, loop) for label, algo, cfg, loop in OFFLINE_VARIANTS]
@@ -751,6 +888,11 @@ class ControlOffline(ControlACQuestion):
         if "data/accept_fraction" in data:
             checks.append(observation("accepted share of the labelled transitions", f"{100 * data['data/accept_fraction']:.0f}%",
                                       "the paper: 'the limited number of positive examples contained in the first 40k episodes'"))
+        if {"data/labelled_return_min", "data/labelled_return_max", "data/labelled_bad_fraction"} <= set(data.index):
+            d = lambda k: float(data.get(f"data/{k}", float("nan")))  # noqa: E731
+            checks.append(observation("the labelled episodes' returns", f"{d('labelled_return_min'):.0f} to "
+                                      f"{d('labelled_return_max'):.0f}", f"{100 * d('labelled_bad_fraction'):.0f}% of them below "
+                                      f"{d('bad_return'):g}; the dataset's {d('return_min'):.0f} to {d('return_max'):.0f}"))
         table = [{"variant": v, "paper (Table 1)": PAPER_TABLE1[v], "paper rank": paper_ranks[v],
                   "ours: final return IQM [95% CI]": fmt_ci(cis[v], 1), "our rank": ranks[v],
                   "diverged": f"{n_diverged(runs, TASK, v)}/{len(x_of(v))}"} for v in labels]
@@ -770,6 +912,12 @@ class ControlOffline(ControlACQuestion):
                  f"{data.get('data/final_policy_return_mean', float('nan')):.1f}; {int(data.get('data/labelled_transitions', 0))} "
                  f"labelled transitions, {100 * data.get('data/accept_fraction', float('nan')):.0f}% accepted; the value function "
                  f"explains {100 * data.get('data/value_explained_variance', float('nan')):.0f}% of the λ-returns' variance."]
+        if "data/bad_episode_fraction" in data:
+            d = lambda k: float(data.get(f"data/{k}", float("nan")))  # noqa: E731
+            notes.append(f"episode returns: lowest {d('return_min'):.1f}, median {d('return_median'):.1f}, highest "
+                         f"{d('return_max'):.1f}; {100 * d('bad_episode_fraction'):.0f}% of the episodes (and "
+                         f"{100 * d('labelled_bad_fraction'):.0f}% of the labelled ones) return less than {d('bad_return'):g}, "
+                         "the bar of a bad episode.")
         fig, axes = plotting.figure(ncols=2, width=3.6, height=3.4)
         x = np.arange(len(labels))
         palette = plotting.colors(labels)
@@ -792,6 +940,20 @@ VIREL = VIRELConfig()
 AWR = AWRConfig()
 C7_QUOTE = ("Under that identification, VIREL is explicitly EM-like: the E-step performs policy improvement by reducing "
             "KL(q_θ ∥ p_ω), while the M-step performs policy evaluation via critic updates.")
+EQUAL_FIELDS = ("total_steps", "eval_every", "eval_episodes")
+"""C7: the fields VIREL's actor-critic run takes from the on-policy arms' budget at every profile (`onpolicy_changes`,
+C4's cartpole-swingup budget), so that VIREL, AWR and V-MPO train for equal environment steps and are scored on as many
+evaluation episodes; the rest of VIREL's loop is C1–C3's (`LOOP_BUDGETS`)."""
+C7_BUDGETS = {p: Budget(seeds=ControlVMPOvsPPO.budgets[p].seeds) for p in BUDGETS if p in ControlVMPOvsPPO.budgets}
+"""C7's seeds are C4's at each profile (all three arms; C7 defines the profiles C4 does). At `quick`: VIREL for C4's
+40,960 steps (`QUICK_CARTPOLE`) × 8 seeds, ≈ 129–268 group-seconds (estimated, module docstring); at `standard` C4's
+standard steps, which makes VIREL the dearest actor-critic cell there (≈ 10× a 100,000-step one, estimated)."""
+
+
+def onpolicy_equal(profile: str) -> dict:
+    """`EQUAL_FIELDS` of the on-policy arms' loop at `profile` (their config's defaults where the budget leaves one)."""
+    on = dataclasses.replace(OnPolicyConfig(), **onpolicy_changes(profile))
+    return {k: getattr(on, k) for k in EQUAL_FIELDS}
 
 
 class ControlVIREL(ControlACQuestion):
@@ -800,7 +962,7 @@ class ControlVIREL(ControlACQuestion):
     description = (
         "VIREL in the actor-critic loop: the critic's Bellman residual sets the temperature ε_ω, the actor minimises "
         "ε_ω KL(π_θ ‖ softmax(Q/ε_ω)) by the score-function gradient with the closed-form entropy "
-        "(`[EM-LLM] §9`); AWR and V-MPO run in the on-policy loop at its own budget."
+        "(`[EM-LLM] §9`); AWR and V-MPO run in the on-policy loop for the same number of environment steps."
     )
     claims = (
         Claim(
@@ -812,20 +974,32 @@ class ControlVIREL(ControlACQuestion):
             "(supported), wholly below it (not supported), or covers it (inconclusive). The sentence describes the algorithm; "
             "that its loop improves the policy at all is the one thing a run can test, and the paper does not claim how "
             "much. ε_ω (the critic's residual, the M-step's policy evaluation) and AWR and V-MPO are observations: the two "
-            "run in the on-policy loop at a different number of environment steps, so they are not compared with VIREL.",
+            "run in the on-policy loop for as many environment steps as VIREL (at every profile VIREL takes their budget's "
+            "steps, evaluations and seeds), and their IQM differences from VIREL are reported, but [EM-LLM] §9 compares none "
+            "of the three.",
             COMMON_DEVIATIONS + (
                 Deviation("VIREL critic and ε", "ε_ω = c‖TQ − Q‖ over the state-action distribution",
                           "c = 1, mean squared residual of the minibatch, floor 1e-3; residual-minimising critic", "`algorithms/virel.py`"),
                 Deviation("VIREL actor", "eq. 19 with ∇H", "K = 4 samples of π_θ, Q minus its per-state mean, closed-form entropy",
                           "variance reduction; the expected gradient is eq. 19's"),
-                Deviation("AWR, V-MPO budget", "—", f"the on-policy loop at {ONPOLICY_QUICK_CARTPOLE['total_steps']:,} steps (quick), "
-                          "shared with C4", "on-policy methods need more samples; their runs are the C4 budget's"),
+                Deviation("training budget", "—", "VIREL, AWR and V-MPO for equal environment steps: C4's cartpole-swingup "
+                          f"budget ({ONPOLICY_QUICK_CARTPOLE['total_steps']:,} steps, {C7_BUDGETS['quick'].seeds} seeds at "
+                          "quick); VIREL otherwise C1–C3's actor-critic loop", "a comparison at unequal steps says nothing; "
+                          "V-MPO's runs are C4's"),
                 Deviation("AWR", "its own off-policy replay of recent rollouts", "AWR's loss in the on-policy (PPO-style) loop",
                           "the suite's on-policy loop"),),
             quote=C7_QUOTE,
             knob=Knob("VIREL's c in ε_ω = c·‖TQ − Q‖", (0.1, 1.0, 10.0), "left free ([EM-LLM] §9 eq. 13)", run_at=()),
+            decides="standard",
         ),
     )
+    budgets = C7_BUDGETS
+
+    def train_changes(self, profile, task, train_config):
+        changes = super().train_changes(profile, task, train_config)
+        if isinstance(train_config, ActorCriticConfig) and not train_config.random_baseline:  # VIREL (the random policy: C1's)
+            changes = {**changes, **onpolicy_equal(profile)}
+        return changes
 
     def variants(self):
         return [Variant("VIREL", "virel", VIREL, AC_G4), Variant("AWR", "awr", AWR, OnPolicyConfig()),
@@ -847,12 +1021,19 @@ class ControlVIREL(ControlACQuestion):
         table.append(random_row(rand))
         checks = [check("VIREL clears the random bar", "the E-step performs policy improvement", cell(runs, s, TASK, "VIREL"), rng,
                         test="above", threshold=b, fmt="final return IQM {}", digits=1)]
+        x_virel = cell(runs, s, TASK, "VIREL")
         for v in ("AWR", "V-MPO"):
             ci = _ci(runs, s, v, rng)
-            steps_text = f"{int(physics[v]):,} steps against VIREL's {int(physics['VIREL']):,}" \
-                if physics[v] == physics[v] and physics["VIREL"] == physics["VIREL"] else "steps unknown"
-            checks.append(observation(f"{v} (on-policy loop, not compared)", learns(ci, rand[0]),
-                                      f"{fmt_ci(ci, 1)}; {steps_text}"))
+            known = physics[v] == physics[v] and physics["VIREL"] == physics["VIREL"]
+            steps_text = (("equal steps, " if physics[v] == physics["VIREL"] else "unequal steps, ") +
+                          f"{int(physics[v]):,} against VIREL's {int(physics['VIREL']):,}") if known else "steps unknown"
+            checks.append(observation(f"{v} learns (on-policy loop)", learns(ci, rand[0]), f"{fmt_ci(ci, 1)}; {steps_text}"))
+            y = cell(runs, s, TASK, v)
+            if len(x_virel) and len(y):
+                d = stats.difference_ci(x_virel, y, stats.iqm, rng)
+                checks.append(observation(f"VIREL − {v} ([EM-LLM] §9 compares none)",
+                                          "VIREL higher" if d[1] > 0 else (f"{v} higher" if d[2] < 0 else "no clear difference"),
+                                          f"IQM difference {fmt_ci(d, 1)}; {steps_text}"))
         eps = curve(rows, runs, "dual/epsilon", rng)
         if not eps.empty:
             e = eps[eps.variant == "VIREL"].sort_values("step")
