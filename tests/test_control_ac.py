@@ -585,7 +585,8 @@ def test_c6_premise_of_a_mostly_bad_dataset_gates_every_check():
 
     q = ControlOffline()
     like_paper = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()}
-    bad = lambda f: {"data/bad_episode_fraction": {v: [f] * 5 for v in PAPER_TABLE1}}  # noqa: E731
+    bad = lambda f, accepted=0.3: {"data/bad_episode_fraction": {v: [f] * 5 for v in PAPER_TABLE1},  # noqa: E731
+                                   "data/accept_fraction": {v: [accepted] * 5 for v in PAPER_TABLE1}}
     verdict = _verdict(q, like_paper, extra=bad(0.8))
     assert verdict.outcome == "supported" and "93" in verdict.paper
     assert {c.words for c in verdict.checks if c.kind == "verdict"} == {
@@ -599,12 +600,31 @@ def test_c6_premise_of_a_mostly_bad_dataset_gates_every_check():
     assert _verdict(q, reversed_, extra=bad(0.2)).outcome == "inconclusive"  # never a 'not supported' the setup cannot carry
 
 
+
+def test_c6_premise_of_scarce_accepted_examples_gates_the_checks_against_accept():
+    """'Training on only accepted examples lacks data': where most labelled transitions are accepted, Accept beating BC
+    (or Accept+Reject+BC) contradicts nothing; the checks without an accept-only arm still decide."""
+    from suite.questions.control_ac import PAPER_TABLE1, ControlOffline
+
+    q = ControlOffline()
+    extra = lambda accepted: {"data/bad_episode_fraction": {v: [0.7] * 5 for v in PAPER_TABLE1},  # noqa: E731
+                              "data/accept_fraction": {v: [accepted] * 5 for v in PAPER_TABLE1}}
+    accept_best = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()} | {"Accept": around(400.0)}
+    assert _verdict(q, accept_best, extra=extra(0.3)).outcome == "not supported"  # scarce accepts: the data contradict
+    v = _verdict(q, accept_best, extra=extra(0.89))
+    assert v.outcome == "inconclusive" and "scarce" in v.summary
+    gated = {c.name: c for c in v.checks if c.kind == "verdict"}
+    assert gated["Accept − BC"].outcome == "inconclusive" and "would read: not supported" in gated["Accept − BC"].statistic
+    assert "at most 50%" in gated["Accept+Reject+BC − Accept"].decide
+    assert gated["Reject+BC − BC"].outcome == "supported"  # no accept-only arm: the second premise does not gate it
+
+
 def test_c6_share_of_bad_episodes_is_bounded_from_the_dataset_make_up():
     from suite.questions.control_ac import PAPER_TABLE1, ControlOffline, dataset_bad_share
 
     q = ControlOffline()
     like_paper = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()}
-    episodes = {"data/episodes": {v: [18.0] * 5 for v in PAPER_TABLE1}}
+    episodes = {"data/episodes": {v: [18.0] * 5 for v in PAPER_TABLE1}, "data/accept_fraction": {v: [0.3] * 5 for v in PAPER_TABLE1}}
     runs, rows = _frames(q, like_paper, episodes, {"train_config.random_episodes": 3, "train_config.final_episodes": 5})
     lo, hi, how = dataset_bad_share(runs, rows)
     assert (lo, hi) == pytest.approx((3 / 18, 13 / 18)) and "3 uniform-random (bad)" in how  # today's quick dataset: undecided

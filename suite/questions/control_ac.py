@@ -87,6 +87,12 @@ max(20% of IQM(BC), 10 return points)."""
 PREMISE_BAD_SHARE = 0.5
 """C6: the paper's premise ('the data containing a significant amount of bad episodes', 'the large number of negative
 episodes'): more than half of the dataset's episodes are bad."""
+PREMISE_ACCEPT_SHARE = 0.5
+"""C6: the paper's second premise, behind accept-only not improving on BC ('Training on only accepted examples lacks
+data', 'the limited number of positive examples contained in the first 40k episodes'): at most half of the labelled
+transitions are accepted (`data/accept_fraction`). Where more are, the accepted examples do not lack data, and the checks
+that compare Accept or Accept+BC cannot test the sentence. Added on 2026-12-03 after the first run of the mostly-bad
+dataset measured 89% accepted; it can only turn a check inconclusive, never decide one."""
 
 # ---------------------------------------------------------------------------------------------------- budgets
 EVAL_EPISODES_QUICK = 10
@@ -812,8 +818,11 @@ class ControlOffline(ControlACQuestion):
             "wholly on the other side and inconclusive otherwise. The paper's premise is a dataset with 'a significant amount "
             "of bad episodes' ('the large number of negative episodes' that BC is corrupted by): unless more than "
             f"{PREMISE_BAD_SHARE:.0%} of the dataset's episodes are measured to be bad (return below {BAD_RETURN:g}, "
-            "`data/bad_episode_fraction`), every check is inconclusive with the missing condition named. The ranking beside "
-            "Table 1, the labelled subset's accept share and its returns are observations.",
+            "`data/bad_episode_fraction`), every check is inconclusive with the missing condition named. Its second premise, "
+            "behind accept-only not improving on BC, is that accepted examples are scarce ('Training on only accepted "
+            f"examples lacks data'): unless at most {PREMISE_ACCEPT_SHARE:.0%} of the labelled transitions are accepted "
+            "(`data/accept_fraction`), the checks that compare Accept or Accept+BC are inconclusive likewise. The ranking "
+            "beside Table 1 and the labelled episodes' returns are observations.",
             (
                 Deviation("task and data", "RGB Stacking from pixels; 140k episodes of a converged multi-task run",
                           f"{TASK}; {QUICK_OFF['random_episodes']} uniform-random + {BEHAVIOUR['quick'].total_steps // 1000} "
@@ -865,29 +874,45 @@ class ControlOffline(ControlACQuestion):
                   f"'significant amount of bad episodes'; this one: {how}), with per-episode returns logged: the control "
                   "family's setup issue builds it")
         ok = premise == "met"
+        data = rows[rows.metric.str.startswith("data/")].groupby("metric").value.first() if len(rows) else pd.Series(dtype=float)
+        accept_share = float(data.get("data/accept_fraction", np.nan))
+        scarce = "met" if accept_share <= PREMISE_ACCEPT_SHARE else ("not met" if accept_share > PREMISE_ACCEPT_SHARE else
+                                                                     "not established")
+        ok_accept = ok and scarce == "met"
+        why_accept = (why if not ok else f"the paper's premise that accepted examples are scarce ('Training on only accepted "
+                      f"examples lacks data') is {scarce}: {100 * accept_share:.0f}% of the labelled transitions are accepted")
+        decide_accept = (decide if not ok else f"labels under which at most {PREMISE_ACCEPT_SHARE:.0%} of the labelled "
+                         "transitions are accepted (the paper's 'limited number of positive examples'), e.g. a value function "
+                         "or labelled subset for which positive advantages are the minority")
         only = max(ONLY_FRACTION * cis["BC"][0], ONLY_FLOOR)
         checks = [gated(check("Reject+BC − BC", "integrating the rejection loss bad data can be masked and performance goes up",
                               x_of("Reject+BC"), rng, y=x_of("BC"), test="above", threshold=0.0, fmt="IQM difference {}",
                               digits=1), ok, why, decide)]
         for v in ("Accept", "Accept+BC"):
             checks.append(gated(check(f"{v} − BC", "Only when integrating the rejection loss", x_of(v), rng, y=x_of("BC"),
-                                      test="below", threshold=only, fmt="IQM difference {}", digits=1), ok, why, decide))
+                                      test="below", threshold=only, fmt="IQM difference {}", digits=1),
+                                ok_accept, why_accept, decide_accept))
         for v in ("Reject+BC", "Accept+BC", "Accept", "BC"):
+            accept_arm = v.startswith("Accept")  # beating an accept-only arm assumes it lacks data
             checks.append(gated(check(f"Accept+Reject+BC − {v}",
                                       "Best performance is achieved when combining acceptance, rejection and BC loss signals",
                                       x_of("Accept+Reject+BC"), rng, y=x_of(v), test="above", threshold=0.0,
-                                      fmt="IQM difference {}", digits=1), ok, why, decide))
+                                      fmt="IQM difference {}", digits=1),
+                                ok_accept if accept_arm else ok, why_accept if accept_arm else why,
+                                decide_accept if accept_arm else decide))
         ranks = {v: i + 1 for i, v in enumerate(sorted(labels, key=lambda v: -cis[v][0]))}
         paper_ranks = {v: i + 1 for i, v in enumerate(sorted(labels, key=lambda v: -PAPER_TABLE1[v]))}
-        data = rows[rows.metric.str.startswith("data/")].groupby("metric").value.first() if len(rows) else pd.Series(dtype=float)
         checks.append(observation("the dataset's share of bad episodes (the premise)", premise, how))
         checks.append(observation("our ranking against Table 1's",
                                   "same order" if ranks == paper_ranks else "different order",
                                   "ours: " + " > ".join(sorted(labels, key=lambda v: ranks[v])) + "; paper: "
                                   + " > ".join(sorted(labels, key=lambda v: paper_ranks[v]))))
         if "data/accept_fraction" in data:
-            checks.append(observation("accepted share of the labelled transitions", f"{100 * data['data/accept_fraction']:.0f}%",
-                                      "the paper: 'the limited number of positive examples contained in the first 40k episodes'"))
+            checks.append(observation("accepted share of the labelled transitions (the second premise)",
+                                      f"{scarce}: {100 * accept_share:.0f}%",
+                                      f"the paper: 'the limited number of positive examples contained in the first 40k "
+                                      f"episodes'; scarce at ≤ {PREMISE_ACCEPT_SHARE:.0%}; it gates the checks that compare "
+                                      "Accept or Accept+BC"))
         if {"data/labelled_return_min", "data/labelled_return_max", "data/labelled_bad_fraction"} <= set(data.index):
             d = lambda k: float(data.get(f"data/{k}", float("nan")))  # noqa: E731
             checks.append(observation("the labelled episodes' returns", f"{d('labelled_return_min'):.0f} to "
@@ -899,7 +924,9 @@ class ControlOffline(ControlACQuestion):
         n_sup = sum(c.kind == "verdict" and c.outcome == "supported" for c in checks)
         n_con = sum(c.kind == "verdict" and c.outcome == "not supported" for c in checks)
         n_ver = sum(c.kind == "verdict" for c in checks)
-        head = (f"the paper's premise (a mostly bad dataset) is {premise}, so no check can decide; " if not ok else "")
+        head = (f"the paper's premise (a mostly bad dataset) is {premise}, so no check can decide; " if not ok else
+                f"its premise that accepted examples are scarce is {scarce} ({100 * accept_share:.0f}% of the labelled "
+                "transitions accepted), so the checks against Accept and Accept+BC cannot decide; " if not ok_accept else "")
         verdict = Verdict(self.claims[0], None, f"{head}{n_sup} of {n_ver} checks supported, {n_con} contradicted; our ranking "
                           f"{' > '.join(sorted(labels, key=lambda v: ranks[v]))}.", checks=checks,
                           paper="BC 24, Accept+BC 26, Accept 27, Reject+BC 77, Accept+Reject+BC 93 (average reward over 100 "
