@@ -277,7 +277,8 @@ def knob_table(points: list[GridPoint]) -> str:
         if key in seen:
             continue
         seen.add(key)
-        rows.append({"variant": variant, "task": task, **{k: c.get(k, "—") for k in varying}})
+        # a field set to None reads "none" (a table column of numbers and None would print it as nan)
+        rows.append({"variant": variant, "task": task, **{k: "none" if c.get(k, "—") is None else c.get(k, "—") for k in varying}})
     if not varying:
         return "_(every run uses the same training-loop settings)_\n"
     return markdown_table(rows)

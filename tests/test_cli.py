@@ -560,3 +560,11 @@ def test_every_family_and_budget_of_every_grid_has_a_measured_cost():
               for q in QUESTIONS.values() for profile in ("quick", "standard", "paper") if profile in q.budgets
               for p in q.grid(profile, seeds=1)}
     assert priced <= set(costs.SECONDS_PER_UNIT), priced - set(costs.SECONDS_PER_UNIT)
+
+
+def test_the_settings_table_reads_none_for_an_unset_field_never_nan():
+    """V-MPO's loop clips no gradient (max_grad_norm None) where PPO's clips at 0.5: the column says "none"."""
+    from suite import report
+
+    table = report.knob_table(get_question("control-vmpo-ppo").grid("quick"))
+    assert "nan" not in table and "| none |" in table
