@@ -6,7 +6,7 @@ interleaved rounds time:
   PPO   — the on-policy loop training S seeds (S × N environments, MLP policies, CleanRL's 2048-step
           rollouts, 10 epochs × 32 minibatches);
   V-MPO — the same with V-MPO (n-step returns over 32-step unrolls, decoupled KL trust regions, target network
-          refreshed every 100 learner steps), as the control questions configure it;
+          refreshed once per rollout), as the control questions configure it;
 each method twice: eagerly (as quick runs train) and with its learner step compiled (`OnPolicyConfig.compile`, as the
 paper profile trains). S = 5 seeds is the quick profile's group (the runner trains one grid cell's seeds together), N = 8.
 
