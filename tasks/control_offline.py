@@ -12,9 +12,10 @@ calculated on all 140k episodes." Table 1 compares BC, Accept+BC, Accept, Reject
      successive checkpoints, from near-random to its final skill (the analogue of the paper's RL experiment);
   3. `final_episodes` episodes of the behaviour run's final policy, sampling its actions (good data).
 A value function V (an MLP on normalised observations) is fitted on *all* transitions by `value_rounds` rounds
-of regression on GAE(γ, λ) λ-returns computed with the previous round's V (time-limit truncations bootstrap
-from V of the final observation, terminations do not); the transitions of `label_fraction` of the episodes
-(paper: 40k / 140k) are labelled accept (+1, GAE advantage > 0) or reject (−1, ≤ 0); the rest are unlabelled (0).
+of regression on λ-returns (λ = `value_lambda`, else `gae_lambda`) computed with the previous round's V (time-limit
+truncations bootstrap from V of the final observation, terminations do not); GAE(γ, `gae_lambda`) advantages of the
+fitted V label the transitions of `label_fraction` of the episodes (paper: 40k / 140k) accept (+1, advantage > 0) or
+reject (−1, ≤ 0); the rest are unlabelled (0).
 Which episodes (`labelled_episodes`, named by `label_episodes`): "leading" — the first ones in dataset order, as the
 paper's "first 40k episodes"; "spread" — as many at evenly spaced ranks of the episode return, from the worst episode to
 the best, so that the labelled subset spans the dataset's whole quality range (in this dataset's order the leading
@@ -119,6 +120,11 @@ class OfflineConfig:
     dataset_seed: int = field(0, "seed of the dataset (behaviour run, random and final episodes); shared by every run")
     gamma: float = field(0.99, "discount of the value function and the advantages")
     gae_lambda: float = field(0.95, "λ of the GAE advantages that label the transitions")
+    value_lambda: float | None = field(
+        None, "λ of the value function's regression targets (λ-returns bootstrapped from the previous round's V). None: "
+              "gae_lambda, whose rounds each carry value only ≈ 1/(1 − γλ) steps back, so over 1000-step episodes V stays "
+              "biased low and most advantages come out positive; 1.0: Monte-Carlo returns, bootstrapped only at time-limit "
+              "truncations, the data's own value after one round (later rounds refine the truncation bootstrap)")
     value_rounds: int = field(3, "rounds of (λ-returns with the current V, then regression of V on them)")
     value_epochs: int = field(3, "passes over all transitions per value round (minibatches of 256, Adam lr 1e-3)")
     value_hidden: tuple[int, ...] = field((256, 256), "hidden sizes of the value function's MLP")
@@ -136,6 +142,8 @@ class OfflineConfig:
             raise ConfigError(f"OfflineConfig.bad_return = {self.bad_return!r} is invalid: must be a finite return.")
         check_range(self, "gamma", 0.0, 1.0)
         check_range(self, "gae_lambda", 0.0, 1.0)
+        if self.value_lambda is not None:
+            check_range(self, "value_lambda", 0.0, 1.0)
         if self.bins < 2:
             raise ConfigError(f"OfflineConfig.bins = {self.bins} is invalid: must be >= 2.")
         for name in ("hidden", "value_hidden"):
@@ -153,7 +161,7 @@ class OfflineConfig:
     @property
     def dataset_fields(self) -> tuple[str, ...]:
         return ("behaviour", "random_episodes", "final_episodes", "label_fraction", "label_episodes", "dataset_seed", "gamma",
-                "gae_lambda", "value_rounds", "value_epochs", "value_hidden")
+                "gae_lambda", "value_lambda", "value_rounds", "value_epochs", "value_hidden")
 
 
 PROVIDES = Needs(min_samples=1, labels=True, kl_ref=True)
@@ -173,9 +181,11 @@ def dataset_key(task: str, task_config, cfg: OfflineConfig) -> str:
 
     The device it is built on is part of it, except the CPU: datasets built before the loops had a device were built on
     the CPU and keep their keys. Likewise `label_episodes` is part of it except at "leading", the only choice before it
-    existed (same code, same labels). (The behaviour config's own device is always "cpu": it trains on `cfg.device`.)"""
+    existed (same code, same labels), and `value_lambda` except at None. (The behaviour config's own device is always
+    "cpu": it trains on `cfg.device`.)"""
     behaviour = {k: v for k, v in asdict(cfg.behaviour).items() if k != "device"}
-    fields = [name for name in cfg.dataset_fields if name != "label_episodes" or cfg.label_episodes != "leading"]
+    unchanged = {"label_episodes": "leading", "value_lambda": None}  # the behaviour before the field existed: old keys kept
+    fields = [name for name in cfg.dataset_fields if name not in unchanged or getattr(cfg, name) != unchanged[name]]
     payload = {"kind": "offline-accept-reject-dataset", "version": 1, "task": task, "task_config": asdict(task_config),
                **{name: (behaviour if name == "behaviour" else getattr(cfg, name)) for name in fields},
                **({"device": cfg.device} if cfg.device != "cpu" else {})}
@@ -345,7 +355,8 @@ def _label(data: dict[str, Tensor], cfg: OfflineConfig, seed: int) -> dict:
     for _ in range(cfg.value_rounds):
         with torch.no_grad():
             v, nv = value(obs_n).squeeze(-1), value(next_n).squeeze(-1)
-            _, ret = gae(reward, pad(v), pad(nv), term, trunc, gamma=cfg.gamma, lam=cfg.gae_lambda)
+            lam = cfg.gae_lambda if cfg.value_lambda is None else cfg.value_lambda
+            _, ret = gae(reward, pad(v), pad(nv), term, trunc, gamma=cfg.gamma, lam=lam)
             target = ret[episode, pos]
         for _ in range(cfg.value_epochs):
             perm = torch.randperm(n, generator=g, device=dev)

@@ -797,3 +797,26 @@ def test_offline_question_end_to_end_at_smoke(dirs, cli, monkeypatch):
     n_builds = len(BUILDS)
     again = cli(*dirs.options(), "run", "C6", "--profile", "smoke", "--workers", "1", "--quiet")
     assert again.rc == 0 and "10 already stored" in again.out and len(BUILDS) == n_builds
+
+
+def test_value_fit_on_monte_carlo_returns_is_not_biased_low_over_long_episodes():
+    """1000-step episodes of constant reward, cut by the time limit: λ-returns at λ = 0.95 bootstrapped from a V that
+    starts near 0 carry value ≈ 17 steps back per round, so after 3 rounds V is far too low and nearly every advantage is
+    positive; Monte-Carlo targets (`value_lambda = 1`) give advantages centred on 0."""
+    from tasks.control_offline import OfflineConfig, _label
+
+    torch.manual_seed(0)
+    n_ep, T = 4, 1000
+    t = torch.arange(T, dtype=torch.float32).repeat(n_ep)
+    obs = torch.stack([t / T, torch.randn(n_ep * T) * 0.1], 1)
+    data = {"obs": obs, "next_obs": torch.stack([(t + 1) / T, obs[:, 1]], 1), "reward": torch.full((n_ep * T,), 0.1),
+            "terminated": torch.zeros(n_ep * T), "truncated": (t == T - 1).float(),
+            "episode": torch.arange(n_ep).repeat_interleave(T), "obs_mean": torch.zeros(2), "obs_std": torch.ones(2),
+            "episode_return": torch.full((n_ep,), 100.0)}
+    mean_adv = {}
+    for lam in (None, 1.0):
+        cfg = OfflineConfig(value_lambda=lam, value_rounds=3, value_epochs=20, value_hidden=(32, 32), label_fraction=1.0)
+        d = {k: v.clone() for k, v in data.items()}
+        _label(d, cfg, seed=0)
+        mean_adv[lam] = float(d["advantage"].mean())
+    assert mean_adv[None] > 0.3 and abs(mean_adv[1.0]) < 0.25 * mean_adv[None]
