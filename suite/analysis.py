@@ -123,12 +123,20 @@ def _sd(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
 
 
+def seeds_needed(point: float, threshold: float, test: str, sd_x: float, sd_y: float) -> int | None:
+    """Seeds per cell at 80% power for an open check whose estimate is `point` (`suite.stats.seeds_to_decide`); None
+    when no affordable number would decide it or the spread is unknown (a NaN sd)."""
+    if not (np.isfinite(sd_x) and np.isfinite(sd_y if sd_y == sd_y else 0.0)):
+        return None
+    effect = abs(abs(point) - threshold) if test == "within" else point - threshold
+    return stats.seeds_to_decide(effect, sd_x, 0.0 if sd_y != sd_y else sd_y, max_seeds=AFFORDABLE_SEEDS)
+
+
 def decide_note(point: float, threshold: float, test: str, sd_x: float, sd_y: float, n_now: int) -> str:
     """What would decide an open check: seeds per cell at 80% power (`suite.stats.seeds_to_decide`), or why none would."""
-    effect = abs(abs(point) - threshold) if test == "within" else point - threshold
     if not (np.isfinite(sd_x) and np.isfinite(sd_y if sd_y == sd_y else 0.0)):
         return "more seeds (too few runs to estimate the spread)"
-    n = stats.seeds_to_decide(effect, sd_x, 0.0 if sd_y != sd_y else sd_y, max_seeds=AFFORDABLE_SEEDS)
+    n = seeds_needed(point, threshold, test, sd_x, sd_y)
     if n is None:
         return (f"no affordable number of seeds (> {AFFORDABLE_SEEDS} per cell at 80% power): the estimate sits at its margin; "
                 "a longer budget that moves the effect would decide it")

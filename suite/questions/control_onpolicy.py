@@ -47,8 +47,9 @@ from algorithms.gempi import GEMPIConfig
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from suite import plotting, stats
-from suite.analysis import (AFFORDABLE_SEEDS, NAN3, NO_DATA, cell, check, curve, first_value, fmt_ci, in_grid, iqm_ci, iqm_or_nan,
+from suite.analysis import (NAN3, NO_DATA, cell, check, curve, first_value, fmt_ci, in_grid, iqm_ci, iqm_or_nan,
                             last_value, n_diverged, observation, per_run_mean, random_bar, split_seeds)
+from suite.analysis import seeds_needed as analysis_seeds_needed
 from suite.claims import Check, Claim, Deviation, Knob, Verdict, combine
 from suite.questions.bandits import by_cell, eta_label, last_quarter_change
 from suite.questions.base import Analysis, Budget, GridPoint, Question, Variant
@@ -288,7 +289,7 @@ def seeds_needed(x: np.ndarray, y: np.ndarray | None, threshold: float) -> int |
     if len(x) < 2 or (y is not None and len(y) < 2):
         return None
     point = stats.iqm(x) - (stats.iqm(np.asarray(y, dtype=float)) if y is not None else 0.0)
-    return stats.seeds_to_decide(point - threshold, _sd(x), _sd(y) if y is not None else 0.0, max_seeds=AFFORDABLE_SEEDS)
+    return analysis_seeds_needed(point, threshold, "above", _sd(x), _sd(y) if y is not None else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------- figures
