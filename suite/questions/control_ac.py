@@ -101,10 +101,12 @@ plays the same."""
 SMOKE_AC = dict(total_steps=200, eval_every=200, eval_episodes=1, hidden=(16, 16), batch_size=16, learning_starts=50,
                 updates_per_step=0.25, log_every=100, replay_size=10_000)
 """A second or two per cell: 1-second episodes (100 steps), 40 learner steps, one evaluation episode."""
-QUICK_AC = dict(total_steps=10_000, eval_every=10_000, eval_episodes=EVAL_EPISODES_QUICK, hidden=(64, 64), batch_size=128,
-                learning_starts=1_000, updates_per_step=0.5, log_every=1_000)
-"""10 episodes of training per seed, 4,500 learner steps, one evaluation of 10 episodes at the end (the learning curves
-are the training episodes' returns, one per 1,000 steps). The cost arithmetic is in the module docstring."""
+QUICK_AC = dict(total_steps=10_000, num_envs=4, eval_every=10_000, eval_episodes=EVAL_EPISODES_QUICK, hidden=(64, 64),
+                batch_size=128, learning_starts=1_000, updates_per_step=0.5, log_every=1_000)
+"""10 episodes of training per seed (4 environments per seed in lockstep, 2 learner steps after each batched step: one
+policy forward per 4 transitions, as the on-policy loop acts), 4,500 learner steps, one evaluation of 10 episodes at the
+end (the learning curves are the training episodes' returns, one per 1,000 steps). The cost arithmetic is in the module
+docstring."""
 STANDARD_AC = dict(QUICK_AC, total_steps=100_000, eval_every=25_000, log_every=2_500)
 """`standard`, where C1–C3 are planned to decide: quick's learner (small networks, 0.5 learner steps per env step) for
 100,000 steps (100 episodes, 49,500 learner steps), evaluations of 10 episodes every 25,000 steps, 10 seeds. Estimated
@@ -163,11 +165,14 @@ LOOP_BUDGETS: dict[str, dict[type, dict]] = {
 the on-policy questions' budget instead (`onpolicy_changes`), so that they are C4's runs."""
 BUDGETS = {"smoke": Budget(seeds=2), "quick": Budget(seeds=5), "standard": Budget(seeds=10), "paper": Budget(seeds=10)}
 """Seeds per cell; C6 runs 10 at `quick` (`ControlOffline.budgets`) and C7 the on-policy questions' (`ControlVIREL`)."""
-SKIP = {"quick": {"control-pmpo": ("PMPO-A (binned)", "PMPO-R (binned)"), "control-dpo": ("DPO β=5 (Gaussian)", "DPO β=5 (binned)")}}
-"""Cells a profile leaves out of a question's grid (every other profile runs them): at `quick` the four that decide least
+SKIP = {"quick": {"control-pmpo": ("PMPO-A (binned)", "PMPO-R (binned)"), "control-dpo": ("DPO β=5 (Gaussian)", "DPO β=5 (binned)"),
+                  "control-pmpo-kl": ("α=0 β=1.5", "α=0.5 β=1.5", "α=1 β=1.5")}}
+"""Cells a profile leaves out of a question's grid (every other profile runs them): at `quick` the seven that decide least
 (the module docstring's budget arithmetic) — C1's binned accept-only and reject-only (observations: the verdict is
-PMPO-AR against MPO; their Gaussian cells are C3's runs and stay) and C2's DPO β = 5 in both kinds (the middle of the knob:
-'requires a very high β' is still tested at β = 1 against 20)."""
+PMPO-AR against MPO; their Gaussian cells are C3's runs and stay), C2's DPO β = 5 in both kinds (the middle of the knob:
+'requires a very high β' is still tested at β = 1 against 20) and C3's β = 1.5 column (reject-only's 'β > 1' is still
+tested at β = 2, and every other check of C3 has its β = 0, 0.5, 1 and 2; the column was named as the next cut before
+the family was timed)."""
 TASK_CONFIGS = {"smoke": {"time_limit": 1.0}}
 """Task-config changes per profile: smoke uses 1-second episodes so that an evaluation takes milliseconds."""
 
@@ -672,11 +677,12 @@ class ControlPMPOKL(ControlACQuestion):
         s = final_scores(runs, rows)
         rand = _ci(runs, s, RANDOM_LABEL, rng)
         b = bar(rand[0])
-        cis = {(a, x): _ci(runs, s, cell_label(a, x), rng) for a in ALPHAS for x in BETAS}
-        runs_of = lambda a, betas: np.concatenate([cell(runs, s, TASK, cell_label(a, x)) for x in betas])  # noqa: E731
+        betas = [x for x in BETAS if all(ran(runs, cell_label(a, x)) for a in ALPHAS)]  # `quick` leaves β = 1.5 out (`SKIP`)
+        cis = {(a, x): _ci(runs, s, cell_label(a, x), rng) for a in ALPHAS for x in betas}
+        runs_of = lambda a, bs: np.concatenate([cell(runs, s, TASK, cell_label(a, x)) for x in bs if x in betas])  # noqa: E731
         checks = []
         g = FEEDBACK[0.0]
-        for x in (1.5, 2.0):
+        for x in (x for x in (1.5, 2.0) if x in betas):
             checks.append(check(f"reject-only β={x:g} clears the random bar", "we need to set β sufficiently high (> 1.0)",
                                 runs_of(0.0, [x]), rng, test="above", threshold=b, fmt="final return IQM {}", digits=1, group=g))
         high_r = runs_of(0.0, [1.5, 2.0])
@@ -687,7 +693,7 @@ class ControlPMPOKL(ControlACQuestion):
         g = FEEDBACK[1.0]
         ref = runs_of(1.0, [0.0])
         margin = EQUIV_FRACTION * cis[(1.0, 0.0)][0]
-        for x in (0.5, 1.0, 1.5, 2.0):
+        for x in (x for x in (0.5, 1.0, 1.5, 2.0) if x in betas):
             checks.append(check(f"accept-only β={x:g} − β=0", "insensitive to the setting of β", runs_of(1.0, [x]), rng, y=ref,
                                 test="within", threshold=abs(margin), fmt="IQM difference {}", digits=1, group=g))
         g = FEEDBACK[0.5]
@@ -701,15 +707,15 @@ class ControlPMPOKL(ControlACQuestion):
                                 "a β larger than 0.5 is still necessary to ensure optimal performance",
                                 runs_of(0.5, [x]), rng, y=high_ar, test="below", threshold=0.0, fmt="IQM difference {}", digits=1,
                                 group=g))
-        n_learn = sum(learns(cis[(1.0, x)], rand[0]) == "learns" for x in BETAS)
-        checks.append(observation("accept-only learns at each β", f"{n_learn} of {len(BETAS)} β clear the random bar",
-                                  ", ".join(f"β={x:g}: {cis[(1.0, x)][0]:.0f}" for x in BETAS) + f"; bar {b:.0f}"))
-        div = {a: sum(n_diverged(runs, TASK, cell_label(a, x)) for x in BETAS) for a in ALPHAS}
+        n_learn = sum(learns(cis[(1.0, x)], rand[0]) == "learns" for x in betas)
+        checks.append(observation("accept-only learns at each β", f"{n_learn} of {len(betas)} β clear the random bar",
+                                  ", ".join(f"β={x:g}: {cis[(1.0, x)][0]:.0f}" for x in betas) + f"; bar {b:.0f}"))
+        div = {a: sum(n_diverged(runs, TASK, cell_label(a, x)) for x in betas) for a in ALPHAS}
         checks.append(observation("diverged runs (scored 0)", ", ".join(f"{FEEDBACK[a]}: {div[a]}" for a in ALPHAS),
                                   "KL(π_tgt‖π_θ) above the loop's limit, or non-finite"))
         table = []
         for a in ALPHAS:
-            for x in BETAS:
+            for x in betas:
                 n = len(cell(runs, s, TASK, cell_label(a, x)))
                 table.append({"α": a, "β": x, "final return IQM [95% CI]": fmt_ci(cis[(a, x)], 1),
                               "diverged": f"{n_diverged(runs, TASK, cell_label(a, x))}/{n}",
@@ -717,7 +723,10 @@ class ControlPMPOKL(ControlACQuestion):
         summary = tally(checks)
         verdict = Verdict(self.claims[0], None, f"{summary} (random policy {fmt_ci(rand, 1)}, bar {b:.0f}).", table, checks=checks,
                           by="feedback type",
-                          sensitivity=("β is the claim's own axis (all five values run for each α). The open knob, the training "
+                          sensitivity=("β is the claim's own axis (" + ("all five values run for each α" if len(betas) == len(BETAS)
+                                       else f"β ∈ {{{', '.join(f'{x:g}' for x in betas)}}} ran for each α at this profile; "
+                                       f"{', '.join(f'{x:g}' for x in BETAS if x not in betas)} runs from `standard` on: `SKIP`")
+                                       + "). The open knob, the training "
                                        "budget, runs one value per profile (" + ", ".join(f"{x:,}" for x in BUDGET_STEPS) +
                                        f" env steps at `quick`, `standard`, `paper`): every cell here runs {trained_steps(runs)} "
                                        "env steps, and reject-only's collapse without KL can come late (as on the bandits, B3); "
@@ -728,8 +737,8 @@ class ControlPMPOKL(ControlACQuestion):
         palette = plotting.colors(names)
         for a in ALPHAS:
             key = FEEDBACK[a]
-            ax.plot(BETAS, [cis[(a, x)][0] for x in BETAS], marker="o", color=palette[key], label=key)
-            ax.fill_between(BETAS, [cis[(a, x)][1] for x in BETAS], [cis[(a, x)][2] for x in BETAS], color=palette[key], alpha=0.2,
+            ax.plot(betas, [cis[(a, x)][0] for x in betas], marker="o", color=palette[key], label=key)
+            ax.fill_between(betas, [cis[(a, x)][1] for x in betas], [cis[(a, x)][2] for x in betas], color=palette[key], alpha=0.2,
                             linewidth=0)
         ax.axhline(b, color="grey", linestyle="--", linewidth=1, label=f"random bar ({b:.0f})")
         ax.axhline(rand[0], color="grey", linestyle=":", linewidth=1, label=f"random policy ({rand[0]:.0f})")
@@ -737,8 +746,8 @@ class ControlPMPOKL(ControlACQuestion):
         ax.set_xlabel("KL weight β")
         ax.set_ylabel("final return")
         plotting.legend_below(fig, axes, ncol=2)
-        panels = {FEEDBACK[a]: [(cell_label(a, x), f"β={x:g}") for x in BETAS] for a in ALPHAS}
-        curves = curves_figure(runs, rows, rng, panels, rand, [f"β={x:g}" for x in BETAS])
+        panels = {FEEDBACK[a]: [(cell_label(a, x), f"β={x:g}") for x in betas] for a in ALPHAS}
+        curves = curves_figure(runs, rows, rng, panels, rand, [f"β={x:g}" for x in betas])
         return Analysis([verdict], {"beta_sweep.png": fig, "learning_curves.png": curves})
 
 

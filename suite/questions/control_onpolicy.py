@@ -84,20 +84,22 @@ SMOKE = dict(total_steps=512, num_envs=2, rollout=256, minibatches=4, epochs=2, 
 QUICK = dict(rollout=1024, minibatches=16, lr=3e-4, eval_episodes=EVAL_EPISODES)
 """Every quick run: rollouts of 1024 steps in 16 minibatches of 64 (CleanRL: 2048 in 32; same minibatch size, epochs and
 gradient steps per sample, twice as many policy iterations in a short budget), Adam 3e-4 for every method, and the
-score from 10 evaluation episodes (10,000 environment steps per seed; ≈ 4% of a 24,576-step cartpole-swingup run's CPU,
-measured, so ≈ 2.5% of a 40,960-step one, scaled)."""
-QUICK_CARTPOLE = dict(total_steps=40_960, num_envs=4, eval_every=40_960)
-"""cartpole-swingup at `quick`: 40 rollouts of 1,024 steps (about 40 training episodes per seed), evaluated once, at
-the end; 8 seeds (`SEEDS`).
+score from 10 evaluation episodes (10,000 environment steps per seed, a quarter of a quick run's training steps)."""
+QUICK_CARTPOLE = dict(total_steps=32_768, num_envs=4, eval_every=32_768)
+"""cartpole-swingup at `quick`: 32 rollouts of 1,024 steps (about 33 training episodes per seed; the audit's 24,576
+were too few), evaluated once, at the end; 8 seeds (`SEEDS`; C8 runs 5, `C8_BUDGETS`).
 
-Cost (the on-policy share of the control family at `quick`). One vectorised group (all seeds of one grid cell) costs
-≈ 3.4e-4 s × seeds × total_steps of wall on one core with the eager learner (measured on cartpole-swingup), so a group
-of 8 seeds × 40,960 steps ≈ 111 s. Runs are content-addressed, so a configuration two questions share trains once;
-the distinct groups are: C4 — PPO, V-MPO at ε_αμ = 0.005 and 0.01 (3); C5 — the 5 fixed η (its adaptive η is C4's
-V-MPO at 0.01) (5); C8 — DAR, AT-DAR, DAR-TR, Top-k DAR (4); C7's on-policy arms — AWR (its V-MPO is C4's) (1):
-13 groups × 111 s ≈ 1,450 group-seconds (≈ 24 CPU-minutes; ≈ 12 minutes of wall on 2 cores), within the ≈ 1,500 the
-control family leaves them. The random-policy group, shared by all four, only evaluates (8 × 10 episodes: seconds).
-`tests/test_control_onpolicy.py` recounts the groups from the grids."""
+Cost (the on-policy share of the control family at `quick`), measured: the sweep of the family at 9467075 (40 rollouts,
+40,960 steps) recorded 130–162 group-seconds per 8-seed group on 2 busy cores, of which ≈ 60% dm_control stepping
+(≈ 0.19 ms per cartpole step, its Python reward included: a cProfile of a PPO group) and ≈ 22 s the evaluation
+(80 episodes of 1,000 steps, 7 s of it building environments, now reused: `tasks.dmc.make_env`); `torch.compile` did
+not help (163.8 s cold, 141.6 s warm against 149.8–158.6 eager). That put the family at 39 min 50 s against its 30, so
+`quick` trains 32,768 steps (−20% of the training steps), runs C5's fixed sweep at its middle three η (`ETAS_QUICK`)
+and C8 on 5 seeds. Runs are content-addressed, so a configuration two questions share trains once; the distinct
+training groups are: C4 — PPO, V-MPO at ε_αμ = 0.005 and 0.01 (3); C5 — 3 fixed η (its adaptive η is C4's V-MPO at
+0.01); C8 — DAR, AT-DAR, DAR-TR, Top-k DAR (4, of 5 seeds); C7's on-policy arms — AWR (its V-MPO is C4's) (1). The
+random-policy group, shared by all four, only evaluates. `tests/test_control_onpolicy.py` recounts the groups from the
+grids; the README states the family's measured time."""
 STANDARD = dict(total_steps=1_000_000, num_envs=8, rollout=2048, minibatches=32, lr=3e-4, eval_every=250_000,
                 eval_episodes=EVAL_EPISODES, compile=True)
 """`standard`, where C4, C5 and C8 are planned to decide: 1M steps per run (CleanRL's default budget; 1/8 of its DMC
@@ -112,10 +114,14 @@ PAPER = dict(total_steps=8_000_000, num_envs=8, eval_every=400_000, eval_episode
 (`OnPolicyConfig.compile`): 3 s (inductor's disk cache warm) to 30 s (cold) of compiling per run group against ~4,000
 rollouts, whose learner forward then takes ~0.5 ms per minibatch instead of 1.6-2 ms (`make bench`: the README's ratios)."""
 SEEDS = {"smoke": 2, "quick": 8, "standard": 10, "paper": 10}
-"""Seeds per grid cell at each profile (C4, C5, C8 alike). `quick`'s 8 give C5's best-fixed-η selection 4 seeds to pick
-on and 4 to score on (`split_seeds`)."""
+"""Seeds per grid cell at each profile (C4, C5 and C7's on-policy arms; C8 at `quick`: `C8_BUDGETS`). `quick`'s 8 give
+C5's best-fixed-η selection 4 seeds to pick on and 4 to score on (`split_seeds`)."""
 BUDGETS = {profile: Budget(seeds=SEEDS[profile], train=train)
            for profile, train in (("smoke", SMOKE), ("quick", QUICK), ("standard", STANDARD), ("paper", PAPER))}
+C8_BUDGETS = {**BUDGETS, "quick": dataclasses.replace(BUDGETS["quick"], seeds=5)}
+"""C8 at `quick` runs 5 seeds, not 8: its effects are small (≈ 20 seeds per cell would decide them at `quick`'s budget,
+reports at 1b3b813), so `quick` cannot decide it at 8 either, and the 3 seeds × 4 groups went to the family's 30 minutes
+(`QUICK_CARTPOLE`). Its random-policy runs are C4's first 5 seeds. `standard` and `paper` run 10."""
 TASK_BUDGETS = {"quick": {CARTPOLE: QUICK_CARTPOLE}}
 """Per-task budget changes merged over `BUDGETS[profile].train` (`ControlQuestion.task_budgets`)."""
 DECIDING = "standard"
@@ -649,6 +655,13 @@ at 2.06–2.63 on average over their updates (per run; 1.52–3.09 over all upda
 middle (≈ 1.4) of the probe's final η (geometric mean ≈ 0.87) and the stored runs' average (≈ 2.34); the sweep's ends,
 0.015 and 150, lie two decades from it and at least 1.59 decades outside every η the dual took (0.59–3.09). The former
 grid (0.01, 0.1, 1, 10) reached only 0.5–0.7 decades above the η the dual held."""
+ETAS_QUICK = (0.15, 1.5, 15.0)
+"""The fixed η that `quick` runs: the two decades around the η the dual reaches (0.59–3.09 measured, above). The sweep's
+ends, two decades out, run from `standard` on: at `quick` the C5 return check needs ≈ 22 seeds per cell to decide
+(reports at 1b3b813), so its fixed arm there shows the shape of the sweep, and the family's 30 minutes go to the
+claims that `quick` can move (the 2026-12-03 timing of the control family: `QUICK_CARTPOLE`)."""
+ETAS_RUN = {"quick": ()}
+"""Where the fixed η outside `ETAS_QUICK` run: every profile but `quick`."""
 EPS_ETA = (0.01, 0.02, 0.1)
 """C5's knob, pre-registered: the E-step KL bound ε_η of the adaptive η — [V-MPO]'s own values for state-based control,
 Atari and DMLab. Run at `standard` and `paper` (at `quick` each value would be one more V-MPO group, ≈ 111 s, beyond
@@ -696,12 +709,14 @@ class ControlTemperature(ControlQuestion):
     title = "V-MPO's dual-adaptive temperature against a fixed-temperature sweep (RQ3) on DeepMind Control"
     description = (
         "V-MPO on cartpole-swingup with its E-step temperature η adapted by the dual (ε_η = 0.01; 0.02 and 0.1 at "
-        "`standard` and `paper`) or held fixed at five values over four decades around the η the dual reaches; everything "
+        "`standard` and `paper`) or held fixed at five values over four decades around the η the dual reaches (the middle three, two decades, at "
+        "`quick`); everything "
         "else identical, with a uniform-random policy measured on the same evaluation episodes (`[EM-LLM] §1` RQ3, §10; "
         "`[EM-SFT] §6`)."
     )
     tasks = (CARTPOLE,)
-    where = {adaptive_label(e): EPS_ETA_RUN for e in EPS_ETA if e != VMPO.epsilon_eta}
+    where = {**{adaptive_label(e): EPS_ETA_RUN for e in EPS_ETA if e != VMPO.epsilon_eta},
+             **{eta_label(e): ETAS_RUN for e in ETAS if e not in ETAS_QUICK}}
     claims = (
         Claim(
             "C5", "RQ3 asks whether adaptive temperature gives a practical stability advantage over fixed-temperature "
@@ -758,7 +773,8 @@ class ControlTemperature(ControlQuestion):
         eta_used = healthy(pd.concat([per_run_mean(rows, "dual/eta"), per_run_mean(rows, "dual/Lambda")]), runs)
         eta_final = healthy(last_value(rows, "dual/eta"), runs)
         eta_drift = last_quarter_change(runs, rows, "dual/eta").change
-        fixed = [eta_label(e) for e in ETAS]
+        etas = [e for e in ETAS if in_grid(runs, task, eta_label(e))]
+        fixed = [eta_label(e) for e in etas]
         adaptive = [adaptive_label(e) for e in EPS_ETA if in_grid(runs, task, adaptive_label(e))]
         labels = fixed + adaptive
         pick, score = split_seeds(runs)
@@ -836,7 +852,7 @@ class ControlTemperature(ControlQuestion):
             moving = "still rising" if drift[1] > 0 else ("still falling" if drift[2] < 0 else "settled")
             settles[v] = final[0]
             checks.append(observation(
-                "η the dual settles at", f"{final[0]:.3g} at the end ({moving}); {_in_sweep(final[0])}",
+                "η the dual settles at", f"{final[0]:.3g} at the end ({moving}); {_in_sweep(final[0], etas)}",
                 f"final η {fmt_ci(final, 3)}; mean over updates {fmt_ci(iqm_or_nan(cell(runs, eta_used, task, v), rng), 3)}; "
                 f"log10 change over the last quarter {fmt_ci(drift, 3)}; ESS fraction of the top-k "
                 f"{fmt_ci(iqm_or_nan(cell(runs, ess_frac, task, v), rng), 3)}; the E-step's KL(ψ‖uniform on the top-k), mean "
@@ -855,21 +871,25 @@ class ControlTemperature(ControlQuestion):
                        + ("" if len(run_eps) == len(EPS_ETA) else
                           f"; {', '.join(f'{e:g}' for e in EPS_ETA if e not in run_eps)} not run at this profile (each is one "
                           "more V-MPO group, beyond the family's share at quick: `QUICK_CARTPOLE`); the `standard` and "
-                          "`paper` grids run every value") + ".")
+                          "`paper` grids run every value") + "."
+                       + ("" if len(etas) == len(ETAS) else
+                          f" The fixed sweep ran η ∈ {{{', '.join(f'{e:g}' for e in etas)}}} at this profile; "
+                          f"{', '.join(f'{e:g}' for e in ETAS if e not in etas)} (its ends, two decades out) run from "
+                          "`standard` on (`ETAS_QUICK`)."))
         verdict = Verdict(self.claims[0], None, summary, table, checks=checks, by="ε_η", sensitivity=sensitivity)
         palette = plotting.colors([*labels, RANDOM])
         panels = None if len(labels) < plotting.MAX_SERIES else [("fixed η", fixed), ("adaptive η", adaptive)]
-        figures = {"temperature_sweep.png": self._sweep_figure(runs, s, ess, kl, rng, adaptive, palette, settles, best),
+        figures = {"temperature_sweep.png": self._sweep_figure(runs, s, ess, kl, rng, etas, adaptive, palette, settles, best),
                    "learning_curves.png": learning_curves(runs, rows, rng, labels, self.tasks, {task: rand}, palette, panels)}
         return Analysis([verdict], figures)
 
-    def _sweep_figure(self, runs, s, ess, kl, rng, adaptive, palette, settles, best):
+    def _sweep_figure(self, runs, s, ess, kl, rng, etas, adaptive, palette, settles, best):
         task = CARTPOLE
         fig, axes = plotting.figure(ncols=3)
         for ax, values, what in zip(axes, (s, ess, kl), ("final return", "ESS of the E-step weights", "per-update KL")):
-            cis = [iqm_or_nan(cell(runs, values, task, eta_label(e)), rng) for e in ETAS]
-            ax.plot(ETAS, [c[0] for c in cis], marker="o", color="black", label="fixed η (all seeds)")
-            ax.fill_between(ETAS, [c[1] for c in cis], [c[2] for c in cis], color="black", alpha=0.12, linewidth=0)
+            cis = [iqm_or_nan(cell(runs, values, task, eta_label(e)), rng) for e in etas]
+            ax.plot(etas, [c[0] for c in cis], marker="o", color="black", label="fixed η (all seeds)")
+            ax.fill_between(etas, [c[1] for c in cis], [c[2] for c in cis], color="black", alpha=0.12, linewidth=0)
             for v in adaptive:
                 d = iqm_or_nan(cell(runs, values, task, v), rng)
                 ax.axhline(d[0], color=palette[v], label=v)
@@ -877,7 +897,7 @@ class ControlTemperature(ControlQuestion):
                 if np.isfinite(settles.get(v, np.nan)):
                     ax.axvline(settles[v], color=palette[v], linestyle=":", linewidth=1)
             if values is s:
-                for e in ETAS:
+                for e in etas:
                     k, n = n_diverged(runs, task, eta_label(e)), len(cell(runs, s, task, eta_label(e)))
                     ax.annotate(f"{k}/{n} div." + ("\npicked" if eta_label(e) == best else ""), (e, ax.get_ylim()[0]),
                                 textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
@@ -902,14 +922,14 @@ def _seed_list(seeds: set) -> str:
     return "{" + ", ".join(str(int(x)) for x in sorted(seeds)) + "}"
 
 
-def _in_sweep(eta: float) -> str:
-    """Where η falls in the fixed sweep `ETAS`."""
-    if not np.isfinite(eta):
-        return "not logged"
-    if eta < ETAS[0] or eta > ETAS[-1]:
-        return f"outside the sweep [{ETAS[0]:g}, {ETAS[-1]:g}]"
-    lo = max(e for e in ETAS if e <= eta)
-    hi = min(e for e in ETAS if e >= eta)
+def _in_sweep(eta: float, etas=ETAS) -> str:
+    """Where η falls in the fixed sweep `etas` (ascending)."""
+    if not np.isfinite(eta) or not etas:
+        return "not logged" if not np.isfinite(eta) else "no fixed η ran"
+    if eta < etas[0] or eta > etas[-1]:
+        return f"outside the sweep [{etas[0]:g}, {etas[-1]:g}]"
+    lo = max(e for e in etas if e <= eta)
+    hi = min(e for e in etas if e >= eta)
     return f"at fixed η = {lo:g}" if lo == hi else f"between fixed η = {lo:g} and {hi:g}"
 
 
@@ -947,6 +967,7 @@ class ControlGEMPIVariants(ControlQuestion):
         "(`[EM-LLM] §7, §10` 'Novel Instantiations')."
     )
     tasks = (CARTPOLE,)
+    budgets = C8_BUDGETS
     where = {dar_label(m, k): REF_PERIODS_RUN for m, _, _ in C8_METHODS for k in REF_PERIODS if k != REF_PERIOD}
     claims = (
         Claim(
