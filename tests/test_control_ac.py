@@ -381,8 +381,11 @@ def test_c6_dataset_is_mostly_bad_by_construction_and_labelled_across_its_return
             assert n == dataset_episodes({f: getattr(cfg, f) for f in ("random_episodes", "final_episodes", "behaviour")})
             assert cfg.random_episodes > PREMISE_BAD_SHARE * n, (profile, cfg.random_episodes, n)
             assert cfg.final_episodes < cfg.random_episodes / 2  # a minority of good episodes
-            assert cfg.label_episodes == "spread" and cfg.bad_return == BAD_RETURN
-        assert len({dataset_key(p.spec.task, p.spec.task_config, p.spec.train_config) for p in grid}) == 1
+            lead = p.variant.endswith("leading labels")  # a sensitivity arm: the paper's labelled subset
+            assert cfg.label_episodes == ("leading" if lead else "spread") and cfg.bad_return == BAD_RETURN
+        keys = {p.variant: dataset_key(p.spec.task, p.spec.task_config, p.spec.train_config) for p in grid}
+        assert len(set(keys.values())) == 2  # the five cells and the knob's arms share one, the leading-label arms another
+        assert len({k for v, k in keys.items() if not v.endswith("leading labels")}) == 1
     quick = q.grid("quick")[0].spec.train_config
     old = dataclasses.replace(quick, random_episodes=3, final_episodes=5, label_episodes="leading")  # the recipe before #16
     assert dataset_key(TASK, ControlConfig(), quick) != dataset_key(TASK, ControlConfig(), old)
@@ -422,9 +425,12 @@ def _frames(question, finals: dict[str, list[float]], extra: dict[str, dict[str,
             run_columns: dict | None = None, profile: str = "quick"):
     """runs/rows DataFrames as the store gives them for the grid of `profile`, with made-up final returns per variant (a
     list per variant, cycled through when the profile has more seeds); `extra` adds metrics at step 0 (per variant and
-    seed, cycled likewise), `run_columns` config columns of every run."""
+    seed, cycled likewise), `run_columns` config columns of every run. A variant without finals is left out, as a cell
+    the grid does not run."""
     runs, rows = [], []
     for p in question.grid(profile):
+        if p.variant not in finals:
+            continue
         rid = f"{p.variant}/{p.spec.seed}"
         runs.append({"run_id": rid, "task": p.spec.task, "variant": p.variant, "status": "ok", "seed": p.spec.seed,
                      **(run_columns or {})})
@@ -578,6 +584,24 @@ def test_c3_rule_per_feedback_type():
     finals[cell_label(0.0, 0.0)] = around(10.0)
     finals[cell_label(1.0, 2.0)] = around(100.0)  # accept-only sensitive to β
     assert _groups(_verdict(q, finals))[FEEDBACK[1.0]] == "not supported"
+
+
+def test_c6_reports_the_contradicted_checks_under_each_sensitivity_arm():
+    """The knob's other BC weights (for Accept+Reject+BC) and the paper's leading labels never move the verdict; the
+    sensitivity line gives the checks that can contradict C6 under each, with the side of 0 their CI lies on."""
+    from suite.questions.control_ac import C6_SENSITIVITY, PAPER_TABLE1, ControlOffline
+
+    q = ControlOffline()
+    finals = {v: around(float(x) * 3) for v, x in PAPER_TABLE1.items()}
+    finals.update({label: around(400.0 if "leading" in label else 10.0) for label, *_ in C6_SENSITIVITY})
+    finals["Accept, leading labels"] = around(30.0)
+    extra = {"data/bad_episode_fraction": {v: [0.8] * 5 for v in finals}, "data/accept_fraction": {v: [0.3] * 5 for v in finals}}
+    v = _verdict(q, finals, extra=extra)
+    assert v.outcome == "supported"  # the arms are reported, never decide
+    assert "Accept+Reject+BC, BC 1× − Accept = " in v.sensitivity and "(below 0)" in v.sensitivity
+    assert "Accept+Reject+BC, leading labels − Accept, leading labels = " in v.sensitivity and "(above 0)" in v.sensitivity
+    assert "Accept, leading labels − BC = " in v.sensitivity
+    assert "not run" in _verdict(q, {k: finals[k] for k in PAPER_TABLE1}, extra=extra).sensitivity
 
 
 def test_c6_premise_of_a_mostly_bad_dataset_gates_every_check():
@@ -791,12 +815,13 @@ def test_offline_question_end_to_end_at_smoke(dirs, cli, monkeypatch):
     assert result.rc == 0, result.err
     assert "C6:" in result.out
     arts = [p for p in (dirs.results / "artifacts").iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(arts) == 1 and (arts[0] / "meta.json").is_file()
+    assert len(arts) == 2 and all((a / "meta.json").is_file() for a in arts)  # spread labels, and the leading-label arms'
+    assert "The paper's labelled subset, the leading episodes" in (dirs.reports / "control-offline" / "README.md").read_text()
     report = (dirs.reports / "control-offline" / "README.md").read_text()
     assert "Beside the paper's Table 1" in report and "| Accept+Reject+BC | 93 |" in report
     n_builds = len(BUILDS)
     again = cli(*dirs.options(), "run", "C6", "--profile", "smoke", "--workers", "1", "--quiet")
-    assert again.rc == 0 and "10 already stored" in again.out and len(BUILDS) == n_builds
+    assert again.rc == 0 and "18 already stored" in again.out and len(BUILDS) == n_builds
 
 
 def test_value_fit_on_monte_carlo_returns_is_not_biased_low_over_long_episodes():
