@@ -25,19 +25,21 @@ the "swinging" regime; balancing needs far more), so `quick` compares *early lea
 learns slower shows, one that wins only late does not. `standard` (100,000 actor-critic steps, 10 seeds) is where C1–C3,
 C6 and C7 are planned to decide; `paper` runs Acme's settings for 1M steps.
 
-**The budget at `quick`** (≥ 10,000 actor-critic steps, where the 2026-12-03 audit found 4,000 too few to decide; this file's share of the control family ≤ ≈ 1,600
-group-seconds on one core, the on-policy questions taking the rest of 30 minutes on 2 cores). Per 5-seed group at 4,000
-steps, the quick sweep at dc377d9 recorded (wall seconds): MPO (K = 20) 20.7 Gaussian / 27.8 binned, PMPO 16.1 / 21.1,
-DPO 17.4 / 15.4, VIREL 12.6, the random policy 4.0, an offline group of 2,000 steps 12.9 (plus ≈ 19 to build the
-dataset). At 10,000 steps a group costs 2.5× (env steps) to 3× (learner steps, 1,500 → 4,500) that — *estimated*; one
-timing run of a 5-seed PMPO group at 10,000 steps took 85 s wall on a 2-core machine that another process kept busy, an
-upper bound. The full grid has 28 distinct training cells in C1–C3 (C2's PMPO-AR and five of C3's cells are C1's runs),
-493.9 s at 4,000 steps → 1,235–1,482 at 10,000; with VIREL (C4's cartpole budget, 40,960 steps × 8 seeds: 12.6 × 10.2–13.3
-× 1–1.6 = 129–268), C6 (dataset ≈ 25–35, 5 groups × 10 seeds ≈ 65–130) and the random policy (≈ 6) it comes to
-≈ 1,460–1,920, central ≈ 1,690: over. So `quick` leaves out the four cells that decide least (`SKIP`): C1's binned
-accept-only and reject-only (observations) and C2's DPO β = 5 in both kinds (the knob's middle value), −75.0 s at 4,000
-steps → 24 cells, 1,047–1,257, and ≈ 1,270–1,700 in all, central ≈ 1,480 (C7's AWR, in the on-policy loop, adds ≈ 30–50).
-Should the sweep measure above the share, the next cells to leave out are C3's β = 1.5 column (3 cells, ≈ 120–145).
+**The budget at `quick`** (≥ 10,000 actor-critic steps, where the 2026-12-03 audit found 4,000 too few to decide). The
+family's sweep at 9467075 took 39 min 50 s against its 30 on 2 cores: 4,763 group-seconds, of which this file's cells
+2,757 (C1–C3 1,929 with PMPO ≈ 75 s and MPO ≈ 110–155 s per 5-seed group; VIREL 420 for 8 seeds × 40,960 steps; C6
+402) and the on-policy questions 2,006. A cProfile of a PMPO group put ≈ 45 of its 76 s in the learner (batched matmuls
+and backward at one thread: compute, not overhead), ≈ 16 s in the final evaluation (50 episodes of 1,000 steps, 5 s of
+it building environments) and the rest in acting and dm_control stepping. So `quick` now acts in 4 environments per
+seed (`QUICK_AC`: one policy forward per 4 transitions, the same 4,500 learner steps), reuses environments
+(`tasks.dmc.make_env`), and leaves out seven cells that decide least (`SKIP`): C1's binned accept-only and reject-only,
+C2's DPO β = 5 in both kinds, C3's β = 1.5 column. Measured on 2026-12-03 (sweep of the family at 2a2d2dc from an empty
+store, 2 workers): PMPO 61–85 s per 5-seed group (less where it diverges early), DPO 75–79, MPO 79 (Gaussian) and 124
+(binned), VIREL 258 for
+8 seeds × 32,768 steps; this file's cells 1,983 group-seconds with C6's dataset (the on-policy questions 1,235); the
+whole family 3,218 group-seconds, 27 min 13 s, and C6's four sensitivity arms (`C6_SENSITIVITY`, with their own
+dataset) 271 more, 2 min 26 s as a second sweep: 29 min 39 s in all, inside the 30 by a thin margin. Should the family measure above its 30 minutes, the next cuts are VIREL at C1–C3's 5 seeds (≈ −95) and C6's
+arms at 5 seeds (≈ −90).
 """
 
 from __future__ import annotations
@@ -351,8 +353,8 @@ AC_BUDGET = Deviation(
     "training budget", "not given (curves to convergence)",
     f"quick: {QUICK_AC['total_steps']:,} env steps, {learner_steps(QUICK_AC):,} learner steps, {BUDGETS['quick'].seeds} seeds; "
     f"standard: {STANDARD_AC['total_steps']:,} steps, {learner_steps(STANDARD_AC):,} learner steps, {BUDGETS['standard'].seeds} seeds",
-    "quick: the file's share of the control family's 30 minutes on 2 cores, 4 cells left out (`SKIP`; the module docstring's "
-    "arithmetic); `standard` (planned to decide): ≈ 5–10 CPU-hours for C1–C3 (estimated); `paper`: 1M steps, 10 seeds")
+    f"quick: the file's share of the control family's 30 minutes on 2 cores, {sum(map(len, SKIP['quick'].values()))} cells left "
+    "out (`SKIP`; the module docstring's measured costs); `standard` (planned to decide): ≈ 5–10 CPU-hours for C1–C3 (estimated); `paper`: 1M steps, 10 seeds")
 """C1–C3's budget row (C7's VIREL runs the on-policy arms' steps instead)."""
 COMMON_DEVIATIONS = (
     Deviation("task (quick, standard)", "humanoid run/stand/walk, manipulator, … (Figure 2)", "cartpole-swingup",
@@ -1024,8 +1026,8 @@ C4's cartpole-swingup budget), so that VIREL, AWR and V-MPO train for equal envi
 evaluation episodes; the rest of VIREL's loop is C1–C3's (`LOOP_BUDGETS`)."""
 C7_BUDGETS = {p: Budget(seeds=ControlVMPOvsPPO.budgets[p].seeds) for p in BUDGETS if p in ControlVMPOvsPPO.budgets}
 """C7's seeds are C4's at each profile (all three arms; C7 defines the profiles C4 does). At `quick`: VIREL for C4's
-40,960 steps (`QUICK_CARTPOLE`) × 8 seeds, ≈ 129–268 group-seconds (estimated, module docstring); at `standard` C4's
-standard steps, which makes VIREL the dearest actor-critic cell there (≈ 10× a 100,000-step one, estimated)."""
+32,768 steps (`QUICK_CARTPOLE`) × 8 seeds in 4 envs each (the module docstring gives its measured cost); at `standard`
+C4's standard steps, which makes VIREL the dearest actor-critic cell there (≈ 10× a 100,000-step one, estimated)."""
 
 
 def onpolicy_equal(profile: str) -> dict:

@@ -20,9 +20,9 @@ it that it tests, everything else (per-update KL, across-seed spread, ESS, diver
 finding improves / no difference / worse) is an observation (`suite.claims`). Where a comparison cannot mean anything
 (a method that has not learned), a check that would hold is `inconclusive` with the missing condition named.
 
-**Profiles.** `smoke`: 512 steps of 1-second episodes, 2 seeds (plumbing). `quick`: cartpole-swingup only, 40,960 steps
-(40 rollouts of 1,024), 8 seeds, eager learner (`QUICK_CARTPOLE` gives the cost arithmetic: ≈ 1,450 group-seconds for
-the whole on-policy share of the control family). walker-walk is left out of `quick`: its PPO and V-MPO returns stay
+**Profiles.** `smoke`: 512 steps of 1-second episodes, 2 seeds (plumbing). `quick`: cartpole-swingup only, 32,768 steps
+(32 rollouts of 1,024), 8 seeds (C8: 5), eager learner, C5's fixed η at the middle three of its five values
+(`QUICK_CARTPOLE` gives the measured costs behind these choices). walker-walk is left out of `quick`: its PPO and V-MPO returns stay
 near 3× random far beyond 100k steps (the 2026-12-03 audit), so a cell there decides nothing at a laptop budget. `standard`, where
 C4, C5 and C8 are planned to decide: 1,000,000 steps, 10 seeds, CleanRL's 2,048-step rollouts, compiled learner; C4 on
 cartpole-swingup, walker-walk and cheetah-run, C5 and C8 on cartpole-swingup. `paper`: CleanRL's DMC budget, 8M steps,
@@ -30,7 +30,7 @@ cartpole-swingup, walker-walk and cheetah-run, C5 and C8 on cartpole-swingup. `p
 
 **Sensitivity.** Each claim names its open knob, and `standard` and `paper` run every pre-registered value of it: C4's
 V-MPO ε_αμ (all in [V-MPO]'s range [0.005, 0.01]; `quick` runs its two ends), C5's ε_η and C8's π_ref refresh period
-(`quick` runs the default value only).
+(`quick` runs the default value only; C5's fixed sweep there spans the two decades around the η the dual reaches).
 """
 
 from __future__ import annotations
