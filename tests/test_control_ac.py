@@ -843,3 +843,22 @@ def test_value_fit_on_monte_carlo_returns_is_not_biased_low_over_long_episodes()
         _label(d, cfg, seed=0)
         mean_adv[lam] = float(d["advantage"].mean())
     assert mean_adv[None] > 0.3 and abs(mean_adv[1.0]) < 0.25 * mean_adv[None]
+
+
+def test_c7_knob_runs_at_standard_and_paper_and_its_values_are_reported_not_decided():
+    """C7's sensitivity line said 'planned at `paper`' while no grid ran c ≠ 1; the knob now runs where it says."""
+    from suite.questions.control_ac import VIREL_CS, ControlVIREL
+
+    q = ControlVIREL()
+    others = {f"VIREL c={c:g}" for c in VIREL_CS if c != 1.0}
+    assert q.claims[0].knob.run_at == ("standard", "paper")
+    for profile in ("smoke", "quick"):
+        assert not {p.variant for p in q.grid(profile)} & others
+    for profile in ("standard", "paper"):
+        assert {p.variant for p in q.grid(profile)} >= others
+    finals = {v.label: around(150.0) for v in q.variants() if v.label not in others}
+    finals["random policy"] = around(25.0, 1.0)
+    assert "run at `standard` and `paper`" in _verdict(q, finals).sensitivity
+    finals.update({"VIREL c=0.1": around(20.0), "VIREL c=10": around(160.0)})
+    v = _verdict(q, finals, profile="standard")
+    assert "c = 0.1: " in v.sensitivity and "c = 10: " in v.sensitivity and v.outcome == "supported"

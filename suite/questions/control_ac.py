@@ -167,14 +167,18 @@ LOOP_BUDGETS: dict[str, dict[type, dict]] = {
 the on-policy questions' budget instead (`onpolicy_changes`), so that they are C4's runs."""
 BUDGETS = {"smoke": Budget(seeds=2), "quick": Budget(seeds=5), "standard": Budget(seeds=10), "paper": Budget(seeds=10)}
 """Seeds per cell; C6 runs 10 at `quick` (`ControlOffline.budgets`) and C7 the on-policy questions' (`ControlVIREL`)."""
-SKIP = {"quick": {"control-pmpo": ("PMPO-A (binned)", "PMPO-R (binned)"), "control-dpo": ("DPO β=5 (Gaussian)", "DPO β=5 (binned)"),
-                  "control-pmpo-kl": ("α=0 β=1.5", "α=0.5 β=1.5", "α=1 β=1.5")}}
+VIREL_CS = (0.1, 1.0, 10.0)
+"""C7's knob, pre-registered: VIREL's c in ε_ω = c·‖TQ − Q‖, a decade either side of 1 (the verdict's runs)."""
+SKIP = {"smoke": {"control-virel": ("VIREL c=0.1", "VIREL c=10")},
+        "quick": {"control-pmpo": ("PMPO-A (binned)", "PMPO-R (binned)"), "control-dpo": ("DPO β=5 (Gaussian)", "DPO β=5 (binned)"),
+                  "control-pmpo-kl": ("α=0 β=1.5", "α=0.5 β=1.5", "α=1 β=1.5"), "control-virel": ("VIREL c=0.1", "VIREL c=10")}}
 """Cells a profile leaves out of a question's grid (every other profile runs them): at `quick` the seven that decide least
-(the module docstring's budget arithmetic) — C1's binned accept-only and reject-only (observations: the verdict is
+(the module docstring's measured costs) — C1's binned accept-only and reject-only (observations: the verdict is
 PMPO-AR against MPO; their Gaussian cells are C3's runs and stay), C2's DPO β = 5 in both kinds (the middle of the knob:
 'requires a very high β' is still tested at β = 1 against 20) and C3's β = 1.5 column (reject-only's 'β > 1' is still
 tested at β = 2, and every other check of C3 has its β = 0, 0.5, 1 and 2; the column was named as the next cut before
-the family was timed)."""
+the family was timed). C7's knob values other than c = 1 (one VIREL group each, the dearest cell at `quick`) run from
+`standard` on."""
 TASK_CONFIGS = {"smoke": {"time_limit": 1.0}}
 """Task-config changes per profile: smoke uses 1-second episodes so that an evaluation takes milliseconds."""
 
@@ -1069,7 +1073,7 @@ class ControlVIREL(ControlACQuestion):
                 Deviation("AWR", "its own off-policy replay of recent rollouts", "AWR's loss in the on-policy (PPO-style) loop",
                           "the suite's on-policy loop"),),
             quote=C7_QUOTE,
-            knob=Knob("VIREL's c in ε_ω = c·‖TQ − Q‖", (0.1, 1.0, 10.0), "left free ([EM-LLM] §9 eq. 13)", run_at=()),
+            knob=Knob("VIREL's c in ε_ω = c·‖TQ − Q‖", VIREL_CS, "left free ([EM-LLM] §9 eq. 13)", run_at=("standard", "paper")),
             decides="standard",
         ),
     )
@@ -1082,8 +1086,21 @@ class ControlVIREL(ControlACQuestion):
         return changes
 
     def variants(self):
+        knob = [Variant(f"VIREL c={c:g}", "virel", dataclasses.replace(VIREL, c=c), AC_G4) for c in VIREL_CS if c != VIREL.c]
         return [Variant("VIREL", "virel", VIREL, AC_G4), Variant("AWR", "awr", AWR, OnPolicyConfig()),
-                Variant("V-MPO", "vmpo", VMPO, VMPO_LOOP), Variant(RANDOM_LABEL, "mpo", MPOConfig(), RANDOM)]
+                Variant("V-MPO", "vmpo", VMPO, VMPO_LOOP), Variant(RANDOM_LABEL, "mpo", MPOConfig(), RANDOM), *knob]
+
+    @staticmethod
+    def _sensitivity(runs, s, rng, random_iqm: float) -> str:
+        """VIREL at the knob's other values of c: IQM [CI] and whether it clears the random bar (they never decide)."""
+        ran_cs = [c for c in VIREL_CS if c != VIREL.c and ran(runs, f"VIREL c={c:g}")]
+        if not ran_cs:
+            return (f"not run at this profile: the verdict's VIREL runs at c = {VIREL.c:g}; c ∈ "
+                    f"{{{', '.join(f'{c:g}' for c in VIREL_CS if c != VIREL.c)}}} (one VIREL group each) run at `standard` "
+                    "and `paper`.")
+        return ("VIREL's final return at the knob's other values: " + "; ".join(
+            f"c = {c:g}: {fmt_ci(ci := _ci(runs, s, f'VIREL c={c:g}', rng), 1)} ({learns(ci, random_iqm)})" for c in ran_cs)
+            + f" (the verdict's runs: c = {VIREL.c:g}).")
 
     def analyse(self, runs, rows, rng):
         s = final_scores(runs, rows)
@@ -1127,7 +1144,7 @@ class ControlVIREL(ControlACQuestion):
         virel = _ci(runs, s, "VIREL", rng)
         verdict = Verdict(self.claims[0], None, f"VIREL {fmt_ci(virel, 1)} against the random bar {b:.1f} (random "
                           f"{fmt_ci(rand, 1)}).", filled(table), checks=checks,
-                          sensitivity="not run at this profile: VIREL runs at c = 1; planned at `paper`.")
+                          sensitivity=self._sensitivity(runs, s, rng, rand[0]))
         methods = ["VIREL", "AWR", "V-MPO"]
         panels = {f"{TASK}: VIREL, AWR, V-MPO": [(v, v) for v in methods]}
         figures = {"learning_curves.png": curves_figure(runs, rows, rng, panels, rand, methods, logx=True)}
