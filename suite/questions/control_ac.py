@@ -35,11 +35,11 @@ seed (`QUICK_AC`: one policy forward per 4 transitions, the same 4,500 learner s
 (`tasks.dmc.make_env`), and leaves out seven cells that decide least (`SKIP`): C1's binned accept-only and reject-only,
 C2's DPO β = 5 in both kinds, C3's β = 1.5 column. Measured on 2026-12-03 (sweep of the family at 2a2d2dc from an empty
 store, 2 workers): PMPO 61–85 s per 5-seed group (less where it diverges early), DPO 75–79, MPO 79 (Gaussian) and 124
-(binned), VIREL 258 for
-8 seeds × 32,768 steps; this file's cells 1,983 group-seconds with C6's dataset (the on-policy questions 1,235); the
-whole family 3,218 group-seconds, 27 min 13 s, and C6's four sensitivity arms (`C6_SENSITIVITY`, with their own
-dataset) 271 more, 2 min 26 s as a second sweep: 29 min 39 s in all, inside the 30 by a thin margin. Should the family measure above its 30 minutes, the next cuts are VIREL at C1–C3's 5 seeds (≈ −95) and C6's
-arms at 5 seeds (≈ −90).
+(binned), VIREL 258 for 8 seeds × 32,768 steps; this file's cells 1,983 group-seconds with C6's dataset (the on-policy
+questions 1,235); the whole family 3,218 group-seconds, 27 min 13 s, and C6's four sensitivity arms (`C6_SENSITIVITY`,
+with their own dataset) 271 more, 2 min 26 s as a second sweep: 29 min 39 s in all, inside the 30 by a thin margin.
+Should the family measure above its 30 minutes, the next cuts are VIREL at C1–C3's 5 seeds (≈ −95 group-seconds) and
+C6's arms at 5 seeds (≈ −90).
 """
 
 from __future__ import annotations
@@ -357,8 +357,9 @@ AC_BUDGET = Deviation(
     "training budget", "not given (curves to convergence)",
     f"quick: {QUICK_AC['total_steps']:,} env steps, {learner_steps(QUICK_AC):,} learner steps, {BUDGETS['quick'].seeds} seeds; "
     f"standard: {STANDARD_AC['total_steps']:,} steps, {learner_steps(STANDARD_AC):,} learner steps, {BUDGETS['standard'].seeds} seeds",
-    f"quick: the file's share of the control family's 30 minutes on 2 cores, {sum(map(len, SKIP['quick'].values()))} cells left "
-    "out (`SKIP`; the module docstring's measured costs); `standard` (planned to decide): ≈ 5–10 CPU-hours for C1–C3 (estimated); `paper`: 1M steps, 10 seeds")
+    f"quick: the file's share of the control family's 30 minutes on 2 cores, {sum(len(v) for q, v in SKIP['quick'].items() if q != 'control-virel')} cells "
+    "left out (`SKIP`; the module docstring's measured costs); `standard` (planned to decide): ≈ 5–10 CPU-hours for C1–C3 "
+    "(estimated); `paper`: 1M steps, 10 seeds")
 """C1–C3's budget row (C7's VIREL runs the on-policy arms' steps instead)."""
 COMMON_DEVIATIONS = (
     Deviation("task (quick, standard)", "humanoid run/stand/walk, manipulator, … (Figure 2)", "cartpole-swingup",
@@ -994,7 +995,6 @@ class ControlOffline(ControlACQuestion):
             ax.set_xticks(x, labels, rotation=30, ha="right")
         return Analysis([verdict], {"offline_table1.png": fig}, tables=[("Beside the paper's Table 1", pd.DataFrame(table))],
                         notes=notes)
-
 
     @staticmethod
     def _sensitivity(runs, s, rng) -> str:
