@@ -84,7 +84,8 @@ SMOKE = dict(total_steps=512, num_envs=2, rollout=256, minibatches=4, epochs=2, 
 QUICK = dict(rollout=1024, minibatches=16, lr=3e-4, eval_episodes=EVAL_EPISODES)
 """Every quick run: rollouts of 1024 steps in 16 minibatches of 64 (CleanRL: 2048 in 32; same minibatch size, epochs and
 gradient steps per sample, twice as many policy iterations in a short budget), Adam 3e-4 for every method, and the
-score from 10 evaluation episodes (10,000 environment steps per seed, a quarter of a quick run's training steps)."""
+score from 10 evaluation episodes (10,000 environment steps per seed, about a third of a quick run's 32,768 training
+steps)."""
 QUICK_CARTPOLE = dict(total_steps=32_768, num_envs=4, eval_every=32_768)
 """cartpole-swingup at `quick`: 32 rollouts of 1,024 steps (about 33 training episodes per seed; the audit's 24,576
 were too few), evaluated once, at the end; 8 seeds (`SEEDS`; C8 runs 5, `C8_BUDGETS`).
@@ -119,8 +120,8 @@ C5's best-fixed-η selection 4 seeds to pick on and 4 to score on (`split_seeds`
 BUDGETS = {profile: Budget(seeds=SEEDS[profile], train=train)
            for profile, train in (("smoke", SMOKE), ("quick", QUICK), ("standard", STANDARD), ("paper", PAPER))}
 C8_BUDGETS = {**BUDGETS, "quick": dataclasses.replace(BUDGETS["quick"], seeds=5)}
-"""C8 at `quick` runs 5 seeds, not 8: its effects are small (≈ 20 seeds per cell would decide them at `quick`'s budget,
-reports at 1b3b813), so `quick` cannot decide it at 8 either, and the 3 seeds × 4 groups went to the family's 30 minutes
+"""C8 at `quick` runs 5 seeds, not 8: its effects are small (its report's open checks ask for tens of seeds per cell at
+`quick`'s budget), so `quick` cannot decide it at 8 either, and the 3 seeds × 4 groups went to the family's 30 minutes
 (`QUICK_CARTPOLE`). Its random-policy runs are C4's first 5 seeds. `standard` and `paper` run 10."""
 TASK_BUDGETS = {"quick": {CARTPOLE: QUICK_CARTPOLE}}
 """Per-task budget changes merged over `BUDGETS[profile].train` (`ControlQuestion.task_budgets`)."""
@@ -657,8 +658,8 @@ middle (≈ 1.4) of the probe's final η (geometric mean ≈ 0.87) and the store
 grid (0.01, 0.1, 1, 10) reached only 0.5–0.7 decades above the η the dual held."""
 ETAS_QUICK = (0.15, 1.5, 15.0)
 """The fixed η that `quick` runs: the two decades around the η the dual reaches (0.59–3.09 measured, above). The sweep's
-ends, two decades out, run from `standard` on: at `quick` the C5 return check needs ≈ 22 seeds per cell to decide
-(reports at 1b3b813), so its fixed arm there shows the shape of the sweep, and the family's 30 minutes go to the
+ends, two decades out, run from `standard` on: at `quick` the C5 return check needs tens of seeds per cell to decide
+(the report's open check gives the number), so its fixed arm there shows the shape of the sweep, and the family's 30 minutes go to the
 claims that `quick` can move (the 2026-12-03 timing of the control family: `QUICK_CARTPOLE`)."""
 ETAS_RUN = {"quick": ()}
 """Where the fixed η outside `ETAS_QUICK` run: every profile but `quick`."""
