@@ -20,8 +20,12 @@ T-maze (after Bakker 2001, "Reinforcement learning with long short-term memory",
 idea of bsuite's `memory_len`, Osband et al. 2020). Cells 0..L of a corridor (L = `tmaze_length`), the
 junction at cell L, the agent starting at cell 0. Each episode draws a side c ∈ {left, right} uniformly from
 the env's own generator. Actions: 0 forward (one cell; a no-op at the junction), 1 left, 2 right (no-ops in
-the corridor; at the junction they end the episode with reward +1 if the side is c, −1 otherwise). Every
-other step gives `tmaze_step_reward`; an episode is truncated after `tmaze_max_steps` steps. Observation [4]:
+the corridor; at the junction they end the episode with reward +1 if the side is c, −1 otherwise). With
+`tmaze_walk=False` every action moves one cell down the corridor (bsuite's `memory_len`: each episode lasts
+exactly L + 1 steps and only the choice at the junction matters, so the task tests memory and not exploration:
+with ±1 at the junction a walk there and a guess earn no more than wandering, so nothing but the cue rewards
+learning to walk a long corridor). Every other step gives `tmaze_step_reward`; an episode is truncated after
+`tmaze_max_steps` steps. Observation [4]:
 (cue_left, cue_right, in_corridor, at_junction). In `tmaze-memory` the cue bits are set in the first
 observation of an episode only; in `tmaze-reactive` in every observation: the two tasks differ only in that.
 The optimal return is +1 + L·step_reward in L + 1 steps; walking to the junction and guessing gets 0 in
@@ -65,6 +69,8 @@ class AtariTaskConfig:
     tmaze_max_steps: int | None = field(None, "T-maze episode cap in steps (truncation); None: 4(L + 1), four "
                                               "times the shortest episode")
     tmaze_step_reward: float = field(0.0, "reward of every T-maze step that is not the choice at the junction")
+    tmaze_walk: bool = field(True, "True: only action 0 moves down the corridor (the agent must learn to walk); False: "
+                                   "every action does (bsuite's memory_len: only the choice at the junction matters)")
 
     def __post_init__(self):
         for name in ("frame_skip", "frame_stack", "screen", "noop_max", "max_frames", "tmaze_length", "tmaze_max_steps"):
@@ -75,8 +81,9 @@ class AtariTaskConfig:
         check_range(self, "minatar_sticky", 0.0, 1.0)
         check_positive(self, "frame_skip", "frame_stack", "screen", "max_frames", "tmaze_length", "tmaze_max_steps")
         check_positive(self, "noop_max", strict=False)
-        if not isinstance(self.minatar_ramping, bool):
-            raise ConfigError(f"AtariTaskConfig.minatar_ramping = {self.minatar_ramping!r} is invalid: must be a bool.")
+        for name in ("minatar_ramping", "tmaze_walk"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"AtariTaskConfig.{name} = {getattr(self, name)!r} is invalid: must be a bool.")
         if self.tmaze_max_steps is not None and self.tmaze_max_steps < self.tmaze_length + 1:
             raise ConfigError(f"AtariTaskConfig.tmaze_max_steps = {self.tmaze_max_steps!r} is invalid: must be >= "
                               f"tmaze_length + 1 = {self.tmaze_length + 1} (the shortest episode).")
@@ -196,6 +203,7 @@ class _TMaze:
         n = len(seeds)
         self.memory, self.num_actions, self.obs_shape = memory, 3, (4,)
         self.length, self.cap, self.step_reward = cfg.tmaze_length, cfg.tmaze_cap, np.float32(cfg.tmaze_step_reward)
+        self.walk = cfg.tmaze_walk
         self.gens = [np.random.default_rng(int(s)) for s in seeds]
         self.bits = np.stack([g.integers(0, 2, self.BLOCK) for g in self.gens])
         self.ptr = np.zeros(n, dtype=np.int64)
@@ -222,7 +230,7 @@ class _TMaze:
     def step(self, actions: np.ndarray):
         at_junction = self.pos == self.length
         terminated = at_junction & (actions != self.FORWARD)
-        self.pos += (actions == self.FORWARD) & ~at_junction
+        self.pos += ((actions == self.FORWARD) | (not self.walk)) & ~at_junction
         self.t += 1
         correct = actions - 1 == self.cue
         reward = np.where(terminated, np.where(correct, np.float32(1), np.float32(-1)), self.step_reward)

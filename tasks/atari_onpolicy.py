@@ -14,7 +14,8 @@ update (TrXL's segment recurrence would let step t of a replayed unroll see M + 
 
 Seeds are trained one after another (a transformer core's memory makes lockstep stacking of seeds unwieldy);
 the runner's workers run grid cells in parallel. A run that produces a non-finite loss, gradient or parameter,
-or a minibatch KL(π_old‖π_θ) above `kl_limit`, stops and is recorded `diverged` with the step and reason.
+a minibatch KL(π_old‖π_θ) above `kl_limit`, or (where `collapse_learned` is set) a collapse of its training return
+after it learned (`CollapseWatch`), stops and is recorded `diverged` with the step and reason.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class AtariOnPolicyConfig:
     eval_episodes: int = field(8, "evaluation episodes (stochastic policy, separate seeds) per evaluation")
     eval_max_steps: int = field(10_000, "cap on the agent steps of one evaluation")
     kl_limit: float = field(100.0, "a minibatch mean KL(π_old‖π_θ) above this marks the run diverged")
+    collapse_learned: float | None = field(
+        None, "a run has learned once its windowed training-episode return reaches this; None: no collapse check")
+    collapse_to: float = field(0.0, "after learning, a windowed return at or below this marks the run diverged (collapse)")
+    collapse_window: int = field(5, "iterations whose mean training-episode returns are averaged by the collapse check")
     random_baseline: bool = field(False, "no training: the return of a uniform-random policy (a baseline run, step 0)")
     device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses: 'cpu' or 'cuda' (the "
                                   "runner picks which GPU)")
@@ -77,7 +82,7 @@ class AtariOnPolicyConfig:
         check_choices(self)
         check_positive(self, "total_steps", "num_envs", "unroll", "unrolls", "minibatches", "epochs", "lr", "adam_eps",
                        "max_grad_norm", "dual_lr", "torso_dim", "core_hidden", "core_layers", "core_heads", "core_memory",
-                       "eval_every", "eval_episodes", "eval_max_steps", "kl_limit")
+                       "eval_every", "eval_episodes", "eval_max_steps", "kl_limit", "collapse_window")
         check_positive(self, "vf_coef", strict=False)
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -85,6 +90,9 @@ class AtariOnPolicyConfig:
         if self.num_envs * self.unrolls < self.minibatches:
             raise ConfigError(f"AtariOnPolicyConfig.minibatches = {self.minibatches} is invalid: at most num_envs × unrolls "
                               f"= {self.num_envs * self.unrolls} (a minibatch holds whole unrolls).")
+        if self.collapse_learned is not None and not self.collapse_to < self.collapse_learned:
+            raise ConfigError(f"AtariOnPolicyConfig.collapse_to = {self.collapse_to!r} is invalid: must lie below "
+                              f"collapse_learned = {self.collapse_learned!r} (a collapse falls from the learned level).")
         if self.total_steps < self.rollout and not self.random_baseline:
             raise ConfigError(f"AtariOnPolicyConfig.total_steps = {self.total_steps} is invalid: must be >= one iteration's "
                               f"{self.rollout} steps (num_envs × unroll × unrolls).")
@@ -127,6 +135,38 @@ class Agent(nn.Module):
         feat = self.torso(obs.reshape(T * B, *obs.shape[2:])).reshape(T, B, -1)
         y, state = self.core(feat, state, first)
         return self.pi(y), self.v(y).squeeze(-1), state
+
+
+class CollapseWatch:
+    """A collapse of return after learning, read from the per-iteration mean training-episode returns.
+
+    The windowed return is the mean of the last `window` iterations' returns (defined once `window` iterations have
+    logged one). A run has *learned* at the first iteration whose windowed return reaches `learned`; after that, an
+    iteration whose windowed return is at or below `to` is a collapse. `update` returns the reason (a string naming
+    both steps) at the collapse, else None. The documents do not define divergence; this counts a run that learns and
+    then loses it as diverged too, not only one whose numbers blow up (a rule fixed before the data).
+    """
+
+    def __init__(self, learned: float, to: float, window: int):
+        self.learned, self.to, self.window = learned, to, window
+        self.recent: list[float] = []
+        self.learned_at: int | None = None
+        self.peak = float("-inf")
+
+    def update(self, step: int, ret: float) -> str | None:
+        self.recent = (self.recent + [ret])[-self.window:]
+        if len(self.recent) < self.window:
+            return None
+        windowed = float(np.mean(self.recent))
+        self.peak = max(self.peak, windowed)
+        if self.learned_at is None:
+            if windowed >= self.learned:
+                self.learned_at = step
+            return None
+        if windowed <= self.to:
+            return (f"return collapse: windowed training return {windowed:.3g} <= {self.to:g} after learning "
+                    f"(reached {self.learned:g} at step {self.learned_at}, peak {self.peak:.3g})")
+        return None
 
 
 def _detach(state: tuple) -> tuple:
@@ -209,6 +249,8 @@ def train_one(spec: RunSpec) -> RunResult:
     obs = env.obs
     iterations = cfg.total_steps // cfg.rollout
     env_steps, learner_steps, next_eval = 0, 0, cfg.eval_every
+    watch = CollapseWatch(cfg.collapse_learned, cfg.collapse_to, cfg.collapse_window) \
+        if cfg.collapse_learned is not None else None
 
     def diverged(reason: str) -> RunResult:
         return RunResult("diverged", rows, diverged={"step": env_steps, "reason": reason})
@@ -244,6 +286,9 @@ def train_one(spec: RunSpec) -> RunResult:
                                                  gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, unroll=T)
         if ended_returns:
             rows.append((env_steps, "train/episode_return", float(np.mean(ended_returns))))
+            collapse = watch.update(env_steps, rows[-1][2]) if watch else None
+            if collapse:
+                return diverged(collapse)
 
         # ------------------------------------------------------------------------ learner: minibatches of whole unrolls
         def unrolls_of(x: Tensor) -> Tensor:  # [R, N, ...] -> [U·N, T, ...] (unroll-major)

@@ -4,6 +4,8 @@ the torsos' shapes. No network: the ALE ROMs ship inside ale-py."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +259,27 @@ def test_torso_shapes_and_sizes():
     torch.testing.assert_close(w @ w.T, 2 * torch.eye(32), atol=1e-4, rtol=0)
     with pytest.raises(ConfigError):
         make_torso((4, 84))
+
+
+@pytest.mark.parametrize("length", [16, 64])
+def test_long_tmaze_no_memoryless_policy_beats_chance_and_memory_solves_it(length):
+    """At the corridor lengths A3 runs (16 at `quick`, 64 at `standard`): every deterministic memoryless policy (a
+    table from the four distinct observations to the three actions, 81 in all) scores chance or less, the best of them
+    included, while the policy that remembers the first observation's cue scores +1 in every episode."""
+    cfg = AtariTaskConfig(tmaze_length=length)
+
+    def observation_index(obs):  # 0: cue left at the start, 1: cue right at the start, 2: corridor, 3: junction
+        return np.where(obs[:, 0] == 1, 0, np.where(obs[:, 1] == 1, 1, np.where(obs[:, 3] == 1, 3, 2)))
+
+    best = -np.inf
+    for table in itertools.product(range(3), repeat=4):
+        policy = lambda obs, mem, table=np.array(table): table[observation_index(obs)]
+        returns, _ = run_tmaze("tmaze-memory", policy, n=64, steps=10 * (length + 1), cfg=cfg)
+        best = max(best, returns.mean() if len(returns) else 0.0)
+    assert best < 0.15  # chance is 0; sd of one policy's mean <= 1/sqrt(64·9) ≈ 0.04
+    returns, lengths = run_tmaze("tmaze-memory", junction_then(lambda obs, mem: mem + 1), n=32, steps=5 * (length + 1),
+                                 cfg=cfg)
+    assert len(returns) >= 32 * 4 and (returns == 1.0).all() and (lengths == length + 1).all()
+    returns, _ = run_tmaze("tmaze-reactive", junction_then(lambda obs, mem: 1 + obs[:, 1].astype(np.int64)), n=32,
+                           steps=5 * (length + 1), cfg=cfg)
+    assert (returns == 1.0).all()  # the reactive twin at the same length needs no memory

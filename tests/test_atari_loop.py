@@ -13,7 +13,7 @@ from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
 from tasks import RunSpec
 from tasks.atari import AtariTaskConfig, AtariVecEnv
-from tasks.atari_onpolicy import Agent, AtariOnPolicyConfig, _sample
+from tasks.atari_onpolicy import Agent, AtariOnPolicyConfig, CollapseWatch, _sample
 
 TINY = AtariOnPolicyConfig(total_steps=64, num_envs=2, unroll=8, unrolls=2, minibatches=2, epochs=1, eval_episodes=2,
                            eval_max_steps=30, core_memory=4, core_hidden=16, torso_dim=16, eval_every=10**9)
@@ -78,6 +78,30 @@ def test_a_kl_blow_up_is_recorded_as_diverged_with_step_and_reason():
     r = run("ppo", PPOConfig(), dataclasses.replace(TINY, kl_limit=1e-30, total_steps=128))
     assert r.status == "diverged"
     assert r.diverged["step"] == 32 and "KL" in r.diverged["reason"]
+
+
+def test_collapse_watch_fires_only_after_learning_and_names_both_steps():
+    watch = CollapseWatch(learned=0.5, to=0.0, window=2)
+    series = [(1, -0.5), (2, -0.2), (3, 0.4), (4, 0.8), (5, 0.9), (6, 0.1), (7, -0.3)]  # windowed: .., 0.6 at 4, −0.1 at 7
+    fired = [(step, watch.update(step, ret)) for step, ret in series]
+    assert [s for s, why in fired if why] == [7]
+    assert "at step 4" in fired[-1][1] and "peak 0.85" in fired[-1][1]
+    never = CollapseWatch(learned=0.5, to=0.0, window=2)
+    assert not any(never.update(s, r) for s, r in [(1, -1.0), (2, -1.0), (3, -0.9)])  # low from the start: no collapse
+
+
+def test_a_collapse_after_learning_is_recorded_as_diverged_at_its_step():
+    """The same run with and without the check: training is identical until the check stops it at the first iteration
+    whose return falls to `collapse_to` after one reached `collapse_learned` (window 1: the iteration's own return)."""
+    loop = dataclasses.replace(TINY, total_steps=40 * TINY.rollout)
+    free = run("ppo", PPOConfig(), loop)
+    curve = [(s, v) for s, m, v in free.rows if m == "train/episode_return"]
+    learned = next(s for s, v in curve if v >= 0.5)
+    collapsed = next(s for s, v in curve if s > learned and v <= -0.5)
+    watched = run("ppo", PPOConfig(), dataclasses.replace(loop, collapse_learned=0.5, collapse_to=-0.5, collapse_window=1))
+    assert free.status == "ok" and watched.status == "diverged"
+    assert watched.diverged["step"] == collapsed and f"at step {learned}" in watched.diverged["reason"]
+    assert watched.rows == [r for r in free.rows if r[0] <= collapsed][: len(watched.rows)]
 
 
 def test_random_baseline_is_one_evaluation_at_step_zero():

@@ -265,3 +265,20 @@ def test_config_is_validated():
         CoreConfig("gtrxl", memory=0)
     with pytest.raises(ConfigError, match=r"CoreConfig.span"):
         CoreConfig("gtrxl", span="window")
+
+
+@pytest.mark.parametrize("kind,memory,layers,reaches", [
+    ("gtrxl", 16, 1, True), ("gtrxl", 15, 1, False),  # one layer sees d <= M steps back
+    ("gtrxl", 8, 2, True), ("gtrxl", 7, 2, False),  # L layers see d <= L·M steps back
+    ("trxl", 16, 1, True), ("lstm", 1, 1, True), ("ff", 1, 1, False)])
+def test_a_cue_reaches_a_decision_sixteen_steps_later_only_within_the_cores_span(kind, memory, layers, reaches):
+    """The long T-maze of A3 (corridor 16): the junction is 16 steps after the cue. Stepped one step at a time as the
+    actor does, the core's output at step 16 depends on its input at step 0 exactly when the cue is within its span."""
+    core = build(kind, memory=memory, layers=layers, span="sliding", hidden=32)  # wide: no ReLU zeroes the whole path
+    x, first = inputs(17, 2)
+    x[:, 1] = x[:, 0]
+    x[0, 1] += 1.0  # batch row 1 differs from row 0 only in the first step's input
+    state, y = core.initial_state(2), None
+    for t in range(17):
+        y, state = core(x[t : t + 1], state, first[t : t + 1])
+    assert (not torch.allclose(y[0, 0], y[0, 1], atol=1e-12)) == reaches
