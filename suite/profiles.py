@@ -9,7 +9,7 @@ PROFILE_DOC = {
     "smoke": "a plumbing check of each question at a tiny budget (10-15 s per question with start-up; 81 s for all), used by the tests; not evidence",
     "quick": "every question at reduced budget on a 2-core laptop (the default of `make reproduce`)",
     "standard": "the budgets and seeds at which open claims are expected to decide (hours to days of CPU: a workstation "
-                "or a Ray cluster); defined by the families whose issues set it (bandits, control, theory so far)",
+                "or a Ray cluster); defined by the families whose issues set it (bandits, control, Atari, theory so far)",
     "paper": "the papers' budgets, meant for a cluster",
 }
 

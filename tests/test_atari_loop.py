@@ -169,7 +169,12 @@ def test_a1_runs_the_knob_only_where_it_says_and_its_rule():
     q = A.AtariVMPOvsPPO()
     assert {p.variant for p in q.grid("quick")} == {"PPO", "V-MPO", A.RANDOM}
     paper = {p.variant: p.spec.train_config.lr for p in q.grid("paper") if p.variant.startswith("V-MPO")}
-    assert sorted(paper.values()) == sorted(A.VMPO_LRS) and A.A1_KNOB.run_at == ("paper",)
+    assert sorted(paper.values()) == sorted(A.VMPO_LRS) and A.A1_KNOB.run_at == ("standard", "paper")
+    assert {p.spec.task for p in q.grid("quick")} == {A.BREAKOUT}
+    standard = q.grid("standard")
+    assert {p.variant for p in standard} == {"PPO", A.RANDOM, *(A._vmpo_label(lr) for lr in A.VMPO_LRS)}
+    ale = [p.spec.train_config for p in standard if p.spec.task == A.ALE_BREAKOUT]  # real Atari from `standard` on
+    assert len(ale) == 5 * 10 and {c.total_steps for c in ale if not c.random_baseline} == {A.ALE_STEPS["standard"]}
     level = {"PPO": 10.0, "V-MPO": 10.0, A.RANDOM: 0.5}
     a = _verdict(q, curve=lambda v, t, s: _flat(level[v], s))
     assert a.verdicts[0].outcome == "supported"
@@ -195,10 +200,10 @@ def test_a2_rates_are_wilson_and_newcombe_and_the_power_number_is_the_two_propor
     q = A.AtariDivergence()
     v = _verdict(q, curve=lambda v, t, s: _flat(0.0, s)).verdicts[0]
     assert v.outcome == "inconclusive" and "44 runs per core" in v.decide and "16%" in v.paper
-    trxl_i = {(f"TrXL-I lr={lr:g}", s) for lr in A.LRS for s in range(5)}
+    trxl_i = {(f"TrXL-I lr={lr:g}", s) for lr in A.QUICK_SWEEP_LRS for s in range(3)}
     v = _verdict(q, curve=lambda v, t, s: _flat(0.0, s), diverged=trxl_i).verdicts[0]
-    assert v.outcome == "supported"  # 10/10 against 0/10
-    gtrxl = {(f"GTrXL lr={lr:g}", s) for lr in A.LRS for s in range(5)}
+    assert v.outcome == "supported"  # 6/6 against 0/6
+    gtrxl = {(f"GTrXL lr={lr:g}", s) for lr in A.QUICK_SWEEP_LRS for s in range(3)}
     assert _verdict(q, curve=lambda v, t, s: _flat(0.0, s), diverged=gtrxl).verdicts[0].outcome == "not supported"
 
 
@@ -238,3 +243,34 @@ def test_a4_is_inconclusive_below_six_layers_whatever_the_data():
     assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s), layers=8).verdicts[0].outcome == "not supported"
     level.update({"TrXL-I lr=0.0003": 0.0, "GTrXL lr=0.0003": 0.0, "TrXL lr=0.0003": 0.0})  # no core learns: no test
     assert _verdict(q, curve=lambda v, t, s: _flat(level[v], s), layers=8).verdicts[0].outcome == "inconclusive"
+
+
+def test_standard_runs_the_claims_where_they_live():
+    """A2: ≥ 40 runs per core up to 1e-2 and beyond; A2/A4: cores of ≥ 6 layers; A3: a corridor of ≥ 64 held in a memory
+    longer than the corridor; every T-maze run counts a collapse after learning as divergence."""
+    sweep = A.AtariDivergence().grid("standard")
+    for core in ("TrXL", "TrXL-I", "GTrXL"):
+        runs = [p for p in sweep if p.variant.startswith(core + " lr=")]
+        assert len(runs) >= 40 and max(p.spec.train_config.lr for p in runs) > 1e-2
+    deep = [p.spec.train_config.core_layers for p in A.AtariTrXLFails().grid("standard") if p.variant != A.RANDOM]
+    assert min(deep) >= A.DEPTH_TESTED
+    memory = A.AtariMemory().grid("standard")
+    for p in memory:
+        assert p.spec.task_config.tmaze_length >= 64 and p.spec.train_config.core_memory > p.spec.task_config.tmaze_length
+    for q in (A.AtariDivergence(), A.AtariTrXLFails(), A.AtariMemory()):
+        for profile in ("quick", "standard", "paper"):
+            assert all(p.spec.train_config.collapse_learned == 0.5 for p in q.grid(profile) if p.variant != A.RANDOM)
+    quick = A.AtariMemory().grid("quick")
+    assert {p.spec.task_config.tmaze_length for p in quick} == {16} and not any(p.spec.task_config.tmaze_walk for p in quick)
+
+
+def test_every_report_names_the_deciding_profile_and_its_estimated_cpu_hours():
+    for q in (A.AtariVMPOvsPPO(), A.AtariDivergence(), A.AtariTrXLFails(), A.AtariMemory()):
+        assert q.claims[0].decides == "standard"
+        note = q.budget_note()
+        assert "`standard` (planned to decide)" in note and "CPU-hours" in note
+    ppo_steps = A.AtariOnPolicyConfig(total_steps=2048)
+    assert A.cpu_seconds(A.BREAKOUT, ppo_steps) == pytest.approx(2048 * A.SECONDS_PER_STEP["minatar"])
+    six = A.AtariOnPolicyConfig(total_steps=2048, core="gtrxl", core_layers=6)
+    assert A.cpu_seconds(A.MEMORY, six) == pytest.approx(3 * A.cpu_seconds(A.MEMORY, A.AtariOnPolicyConfig(
+        total_steps=2048, core="gtrxl", core_layers=2)))

@@ -29,15 +29,16 @@ from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.atari_onpolicy import AtariOnPolicyConfig
 
-BREAKOUT, MEMORY, REACTIVE = "minatar-breakout", "tmaze-memory", "tmaze-reactive"
-FLOOR = {BREAKOUT: 0.0, MEMORY: -1.0, REACTIVE: -1.0}
+BREAKOUT, ALE_BREAKOUT, MEMORY, REACTIVE = "minatar-breakout", "ale-breakout", "tmaze-memory", "tmaze-reactive"
+FLOOR = {BREAKOUT: 0.0, ALE_BREAKOUT: 0.0, MEMORY: -1.0, REACTIVE: -1.0}
 """The lowest score an episode can have on each task; a diverged run scores it."""
 RANDOM = "random policy"
 
 # ---------------------------------------------------------------------------------------------------- rules (constants)
 EVAL_EPISODES = 32
-"""Evaluation episodes behind every final return (≥ 10: the low-noise scores of README "How a verdict is decided"), at `quick` and `paper`."""
-RANDOM_MARGIN = {BREAKOUT: (2.0, 1.0), MEMORY: (1.0, 0.5), REACTIVE: (1.0, 0.5)}
+"""Evaluation episodes behind every final return (≥ 10: the low-noise scores of README "How a verdict is decided"), at every
+profile but `smoke`."""
+RANDOM_MARGIN = {BREAKOUT: (2.0, 1.0), ALE_BREAKOUT: (2.0, 1.0), MEMORY: (1.0, 0.5), REACTIVE: (1.0, 0.5)}
 """`random_bar(random IQM, relative, floor)` per task: a score *learns* when its IQM CI clears the random policy's IQM by
 max(relative × |random IQM|, floor). Breakout: 2× the random return above it (the old "3× random") and at least one
 brick; T-maze: at least 0.5 above the random policy's ≈ 0 (≥ 75% correct turns)."""
@@ -56,6 +57,9 @@ PAPER_DEPTH = 8
 PAPER_DIVERGENCE = {"gtrxl": 0.0, "trxl_i": 0.16}
 """`[EM-SFT] §8`, `[EM-LLM] App. B` (from [GTrXL]): divergence rate across hyperparameter sweeps."""
 POWER = 0.8
+COLLAPSE = dict(collapse_learned=0.5, collapse_to=0.0, collapse_window=5)
+"""Every T-maze run counts a collapse of return after learning as divergence (`tasks.atari_onpolicy.CollapseWatch`): its
+training return, averaged over 5 iterations, reached 0.5 (75% correct turns) and later fell to 0 (chance) or below."""
 
 # ---------------------------------------------------------------------------------------------------- configurations
 PPO = PPOConfig(ent_coef=0.01)
@@ -65,31 +69,75 @@ VMPO = VMPOConfig(epsilon_eta=0.02)
 VMPO_LOOP = dict(returns="nstep", lr=3e-4, anneal_lr=False, max_grad_norm=None)
 """V-MPO's loop: n-step returns bootstrapped at each unroll's end, Adam without annealing or clipping (quick: 3e-4)."""
 VMPO_LRS = (1e-4, 3e-4, 1e-3)
-"""A1's knob: V-MPO's (fixed) Adam learning rate; `[EM-SFT] §8`: 1e-4. `quick` runs 3e-4 only, `paper` all three."""
-TMAZE_LOOP = dict(num_envs=16, unroll=16, unrolls=2, minibatches=4, epochs=4, torso_dim=64, eval_episodes=EVAL_EPISODES,
-                  eval_every=10**9)
-"""The T-maze loop: unrolls of 16 steps (longer than a corridor of 10), 512 steps per iteration."""
-LRS = (3e-4, 3e-3)
-"""A2's learning-rate sweep (× seeds), as the GTrXL paper sweeps hyperparameters."""
-SWEEP_TOPS = (3e-3, 1e-2, 3e-2)
+"""A1's knob: V-MPO's (fixed) Adam learning rate; `[EM-SFT] §8`: 1e-4. `quick` runs 3e-4 only, `standard` and `paper` all three."""
+SWEEP_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+"""A2's learning-rate sweep (× seeds) at `standard` and `paper`, as the GTrXL paper sweeps hyperparameters: from V-MPO's
+3e-4 up to 3e-2, a hundred times larger, where cores start to fail. A4 reads the sweep's runs at its first rate."""
+QUICK_SWEEP_LRS = (3e-4, 1e-2)
+"""A2's sweep at `quick`: the first rate and 1e-2 (its verdict needs ≈ 44 runs per core, which no laptop budget runs)."""
+SWEEP_TOPS = (1e-2, 3e-2, 1e-1)
 """A2's knob: the largest learning rate of the sweep (the documents do not define the sweep)."""
-TMAZE_LENGTHS = (4, 16, 64)
-"""A3's knob: the T-maze corridor length (the cue must be held L + 1 steps)."""
+TMAZE_LENGTHS = (16, 64, 128)
+"""A3's knob: the T-maze corridor length, the steps a cue must be held (`quick` runs 16, `standard` 64, `paper` 128)."""
 DEPTHS = (2, 6, PAPER_DEPTH)
-"""A4's knob: transformer layers of the core."""
+"""A4's knob: transformer layers of the core (`quick` 2, `standard` 6, `paper` 8)."""
+STANDARD_CORE = dict(core_layers=6)
+PAPER_CORE = dict(core_layers=PAPER_DEPTH, core_hidden=256, core_heads=4)
+"""The documents' Atari TrXL (`[EM-SFT] §8`): 8 layers, width 256, 4 heads (MLP width 512)."""
 
 SMOKE = dict(total_steps=256, num_envs=2, unroll=8, unrolls=2, minibatches=2, epochs=1, eval_episodes=2, eval_max_steps=50,
              core_memory=8)
+# A1: MinAtar Breakout at every profile, ALE Breakout (Nature CNN, 512 features) from `standard` on.
 QUICK_BREAKOUT = dict(total_steps=163_840, num_envs=8, unroll=32, unrolls=4, eval_episodes=EVAL_EPISODES, eval_every=10**9)
-QUICK_TMAZE = dict(total_steps=40_960, **TMAZE_LOOP)
-PAPER_BREAKOUT = dict(total_steps=5_000_000, eval_every=500_000, eval_episodes=EVAL_EPISODES)
-PAPER_TMAZE = dict(total_steps=1_000_000, eval_every=100_000, **{k: v for k, v in TMAZE_LOOP.items() if k != "eval_every"})
-TMAZE_LENGTH = 4
-"""Corridor length of the T-maze at quick and paper: the cue must be held for 5 steps (a pilot at 10 left V-MPO with every
-core near chance after 40k steps; at 4 GTrXL solved it by 30k)."""
-TASK_CONFIGS = {"smoke": {BREAKOUT: dict(max_frames=200), MEMORY: dict(tmaze_length=3), REACTIVE: dict(tmaze_length=3)},
-                "quick": {MEMORY: dict(tmaze_length=TMAZE_LENGTH), REACTIVE: dict(tmaze_length=TMAZE_LENGTH)},
-                "paper": {MEMORY: dict(tmaze_length=TMAZE_LENGTH), REACTIVE: dict(tmaze_length=TMAZE_LENGTH)}}
+STANDARD_BREAKOUT = dict(total_steps=5_000_000, eval_every=500_000, eval_episodes=EVAL_EPISODES)
+PAPER_BREAKOUT = dict(total_steps=10_000_000, eval_every=1_000_000, eval_episodes=EVAL_EPISODES)
+ALE_STEPS = {"standard": 2_000_000, "paper": 10_000_000}
+"""A1's ALE Breakout budget in agent steps (4 frames each): by 2M steps (8M frames) CleanRL's PPO on Breakout is far above
+random (its published curves reach tens of points by then; random scores ≈ 1.7); `paper` runs CleanRL's full 10M."""
+# A2 and A4 share one sweep; A3 has its own T-maze.
+SWEEP_TMAZE = {"smoke": dict(tmaze_length=3),
+               "quick": dict(tmaze_length=4),
+               "standard": dict(tmaze_length=16, tmaze_walk=False),
+               "paper": dict(tmaze_length=16, tmaze_walk=False)}
+"""A2/A4's T-maze: at `quick` the 4-cell walking maze every 2-layer core learns within the budget (a collapse needs a run
+that learned); from `standard` on the 16-cell memory-length maze of A3's `quick`, which a 2-layer GTrXL solves in ≈ 50k
+steps."""
+SWEEP_BUDGETS = {
+    "smoke": Budget(seeds=2, train=dict(SMOKE, **COLLAPSE)),
+    "quick": Budget(seeds=3, train=dict(total_steps=20_480, num_envs=16, unroll=16, unrolls=2, minibatches=4, epochs=4,
+                                        torso_dim=64, eval_episodes=EVAL_EPISODES, eval_every=10**9, **COLLAPSE)),
+    "standard": Budget(seeds=8, train=dict(total_steps=250_000, num_envs=16, unroll=32, unrolls=1, minibatches=4, epochs=4,
+                                           torso_dim=64, core_memory=32, eval_episodes=EVAL_EPISODES, eval_every=50_000,
+                                           **STANDARD_CORE, **COLLAPSE)),
+    "paper": Budget(seeds=10, train=dict(total_steps=1_000_000, num_envs=16, unroll=32, unrolls=1, minibatches=4, epochs=4,
+                                         torso_dim=64, core_memory=32, eval_episodes=EVAL_EPISODES, eval_every=100_000,
+                                         **PAPER_CORE, **COLLAPSE)),
+}
+"""Seeds × the sweep's rates: `quick` 3 × 2 (6 runs per core, a demonstration: its verdict needs ≈ 44), `standard` 8 × 5 =
+40 runs per core, `paper` 10 × 5 = 50."""
+MEMORY_TMAZE = {"smoke": dict(tmaze_length=3, tmaze_walk=False),
+                "quick": dict(tmaze_length=TMAZE_LENGTHS[0], tmaze_walk=False),
+                "standard": dict(tmaze_length=TMAZE_LENGTHS[1], tmaze_walk=False),
+                "paper": dict(tmaze_length=TMAZE_LENGTHS[2], tmaze_walk=False)}
+"""A3's T-maze: bsuite's memory length (`tmaze_walk=False`: every action walks, only the choice at the junction counts),
+so the task tests memory and not exploration. With ±1 at the junction, walking a long corridor to guess earns nothing, so
+in the walking maze of 16 cells no core left chance in 80k steps (a pilot), for want of exploration, not of memory."""
+MEMORY_BUDGETS = {
+    "smoke": Budget(seeds=2, train=dict(SMOKE, **COLLAPSE)),
+    "quick": Budget(seeds=5, train=dict(total_steps=49_152, num_envs=16, unroll=32, unrolls=1, minibatches=4, epochs=4,
+                                        torso_dim=64, core_memory=32, eval_episodes=EVAL_EPISODES, eval_every=10**9,
+                                        **COLLAPSE)),
+    "standard": Budget(seeds=10, train=dict(total_steps=1_000_000, num_envs=16, unroll=128, unrolls=1, minibatches=4,
+                                            epochs=4, torso_dim=64, core_memory=128, eval_episodes=EVAL_EPISODES,
+                                            eval_every=100_000, **STANDARD_CORE, **COLLAPSE)),
+    "paper": Budget(seeds=10, train=dict(total_steps=4_000_000, num_envs=16, unroll=256, unrolls=1, minibatches=4, epochs=4,
+                                         torso_dim=64, core_memory=256, eval_episodes=EVAL_EPISODES, eval_every=400_000,
+                                         **PAPER_CORE, **COLLAPSE)),
+}
+"""A3: each backprop window (the unroll) is about twice an episode (L + 1 steps), so about half the episodes lie whole in
+one window, which an LSTM needs to learn to keep the cue (its gradient is cut at the window's start; a transformer reads a
+detached memory across it). Memory M ≥ L + 1 from `quick` on. The reactive twin trains half the steps (both cores learn it
+early; the area then weighs early learning)."""
 
 COMMON_DEVIATIONS = (
     Deviation("evaluation", "not specified (Atari: training episodes)",
@@ -100,12 +148,15 @@ COMMON_DEVIATIONS = (
     Deviation("transformer span", "TrXL segment recurrence", "each step attends to its last M steps (`span='sliding'`)",
               "replaying an unroll from its stored state then reproduces the actor exactly"),
 )
-TMAZE_DEVIATIONS = (
-    Deviation("core", f"TrXL: {PAPER_DEPTH} layers, width 256, 4 heads ([EM-SFT] §8)", "2 layers, width 64, 2 heads, memory 32",
-              "laptop scale; the family's issue deepens the cores at `paper`"),
-    Deviation("memory task", "DMLab-30 memory levels", f"a T-maze whose cue must be held {TMAZE_LENGTH + 1} steps, inside the "
-              "32-step attention window", "laptop scale; longer corridors are the family's issue"),
-)
+CORE_DEVIATION = Deviation(
+    "core", f"TrXL: {PAPER_DEPTH} layers, width 256, 4 heads ([EM-SFT] §8)",
+    "quick: 2 layers, width 64, 2 heads; standard: 6 layers, width 64; paper: 8 layers, width 256, 4 heads",
+    "laptop scale at `quick`; depth from `standard` on")
+DIVERGENCE_DEVIATION = Deviation(
+    "divergence", "not defined in the documents",
+    "the loop records a run `diverged` on a non-finite loss, gradient or parameter, a minibatch KL(π_old‖π_θ) > 100, or a "
+    "collapse of return after learning (the 5-iteration training return reached 0.5, then fell to 0 or below)",
+    "a rule fixed before the data")
 
 PALETTE = {"PPO": "#000000", "V-MPO": "#0072B2", "V-MPO lr=0.0001": "#56B4E9", "V-MPO lr=0.001": "#CC79A7",
            "GTrXL": "#0072B2", "LSTM": "#D55E00", "feed-forward": "#009E73", "TrXL": "#CC79A7", "TrXL-I": "#E69F00"}
@@ -240,13 +291,48 @@ def curves_figure(runs, rows, rng, order: list[str], tasks: tuple[str, ...], ran
     return fig
 
 
-def _budgets(quick: dict, paper: dict) -> dict[str, Budget]:
-    return {"smoke": Budget(seeds=2, train=SMOKE), "quick": Budget(seeds=5, train=quick), "paper": Budget(seeds=10, train=paper)}
+SECONDS_PER_STEP = {"minatar": 3.1e-4, "ale": 4.7e-3, "ff": 1.5e-4, "lstm": 4.9e-4, "transformer_layer": 4.0e-4}
+"""CPU-seconds per agent step, measured on the 2-core development machine on 2026-12-03 (one torch thread, two runs at
+once): MinAtar Breakout with the MinAtar network (A1's quick sweep); ALE Breakout with PPO and the Nature CNN (8 envs,
+4 epochs × 4 minibatches); on the T-maze at width 64, unroll and memory 32: an LSTM, and a transformer per layer (GTrXL:
+0.8 ms at 2 layers, 2.4 ms at 6); the feed-forward core's is estimated. Good to about a factor of two."""
+
+
+def cpu_seconds(task: str, cfg: AtariOnPolicyConfig) -> float:
+    """Estimated CPU-seconds of one run (`SECONDS_PER_STEP`); a transformer's cost scales with its layers, its width over 64
+    and its attention span (unroll + memory) over 64 (a lower bound for wide cores, whose matrix products dominate)."""
+    if cfg.random_baseline:
+        return 0.0
+    if task.startswith(("ale-", "minatar-")):
+        return cfg.total_steps * SECONDS_PER_STEP["ale" if task.startswith("ale-") else "minatar"]
+    if cfg.core in CORE_LABELS and cfg.core not in ("ff", "lstm"):
+        rate = SECONDS_PER_STEP["transformer_layer"] * cfg.core_layers * max(1.0, cfg.core_hidden / 64) \
+            * max(1.0, (cfg.unroll + cfg.core_memory) / 64)
+    else:
+        rate = SECONDS_PER_STEP[cfg.core]
+    return cfg.total_steps * rate
 
 
 class AtariQuestion(Question):
+    tmaze: dict[str, dict] = {}
+    """The T-maze's settings per profile (`SWEEP_TMAZE` or `MEMORY_TMAZE`)."""
+    decides_at = "standard"
+
     def task_changes(self, profile, task, train_config):
-        return TASK_CONFIGS.get(profile, {}).get(task, {})
+        if task.startswith("tmaze-"):
+            return self.tmaze.get(profile, {})
+        return dict(max_frames=200) if profile == "smoke" else {}
+
+    def budget_note(self) -> str:
+        """The profiles' runs and estimated CPU-hours, naming the one planned to decide the claim."""
+        parts = []
+        for profile in ("quick", "standard", "paper"):
+            points = self.grid(profile)
+            hours = sum(cpu_seconds(p.spec.task, p.spec.train_config) for p in points) / 3600
+            parts.append(f"`{profile}`{' (planned to decide)' if profile == self.decides_at else ''}: {len(points)} runs, "
+                         f"≈ {hours:,.1f} CPU-hours")
+        return ("Budgets — " + "; ".join(parts) + " (estimated from per-step costs measured on the 2-core development "
+                "machine, good to about a factor of two; runs shared with another question count in both; `emrl run <claim> --profile <p> --dry-run` prices any grid).")
 
 
 def _final_column(runs: pd.DataFrame) -> str:
@@ -270,7 +356,15 @@ def _lr(label: str) -> float:
     return VMPO_LOOP["lr"] if label == "V-MPO" else float(label.split("=")[1])
 
 
-A1_KNOB = Knob("V-MPO learning rate", VMPO_LRS, "1e-4, fixed ([EM-SFT] §8)", run_at=("paper",))
+A1_KNOB = Knob("V-MPO learning rate", VMPO_LRS, "1e-4, fixed ([EM-SFT] §8)", run_at=("standard", "paper"))
+A1_BUDGETS = {"smoke": Budget(seeds=2, train=SMOKE), "quick": Budget(seeds=5, train=QUICK_BREAKOUT),
+              "standard": Budget(seeds=10, train=STANDARD_BREAKOUT), "paper": Budget(seeds=10, train=PAPER_BREAKOUT)}
+
+
+def _group(task: str, label: str) -> str:
+    """A1's check group: the V-MPO learning rate, prefixed by the game where it is not MinAtar Breakout."""
+    group = f"V-MPO lr={_lr(label):g}"
+    return group if task == BREAKOUT else f"{task}, {group}"
 
 
 class AtariVMPOvsPPO(AtariQuestion):
@@ -278,17 +372,17 @@ class AtariVMPOvsPPO(AtariQuestion):
     title = "V-MPO on an Atari-style game, with PPO as the yardstick (MinAtar at laptop scale)"
     description = ("V-MPO and PPO with the MinAtar network (feed-forward core) trained by the same loop on MinAtar Breakout, "
                    "beside a uniform-random policy (`[EM-LLM] App. B`; RQ2 of `[EM-LLM] §1`). Every score is the mean return "
-                   f"of {EVAL_EPISODES} evaluation episodes at the end of training. The `paper` profile runs 5M steps and "
-                   "V-MPO at each pre-registered learning rate.")
-    tasks = (BREAKOUT,)
-    budgets = _budgets(QUICK_BREAKOUT, PAPER_BREAKOUT)
+                   f"of {EVAL_EPISODES} evaluation episodes at the end of training. From `standard` on, ALE Breakout (the real "
+                   "Atari game, Nature CNN) joins MinAtar Breakout and V-MPO runs at each pre-registered learning rate.")
+    tasks = (BREAKOUT, ALE_BREAKOUT)
+    budgets = A1_BUDGETS
     claims = (
-        Claim("A1", "V-MPO gets strong results on an Atari-style game: it learns MinAtar Breakout and reaches at least 80% "
-                    "of PPO's return in the same loop (the suite's own yardstick for 'strong'; the documents cite Song et "
+        Claim("A1", "V-MPO gets strong results on Atari: it learns MinAtar Breakout (and, from `standard` on, ALE Breakout) "
+                    "and reaches at least 80% of PPO's return in the same loop (the suite's own yardstick for 'strong'; the documents cite Song et "
                     "al.'s Atari results and compare V-MPO with PPO nowhere).",
               "[EM-LLM] App. B (RQ2 in §1)",
-              f"Final return = the mean of {EVAL_EPISODES} evaluation episodes (diverged runs score 0). At each V-MPO "
-              f"learning rate run: (a) “on Atari”: V-MPO learns — the lower end of its IQM CI clears random_bar(random IQM, "
+              f"Final return = the mean of {EVAL_EPISODES} evaluation episodes (diverged runs score 0). On each game and at "
+              f"each V-MPO learning rate run: (a) “on Atari”: V-MPO learns — the lower end of its IQM CI clears random_bar(random IQM, "
               f"{RANDOM_MARGIN[BREAKOUT][0]:g}, {RANDOM_MARGIN[BREAKOUT][1]:g}) = the random policy's IQM + max(2×|random|, 1) "
               f"(wholly below: not supported); (b) “strong empirical results”: the CI of IQM(V-MPO) − IQM(PPO) lies above "
               f"−{MATCH_FRACTION:g}×IQM(PPO) (wholly below: not supported); (b) counts as supported only if PPO, the "
@@ -297,17 +391,20 @@ class AtariVMPOvsPPO(AtariQuestion):
               "question the suite answers, not a claim of the documents). Observations: whether PPO clears the bar, and "
               "whether V-MPO's IQM exceeds PPO's.",
               COMMON_DEVIATIONS + (
-                  Deviation("games (quick)", "57 ALE games at 10^9–10^10 frames (Song et al.)",
-                            f"MinAtar Breakout, {QUICK_BREAKOUT['total_steps']:,} steps, 5 seeds",
-                            "the family's share of `make reproduce` is 12 minutes on 2 cores; `paper` runs 5M steps"),
+                  Deviation("games", "57 ALE games at 10^9–10^10 frames (Song et al.)",
+                            f"quick: MinAtar Breakout, {QUICK_BREAKOUT['total_steps']:,} steps, 5 seeds; standard: MinAtar "
+                            f"Breakout {STANDARD_BREAKOUT['total_steps']:,} steps and ALE Breakout {ALE_STEPS['standard']:,} "
+                            f"steps ({4 * ALE_STEPS['standard']:,} frames), 10 seeds; paper: {PAPER_BREAKOUT['total_steps']:,} "
+                            f"and {ALE_STEPS['paper']:,} steps",
+                            "the family's share of `make reproduce` is 12 minutes on 2 cores; one ALE game from `standard` on"),
                   Deviation("core", "TrXL, 8 layers ([EM-SFT] §8)", "feed-forward (the MinAtar network)",
                             "MinAtar frames are fully observed; the core claims are A2–A4"),
-                  Deviation("V-MPO learning rate (quick)", "Adam 1e-4, fixed", "3e-4, fixed (1e-4 and 1e-3 at `paper`)",
-                            "a short run"),),
+                  Deviation("V-MPO learning rate (quick)", "Adam 1e-4, fixed",
+                            "3e-4, fixed (1e-4 and 1e-3 too at `standard` and `paper`)", "a short run"),),
               quote="The V-MPO authors (Song et al. 2019) reported strong empirical results pairing V-MPO with a "
                     "Transformer-XL (TrXL) backbone (Dai et al. 2019) on Atari, and later with the Gated Transformer-XL "
                     "(GTrXL) (Parisotto et al. 2019) on DMLab-30.",
-              knob=A1_KNOB, decides="paper"),
+              knob=A1_KNOB, decides="standard"),
     )
 
     def variants(self):
@@ -317,52 +414,62 @@ class AtariVMPOvsPPO(AtariQuestion):
         return [Variant("PPO", "ppo", PPO), *vmpo, _random_variant("ppo", PPO)]
 
     def grid(self, profile, seeds=None):
-        # the knob's other values run only where the knob says (each costs 5 runs)
-        keep = profile in A1_KNOB.run_at
-        return [p for p in super().grid(profile, seeds) if keep or not p.variant.startswith("V-MPO lr=")]
+        # the knob's other values run only where the knob says (each costs 5–10 runs); ALE from `standard` on
+        keep, ale = profile in A1_KNOB.run_at, profile in ALE_STEPS
+        return [p for p in super().grid(profile, seeds) if (keep or not p.variant.startswith("V-MPO lr="))
+                and (ale or p.spec.task != ALE_BREAKOUT)]
+
+    def train_changes(self, profile, task, train_config):
+        changes = dict(self.budgets[profile].train)
+        if task == ALE_BREAKOUT and profile in ALE_STEPS:
+            changes.update(total_steps=ALE_STEPS[profile], eval_every=ALE_STEPS[profile] // 10, torso_dim=512)
+        return changes
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
-        rand = iqm_or_nan(cell(runs, s, BREAKOUT, RANDOM), rng)
-        bar = random_bar(rand[0], *RANDOM_MARGIN[BREAKOUT])
-        ppo = cell(runs, s, BREAKOUT, "PPO")
-        ppo_ci = iqm_or_nan(ppo, rng)
-        ppo_bar = check("PPO learns (the yardstick)", "on Atari", ppo, rng, test="above", threshold=bar, fmt="PPO {}",
-                        group="every V-MPO lr")
-        checks = [_observed(ppo_bar, "PPO clears the bar", "PPO stays below the bar")]
+        games = [t for t in self.tasks if (runs.task == t).any()]
         vmpo_labels = [_vmpo_label(lr) for lr in VMPO_LRS if (runs.variant == _vmpo_label(lr)).any()]
-        table, summary = [], []
-        for label in vmpo_labels:
-            group = f"V-MPO lr={_lr(label):g}"
-            x = cell(runs, s, BREAKOUT, label)
-            a = check("(a) V-MPO learns", "on Atari", x, rng, test="above", threshold=bar, fmt="V-MPO {}", group=group)
-            b = check("(b) V-MPO ≥ 80% of PPO", "strong empirical results", x, rng, y=ppo, test="above",
-                      threshold=-MATCH_FRACTION * ppo_ci[0], fmt="IQM(V-MPO) − IQM(PPO) = {}", group=group)
-            b = _gated(b, ppo_bar.outcome == "supported" or b.outcome == "not supported",
-                       "a budget at which PPO, the yardstick, clears the random bar")
-            if a.outcome != "supported" and b.outcome == "supported":
-                b = _gated(b, False, "(a) first: V-MPO must clear the random bar before its match with PPO counts")
-            better = check("V-MPO above PPO", "on Atari", x, rng, y=ppo, test="above", threshold=0.0, group=group)
-            checks += [a, b, _observed(better, "V-MPO's IQM above PPO's", "V-MPO's IQM below PPO's",
-                                       name="V-MPO − PPO > 0 (beats PPO)")]
-            summary.append(f"{group}: learns {a.outcome}, ≥ 80% of PPO {b.outcome}")
-        for v in ["PPO", *vmpo_labels, RANDOM]:
-            ci = iqm_or_nan(cell(runs, s, BREAKOUT, v), rng)
-            table.append({"method": v, _final_column(runs): fmt_ci(ci, 2),
-                          "n": len(cell(runs, s, BREAKOUT, v)), "diverged": n_diverged(runs, BREAKOUT, v),
-                          "clears the bar": "—" if v == RANDOM else ("yes" if ci[1] > bar else "no")})
+        checks, table, summary, randoms, bars = [], [], [], {}, {}
+        for task in games:
+            rand = iqm_or_nan(cell(runs, s, task, RANDOM), rng)
+            bar = random_bar(rand[0], *RANDOM_MARGIN[task])
+            randoms[task], bars[task] = rand, bar
+            ppo = cell(runs, s, task, "PPO")
+            ppo_ci = iqm_or_nan(ppo, rng)
+            ppo_bar = check("PPO learns (the yardstick)", "on Atari", ppo, rng, test="above", threshold=bar, fmt="PPO {}",
+                            group="every V-MPO lr" if task == BREAKOUT else f"{task}, every V-MPO lr")
+            checks.append(_observed(ppo_bar, "PPO clears the bar", "PPO stays below the bar"))
+            for label in vmpo_labels:
+                group = _group(task, label)
+                x = cell(runs, s, task, label)
+                a = check("(a) V-MPO learns", "on Atari", x, rng, test="above", threshold=bar, fmt="V-MPO {}", group=group)
+                b = check("(b) V-MPO ≥ 80% of PPO", "strong empirical results", x, rng, y=ppo, test="above",
+                          threshold=-MATCH_FRACTION * ppo_ci[0], fmt="IQM(V-MPO) − IQM(PPO) = {}", group=group)
+                b = _gated(b, ppo_bar.outcome == "supported" or b.outcome == "not supported",
+                           "a budget at which PPO, the yardstick, clears the random bar")
+                if a.outcome != "supported" and b.outcome == "supported":
+                    b = _gated(b, False, "(a) first: V-MPO must clear the random bar before its match with PPO counts")
+                better = check("V-MPO above PPO", "on Atari", x, rng, y=ppo, test="above", threshold=0.0, group=group)
+                checks += [a, b, _observed(better, "V-MPO's IQM above PPO's", "V-MPO's IQM below PPO's",
+                                           name="V-MPO − PPO > 0 (beats PPO)")]
+                summary.append(f"{group}: learns {a.outcome}, ≥ 80% of PPO {b.outcome}")
+            for v in ["PPO", *vmpo_labels, RANDOM]:
+                ci = iqm_or_nan(cell(runs, s, task, v), rng)
+                table.append({"game": task, "method": v, _final_column(runs): fmt_ci(ci, 2),
+                              "n": len(cell(runs, s, task, v)), "diverged": n_diverged(runs, task, v),
+                              "clears the bar": "—" if v == RANDOM else ("yes" if ci[1] > bar else "no")})
+            summary[-1] += f" (random policy {fmt_ci(rand, 2)}, bar {bar:.2f}; PPO {fmt_ci(ppo_ci, 2)})" if summary else ""
         ran = ", ".join(f"{_lr(label):g}" for label in vmpo_labels)
         sensitivity = (f"run at V-MPO lr = {ran} only (each further value costs 5 runs, ≈ 4 CPU-minutes at `quick`); all "
-                       f"three values run at `paper`." if len(vmpo_labels) < len(VMPO_LRS) else
+                       f"three values run at `standard` and `paper`." if len(vmpo_labels) < len(VMPO_LRS) else
                        f"run at every pre-registered value (V-MPO lr = {ran}).")
-        verdict = Verdict(self.claims[0], None,
-                          "; ".join(summary) + f" (random policy {fmt_ci(rand, 2)}, bar {bar:.2f}; PPO {fmt_ci(ppo_ci, 2)}).",
-                          table, checks=checks, by="V-MPO learning rate", sensitivity=sensitivity,
+        verdict = Verdict(self.claims[0], None, "; ".join(summary) + ".", table, checks=checks, by="game and V-MPO learning rate",
+                          sensitivity=sensitivity,
                           paper="none: the documents cite Song et al.'s Atari results without numbers and compare V-MPO "
                                 "with PPO nowhere.")
         order = ["PPO", *vmpo_labels]
-        figures = {"learning_curves.png": curves_figure(runs, rows, rng, order, self.tasks, {BREAKOUT: rand}, {BREAKOUT: bar})}
-        return Analysis([verdict], figures)
+        figures = {"learning_curves.png": curves_figure(runs, rows, rng, order, tuple(games), randoms, bars)}
+        return Analysis([verdict], figures, notes=[self.budget_note()])
 
 
 # ---------------------------------------------------------------------------------------------------------------- A2, A4
@@ -376,18 +483,33 @@ def _core_variant(core: str, lr: float | None = None, label: str | None = None) 
     return Variant(label or CORE_LABELS[core], "vmpo", VMPO, train_config=AtariOnPolicyConfig(**changes))
 
 
-class _TMazeQuestion(AtariQuestion):
-    """A T-maze question: the budgets of `QUICK_TMAZE` / `PAPER_TMAZE`."""
+class _SweepQuestion(AtariQuestion):
+    """A2 and A4: one learning-rate sweep of the transformer cores on `SWEEP_TMAZE` (`quick` runs `QUICK_SWEEP_LRS`)."""
 
-    budgets = _budgets(QUICK_TMAZE, PAPER_TMAZE)
+    tmaze = SWEEP_TMAZE
+    budgets = SWEEP_BUDGETS
+
+    def grid(self, profile, seeds=None):
+        lrs = QUICK_SWEEP_LRS if profile in ("smoke", "quick") else SWEEP_LRS
+        return [p for p in super().grid(profile, seeds) if " lr=" not in p.variant or _lr(p.variant) in lrs]
 
 
-class AtariDivergence(_TMazeQuestion):
+SWEEP_DEVIATIONS = (
+    CORE_DEVIATION,
+    Deviation("memory task", "DMLab-30 memory levels",
+              "quick: a 4-cell walking T-maze (the cue held 5 steps, inside the 32-step attention window); standard and "
+              "paper: the 16-cell memory-length T-maze (17 steps, attention window 32)",
+              "a collapse or a failure to learn needs a task the cores learn within the budget"),
+    DIVERGENCE_DEVIATION,
+)
+
+
+class AtariDivergence(_SweepQuestion):
     name = "atari-divergence"
     title = "Divergence of TrXL-I and GTrXL (and TrXL) across a learning-rate sweep"
     description = ("V-MPO with each transformer core on the T-maze memory task, over a learning-rate sweep × seeds, counting "
-                   "runs recorded `diverged` (non-finite loss, gradient or parameters, or a minibatch KL above the loop's "
-                   "limit) (`[EM-SFT] §8`, `[EM-LLM] App. B`).")
+                   "runs recorded `diverged` (non-finite loss, gradient or parameters, a minibatch KL above the loop's "
+                   "limit, or a collapse of return after learning) (`[EM-SFT] §8`, `[EM-LLM] App. B`).")
     tasks = (MEMORY,)
     claims = (
         Claim("A2", "Across a hyperparameter sweep, GTrXL (GRU gates, gate bias 2) diverges in fewer runs than TrXL-I "
@@ -399,24 +521,27 @@ class AtariDivergence(_TMazeQuestion):
               f"would tell the documents' 16% from 0% at {POWER:.0%} power (two-proportion normal approximation). "
               "Observations: TrXL's rate, whether each of the documents' rates lies inside our interval, the rate per "
               "learning rate.",
-              COMMON_DEVIATIONS + TMAZE_DEVIATIONS + (
+              COMMON_DEVIATIONS + SWEEP_DEVIATIONS + (
                   Deviation("sweep", "not defined in the documents (ranges, environments, depth)",
-                            f"learning rates {', '.join(map(str, LRS))} × 5 seeds on the T-maze (quick)", "laptop scale"),
-                  Deviation("divergence", "not defined in the documents",
-                            "the run is recorded `diverged` by the loop (non-finite values or KL > 100); a collapse of "
-                            "return after learning is not counted yet", "a rule fixed before the data"),),
+                            f"quick: learning rates {', '.join(f'{x:g}' for x in QUICK_SWEEP_LRS)} × "
+                            f"{SWEEP_BUDGETS['quick'].seeds} seeds; standard: {', '.join(f'{x:g}' for x in SWEEP_LRS)} × "
+                            f"{SWEEP_BUDGETS['standard'].seeds} seeds (40 runs per core); paper: × "
+                            f"{SWEEP_BUDGETS['paper'].seeds} seeds",
+                            "the Adam learning rate is the knob V-MPO fixes; `standard` has the power the rule asks for"),),
               quote="The GRU gating achieves a 0% divergence rate across hyperparameter sweeps, compared with 16% for the "
                     "plain TrXL-I variant, making it compatible with V-MPO’s fixed Adam learning rate and without "
                     "requiring population-based hyperparameter search.",
               knob=Knob("largest learning rate of the sweep", SWEEP_TOPS, "not given (the documents do not define the sweep)"),
-              decides="paper"),
+              decides="standard"),
     )
 
     def variants(self):
-        return [_core_variant(core, lr, f"{CORE_LABELS[core]} lr={lr:g}") for core in ("trxl", "trxl_i", "gtrxl") for lr in LRS]
+        return [_core_variant(core, lr, f"{CORE_LABELS[core]} lr={lr:g}") for core in ("trxl", "trxl_i", "gtrxl")
+                for lr in SWEEP_LRS]
 
     def analyse(self, runs, rows, rng):
         counts, table = {}, []
+        lrs = [lr for lr in SWEEP_LRS if runs.variant.str.endswith(f" lr={lr:g}").any()]
         done = runs.status != "failed"  # a run that failed (an error) neither diverged nor ran through: it counts nowhere
         for core in ("trxl", "trxl_i", "gtrxl"):
             sel = runs[runs.variant.str.startswith(CORE_LABELS[core] + " ") & done]
@@ -426,7 +551,7 @@ class AtariDivergence(_TMazeQuestion):
             row = {"core": CORE_LABELS[core], "diverged / runs": f"{int(div.sum())}/{len(div)}",
                    "rate [Wilson 95%]": fmt_ci(rate, 2),
                    "the documents": f"{PAPER_DIVERGENCE[core]:.0%}" if core in PAPER_DIVERGENCE else "—"}
-            for lr in LRS:
+            for lr in lrs:
                 v = f"{CORE_LABELS[core]} lr={lr:g}"
                 row[f"lr={lr:g}"] = f"{n_diverged(runs, MEMORY, v)}/{int(((runs.variant == v) & done).sum())}"
             table.append(row)
@@ -463,9 +588,11 @@ class AtariDivergence(_TMazeQuestion):
                           paper=f"GTrXL 0%, TrXL-I 16% of runs diverged across hyperparameter sweeps ([EM-SFT] §8); ours: "
                                 + ", ".join(f"{CORE_LABELS[c]} {k[c]}/{n[c]} = {fmt_ci(wilson(k[c], n[c]), 2)}"
                                             for c in ("gtrxl", "trxl_i")) + " (Wilson 95%).",
-                          sensitivity=f"not run: `quick` sweeps learning rates {', '.join(f'{x:g}' for x in LRS)} (largest "
-                                      f"{max(LRS):g}); sweeps reaching 1e-2 and 3e-2 are planned at `paper`.")
-        return Analysis([verdict], {"divergence.png": _rate_figure(counts)})
+                          sensitivity=f"this sweep's largest rate is {max(lrs, default=float('nan')):g} (rates "
+                                      f"{', '.join(f'{x:g}' for x in lrs)}); the per-rate columns of the table show where "
+                                      f"cores fail. `standard` and `paper` sweep to {max(SWEEP_LRS):g}; a top of 0.1 is not "
+                                      "run by any profile.")
+        return Analysis([verdict], {"divergence.png": _rate_figure(counts)}, notes=[self.budget_note()])
 
 
 def _rate_figure(counts: dict[str, np.ndarray]):
@@ -487,7 +614,7 @@ def _rate_figure(counts: dict[str, np.ndarray]):
     return fig
 
 
-class AtariTrXLFails(_TMazeQuestion):
+class AtariTrXLFails(_SweepQuestion):
     name = "atari-trxl"
     title = "Plain TrXL against TrXL-I and GTrXL on the T-maze"
     description = ("V-MPO with each transformer core at the sweep's first learning rate on the T-maze memory task "
@@ -506,20 +633,21 @@ class AtariTrXLFails(_TMazeQuestion):
               "tested), whatever the data: the documents give TrXL's failure for their deep setting and do not attribute "
               "it to depth; that a shallow post-norm core is no test is the suite's own rule. Observations: whether "
               "TrXL-I and GTrXL clear the bar.",
-              COMMON_DEVIATIONS + TMAZE_DEVIATIONS,
+              COMMON_DEVIATIONS + SWEEP_DEVIATIONS,
               quote="However, standard TrXL fails in RL, performing at random-policy level on benchmarks such as DMLab-30.",
-              knob=Knob("transformer layers", DEPTHS, f"{PAPER_DEPTH} ([EM-SFT] §8)"), decides="paper"),
+              knob=Knob("transformer layers", DEPTHS, f"{PAPER_DEPTH} ([EM-SFT] §8)"), decides="standard"),
     )
 
     def variants(self):
-        return [*(_core_variant(core, LRS[0], f"{CORE_LABELS[core]} lr={LRS[0]:g}") for core in ("trxl", "trxl_i", "gtrxl")),
+        lr = SWEEP_LRS[0]
+        return [*(_core_variant(core, lr, f"{CORE_LABELS[core]} lr={lr:g}") for core in ("trxl", "trxl_i", "gtrxl")),
                 _random_variant("vmpo", VMPO)]
 
     def analyse(self, runs, rows, rng):
         s = scores(runs, rows)
         rand = iqm_or_nan(cell(runs, s, MEMORY, RANDOM), rng)
         bar = random_bar(rand[0] if np.isfinite(rand[0]) else 0.0, *RANDOM_MARGIN[MEMORY])
-        labels = {core: f"{CORE_LABELS[core]} lr={LRS[0]:g}" for core in ("trxl", "trxl_i", "gtrxl")}
+        labels = {core: f"{CORE_LABELS[core]} lr={SWEEP_LRS[0]:g}" for core in ("trxl", "trxl_i", "gtrxl")}
         learned = {core: check(f"{CORE_LABELS[core]} clears the bar", "fails in RL", cell(runs, s, MEMORY, labels[core]), rng,
                                test="above", threshold=bar) for core in ("trxl_i", "gtrxl")}
         others = any(c.outcome == "supported" for c in learned.values())
@@ -551,21 +679,29 @@ class AtariTrXLFails(_TMazeQuestion):
         summary = (f"{head}: TrXL {fmt_ci(cis['trxl'], 2)} against the bar {bar:.2f} (random policy {fmt_ci(rand, 2)}) at "
                    f"{depth} layers" + (f"; the data alone would say {data_says}." if not deep_enough else "."))
         verdict = Verdict(self.claims[0], None, summary, table, checks=checks,
-                          sensitivity=f"not run: `quick` and `paper` run {depth}-layer cores; cores of "
-                                      f"{', '.join(map(str, DEPTHS[1:]))} layers are planned at `paper`.")
+                          sensitivity=f"run at {depth} layers; {DEPTHS[1]} layers run at `standard` and {DEPTHS[2]} at "
+                                      "`paper` (one depth per profile).")
         order = list(labels.values())
         return Analysis([verdict], {"learning_curves.png": curves_figure(runs, rows, rng, order, self.tasks, {MEMORY: rand},
-                                                                         {MEMORY: bar})})
+                                                                         {MEMORY: bar})}, notes=[self.budget_note()])
 
 
 # ---------------------------------------------------------------------------------------------------------------- A3
-class AtariMemory(_TMazeQuestion):
+def _lengths(runs: pd.DataFrame) -> str:
+    """The corridor lengths the runs used, in words."""
+    col = "task_config.tmaze_length"
+    return ", ".join(str(int(x)) for x in sorted(runs[col].dropna().unique())) if col in runs else "?"
+
+
+class AtariMemory(AtariQuestion):
     name = "atari-memory"
     title = "GTrXL against LSTM (and a feed-forward core) on a memory task and its reactive twin"
     description = ("V-MPO with a GTrXL, an LSTM and a feed-forward core on the T-maze (the cue shown only at the start) and its "
                    "reactive twin (the cue shown at every step) (`[EM-SFT] §8`, `[EM-LLM] App. B`). Cores are scored by the "
                    "area under their learning curve.")
     tasks = (MEMORY, REACTIVE)
+    tmaze = MEMORY_TMAZE
+    budgets = MEMORY_BUDGETS
     claims = (
         Claim("A3", "GTrXL gains over LSTM on a memory-dependent task without regressing on a reactive one (scored by the "
                     "area under the learning curve).",
@@ -579,18 +715,36 @@ class AtariMemory(_TMazeQuestion):
               f"IQM(LSTM) lies above −{REACTIVE_MARGIN:g} (wholly below: not supported). Supported if both hold. "
               f"Observations: final returns, the steps at which runs first reach a return of {SOLVED_RETURN:g} (90% correct "
               "turns).",
-              COMMON_DEVIATIONS + TMAZE_DEVIATIONS + (
-                  Deviation("tasks", "DMLab-30 memory and reactive levels", "a T-maze with the cue shown once / at every step",
+              COMMON_DEVIATIONS + (CORE_DEVIATION,
+                  Deviation("tasks", "DMLab-30 memory and reactive levels",
+                            "a memory-length T-maze (bsuite: every action walks, only the junction choice counts) with the "
+                            f"cue shown once / at every step; corridor {TMAZE_LENGTHS[0]} at `quick`, {TMAZE_LENGTHS[1]} at "
+                            f"`standard`, {TMAZE_LENGTHS[2]} at `paper`, attention memory ≥ corridor + 1",
                             "the two differ only in whether memory is needed"),
                   Deviation("score", "final human-normalised score", "area under the learning curve",
-                            "both cores eventually solve a short T-maze; the area keeps the difference in learning"),),
+                            "both cores eventually solve a short T-maze; the area keeps the difference in learning"),
+                  Deviation("backprop window", "V-MPO's unroll of 100 steps on DMLab (episodes far longer)",
+                            "an unroll of about twice an episode (quick 32 for 17 steps, standard 128 for 65): about half "
+                            "the episodes lie whole in one window",
+                            "an LSTM learns to keep the cue only from episodes whose cue and choice share a window; a "
+                            "transformer reads a detached memory across windows. Longer windows are the first check if "
+                            "LSTM trails"),
+                  Deviation("reactive twin's budget", "the same levels and frames", "half the memory task's steps",
+                            "both cores learn it early; the area then weighs how early"),
+                  DIVERGENCE_DEVIATION,),
               quote="On DMLab-30, GTrXL (GRU) reaches a human-normalised score of 117.6 ± 0.3 versus 99.3 ± 1.0 for LSTM, "
                     "with the largest gains on memory-dependent levels and no regression on reactive ones.",
-              knob=Knob("T-maze corridor length", TMAZE_LENGTHS, "not given (DMLab-30 levels)"), decides="paper"),
+              knob=Knob("T-maze corridor length", TMAZE_LENGTHS, "not given (DMLab-30 levels)"), decides="standard"),
     )
 
     def variants(self):
         return [_core_variant(core) for core in ("gtrxl", "lstm", "ff")]
+
+    def train_changes(self, profile, task, train_config):
+        changes = dict(self.budgets[profile].train)
+        if task == REACTIVE and profile != "smoke":
+            changes["total_steps"] //= 2
+        return changes
 
     def analyse(self, runs, rows, rng):
         s, a_ = scores(runs, rows), auc(runs, rows)
@@ -627,9 +781,10 @@ class AtariMemory(_TMazeQuestion):
                           table, checks=checks,
                           paper="DMLab-30 human-normalised score: GTrXL 117.6 ± 0.3, LSTM 99.3 ± 1.0 ([EM-SFT] §8) — another "
                                 "task and score; ours are in the table.",
-                          sensitivity=f"not run: `quick` runs a corridor of {TMAZE_LENGTH}; corridors of "
-                                      f"{', '.join(map(str, TMAZE_LENGTHS[1:]))} are planned at `paper`.")
-        return Analysis([verdict], {"learning_curves.png": curves_figure(runs, rows, rng, order, self.tasks)})
+                          sensitivity=f"run at a corridor of {_lengths(runs)}; {TMAZE_LENGTHS[1]} runs at `standard` and "
+                                      f"{TMAZE_LENGTHS[2]} at `paper` (one length per profile).")
+        return Analysis([verdict], {"learning_curves.png": curves_figure(runs, rows, rng, order, self.tasks)},
+                        notes=[self.budget_note()])
 
 
 __all__ = ["AtariVMPOvsPPO", "AtariDivergence", "AtariMemory", "AtariTrXLFails"]
