@@ -11,6 +11,7 @@ import tasks
 from algorithms.config import ConfigError
 from algorithms.ppo import PPOConfig
 from algorithms.vmpo import VMPOConfig
+from suite import costs
 from tasks import RunSpec
 from tasks.atari import AtariTaskConfig, AtariVecEnv
 from tasks.atari_onpolicy import Agent, AtariOnPolicyConfig, CollapseWatch, _sample
@@ -270,7 +271,11 @@ def test_every_report_names_the_deciding_profile_and_its_estimated_cpu_hours():
         note = q.budget_note()
         assert "`standard` (planned to decide)" in note and "CPU-hours" in note
     ppo_steps = A.AtariOnPolicyConfig(total_steps=2048)
-    assert A.cpu_seconds(A.BREAKOUT, ppo_steps) == pytest.approx(2048 * A.SECONDS_PER_STEP["minatar"])
+    assert costs.atari_cpu_seconds(A.BREAKOUT, ppo_steps) == pytest.approx(2048 * costs.ATARI_SECONDS_PER_STEP["minatar"])
     six = A.AtariOnPolicyConfig(total_steps=2048, core="gtrxl", core_layers=6)
-    assert A.cpu_seconds(A.MEMORY, six) == pytest.approx(3 * A.cpu_seconds(A.MEMORY, A.AtariOnPolicyConfig(
+    assert costs.atari_cpu_seconds(A.MEMORY, six) == pytest.approx(3 * costs.atari_cpu_seconds(A.MEMORY, A.AtariOnPolicyConfig(
         total_steps=2048, core="gtrxl", core_layers=2)))
+    # --dry-run prices the grids with the same model as the reports
+    points = A.AtariDivergence().grid("standard")
+    est = costs.estimate([p.spec for p in points], {}, lambda task: "atari")["atari"]
+    assert est.cpu_s == pytest.approx(sum(costs.atari_cpu_seconds(p.spec.task, p.spec.train_config) for p in points))

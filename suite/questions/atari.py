@@ -26,6 +26,7 @@ from suite import plotting
 from suite.analysis import (NO_DATA, cell, check, curve, fmt_ci, iqm_ci, iqm_or_nan, last_value, n_diverged, observation,
                             random_bar)
 from suite.claims import Check, Claim, Deviation, Knob, Verdict
+from suite.costs import atari_cpu_seconds
 from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.atari_onpolicy import AtariOnPolicyConfig
 
@@ -291,28 +292,6 @@ def curves_figure(runs, rows, rng, order: list[str], tasks: tuple[str, ...], ran
     return fig
 
 
-SECONDS_PER_STEP = {"minatar": 3.1e-4, "ale": 4.7e-3, "ff": 1.5e-4, "lstm": 4.9e-4, "transformer_layer": 4.0e-4}
-"""CPU-seconds per agent step, measured on the 2-core development machine on 2026-12-03 (one torch thread, two runs at
-once): MinAtar Breakout with the MinAtar network (A1's quick sweep); ALE Breakout with PPO and the Nature CNN (8 envs,
-4 epochs × 4 minibatches); on the T-maze at width 64, unroll and memory 32: an LSTM, and a transformer per layer (GTrXL:
-0.8 ms at 2 layers, 2.4 ms at 6); the feed-forward core's is estimated. Good to about a factor of two."""
-
-
-def cpu_seconds(task: str, cfg: AtariOnPolicyConfig) -> float:
-    """Estimated CPU-seconds of one run (`SECONDS_PER_STEP`); a transformer's cost scales with its layers, its width over 64
-    and its attention span (unroll + memory) over 64 (a lower bound for wide cores, whose matrix products dominate)."""
-    if cfg.random_baseline:
-        return 0.0
-    if task.startswith(("ale-", "minatar-")):
-        return cfg.total_steps * SECONDS_PER_STEP["ale" if task.startswith("ale-") else "minatar"]
-    if cfg.core in CORE_LABELS and cfg.core not in ("ff", "lstm"):
-        rate = SECONDS_PER_STEP["transformer_layer"] * cfg.core_layers * max(1.0, cfg.core_hidden / 64) \
-            * max(1.0, (cfg.unroll + cfg.core_memory) / 64)
-    else:
-        rate = SECONDS_PER_STEP[cfg.core]
-    return cfg.total_steps * rate
-
-
 class AtariQuestion(Question):
     tmaze: dict[str, dict] = {}
     """The T-maze's settings per profile (`SWEEP_TMAZE` or `MEMORY_TMAZE`)."""
@@ -328,7 +307,7 @@ class AtariQuestion(Question):
         parts = []
         for profile in ("quick", "standard", "paper"):
             points = self.grid(profile)
-            hours = sum(cpu_seconds(p.spec.task, p.spec.train_config) for p in points) / 3600
+            hours = sum(atari_cpu_seconds(p.spec.task, p.spec.train_config) for p in points) / 3600
             parts.append(f"`{profile}`{' (planned to decide)' if profile == self.decides_at else ''}: {len(points)} runs, "
                          f"≈ {hours:,.1f} CPU-hours")
         return ("Budgets — " + "; ".join(parts) + " (estimated from per-step costs measured on the 2-core development "
