@@ -279,3 +279,13 @@ def test_every_report_names_the_deciding_profile_and_its_estimated_cpu_hours():
     points = A.AtariDivergence().grid("standard")
     est = costs.estimate([p.spec for p in points], {}, lambda task: "atari")["atari"]
     assert est.cpu_s == pytest.approx(sum(costs.atari_cpu_seconds(p.spec.task, p.spec.train_config) for p in points))
+
+
+def test_a2_lists_each_diverged_run_with_its_step_and_reason():
+    q = A.AtariDivergence()
+    runs, rows = _frames(q, curve=lambda v, t, s: _flat(0.0, s), diverged={("GTrXL lr=0.01", 1)})
+    runs["diverged_step"] = np.where(runs.status == "diverged", 1024, np.nan)
+    runs["diverged_reason"] = np.where(runs.status == "diverged", "return collapse: …", None)
+    title, table = q.analyse(runs, rows, np.random.default_rng(0)).tables[0]
+    assert title == "Diverged runs" and table.to_dict("records") == [
+        {"core and learning rate": "GTrXL lr=0.01", "seed": 1, "step": "1,024", "reason": "return collapse: …"}]

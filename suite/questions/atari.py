@@ -571,7 +571,19 @@ class AtariDivergence(_SweepQuestion):
                                       f"{', '.join(f'{x:g}' for x in lrs)}); the per-rate columns of the table show where "
                                       f"cores fail. `standard` and `paper` sweep to {max(SWEEP_LRS):g}; a top of 0.1 is not "
                                       "run by any profile.")
-        return Analysis([verdict], {"divergence.png": _rate_figure(counts)}, notes=[self.budget_note()])
+        return Analysis([verdict], {"divergence.png": _rate_figure(counts)}, tables=[("Diverged runs", _diverged_table(runs))],
+                        notes=[self.budget_note()])
+
+
+def _diverged_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every diverged run of the sweep with the step and the reason the loop recorded."""
+    cols = {"variant": "core and learning rate", "seed": "seed", "diverged_step": "step", "diverged_reason": "reason"}
+    sel = runs[runs.status.eq("diverged")]
+    if sel.empty or not set(cols) <= set(runs.columns):
+        return pd.DataFrame({"core and learning rate": ["none diverged"]})
+    table = sel[list(cols)].rename(columns=cols).sort_values(["core and learning rate", "seed"]).reset_index(drop=True)
+    table["step"] = [f"{int(x):,}" if pd.notna(x) else "—" for x in table["step"]]
+    return table
 
 
 def _rate_figure(counts: dict[str, np.ndarray]):
