@@ -160,9 +160,9 @@ def _flat(level, seed, spread=0.05):
     return [level + spread * (seed - 2)] * len(STEPS)
 
 
-def test_every_final_score_is_the_mean_of_at_least_ten_evaluation_episodes_at_quick_and_paper():
+def test_every_final_score_is_the_mean_of_at_least_ten_evaluation_episodes_beyond_smoke():
     for q in (A.AtariVMPOvsPPO(), A.AtariDivergence(), A.AtariTrXLFails(), A.AtariMemory()):
-        for profile in ("quick", "paper"):
+        for profile in ("quick", "standard", "paper"):
             assert all(p.spec.train_config.eval_episodes >= 10 for p in q.grid(profile)), (q.name, profile)
 
 
