@@ -308,8 +308,8 @@ class AtariQuestion(Question):
         for profile in ("quick", "standard", "paper"):
             points = self.grid(profile)
             hours = sum(atari_cpu_seconds(p.spec.task, p.spec.train_config) for p in points) / 3600
-            parts.append(f"`{profile}`{' (planned to decide)' if profile == self.decides_at else ''}: {len(points)} runs, "
-                         f"≈ {hours:,.1f} CPU-hours")
+            cost = f"≈ {hours:,.1f} CPU-hours" if hours >= 1 else f"≈ {hours * 60:.0f} CPU-minutes"
+            parts.append(f"`{profile}`{' (planned to decide)' if profile == self.decides_at else ''}: {len(points)} runs, {cost}")
         return ("Budgets — " + "; ".join(parts) + " (estimated from per-step costs measured on the 2-core development "
                 "machine, good to about a factor of two; runs shared with another question count in both; `emrl run <claim> --profile <p> --dry-run` prices any grid).")
 
