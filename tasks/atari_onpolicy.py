@@ -12,10 +12,13 @@ The core runs with `span="sliding"` by default: every step attends to at most it
 unroll from its stored state reproduces the actor's outputs exactly and PPO's ratio is 1 before the first
 update (TrXL's segment recurrence would let step t of a replayed unroll see M + t steps; see `tasks/cores.py`).
 
-Seeds are trained one after another (a transformer core's memory makes lockstep stacking of seeds unwieldy);
-the runner's workers run grid cells in parallel. A run that produces a non-finite loss, gradient or parameter,
+The seeds of a grid cell train in lockstep (`_train_group`): their environments in one vector env, their agents
+stacked on a seed dim and run with `torch.func.vmap` (the cores keep batch-first states, and the LSTM writes its cell
+out, since vmap has no rule for aten::lstm_cell), the algorithm's loss vmapped with each seed's own duals, as in
+the control family. A seed's numbers equal its numbers alone (exactly for the feed-forward and LSTM cores, to float
+rounding with attention; tested). A run that produces a non-finite loss, gradient or parameter,
 a minibatch KL(π_old‖π_θ) above `kl_limit`, or (where `collapse_learned` is set) a collapse of its training return
-after it learned (`CollapseWatch`), stops and is recorded `diverged` with the step and reason.
+after it learned (`CollapseWatch`), stops and is recorded `diverged` with the step and reason; the other seeds go on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 from algorithms import REGISTRY as ALGORITHMS
 from algorithms.base import Batch, Needs
@@ -35,6 +39,7 @@ from tasks.atari import AtariTaskConfig, AtariVecEnv, all_tasks, make_torso, ran
 from tasks.base import Device, Family, RunResult, RunSpec, register_task
 from tasks.control_onpolicy import advantages_and_targets, next_values
 from tasks.cores import CoreConfig, make_core
+from tasks.dmc import SeedStatus, Stacked, clip_grad_norm_per_seed, seed_generators
 from tasks.seeding import generator, stream_seed
 
 
@@ -205,159 +210,249 @@ def evaluate(agent: Agent, task: str, task_cfg: AtariTaskConfig, episodes: int, 
 
 
 def train(specs: list[RunSpec]) -> list[RunResult]:
-    """Train runs that differ only in seed, one after another."""
-    return [train_one(s) for s in specs]
+    """Train runs that differ only in seed: the learning ones in lockstep (`_train_group`), a random baseline alone."""
+    results: list[RunResult | None] = [None] * len(specs)
+    learners = [i for i, s in enumerate(specs) if not s.train_config.random_baseline]
+    for i, spec in enumerate(specs):
+        if spec.train_config.random_baseline:
+            cfg = spec.train_config
+            results[i] = RunResult("ok", [(0, "eval/return", random_policy_return(spec.task, spec.task_config,
+                                                                                    cfg.eval_episodes, spec.seed))])
+    if learners:
+        for i, r in zip(learners, _train_group([specs[i] for i in learners])):
+            results[i] = r
+    return results
 
 
 def train_one(spec: RunSpec) -> RunResult:
-    cfg: AtariOnPolicyConfig = spec.train_config
-    task_cfg: AtariTaskConfig = spec.task_config
-    if cfg.random_baseline:
-        return RunResult("ok", [(0, "eval/return", random_policy_return(spec.task, task_cfg, cfg.eval_episodes, spec.seed))])
-    method = ALGORITHMS[spec.algo](spec.algo_config)
-    needs = type(method).needs_for(spec.algo_config)
-    missing = needs.missing(PROVIDES)
-    if missing:
-        raise ConfigError(f"algorithm {spec.algo!r} needs {', '.join(missing)}, which the Atari on-policy loop does not provide.")
-    if getattr(spec.algo_config, "kl_split", "joint") == "decoupled":
-        raise ConfigError(f"{spec.algo!r} with kl_split='decoupled' needs a Gaussian policy; Atari policies are categorical.")
+    """One run alone (a group of one seed)."""
+    return train([spec])[0]
 
-    N, T, U = cfg.num_envs, cfg.unroll, cfg.unrolls
+
+class _Learner:
+    """The S seeds' agents, duals and optimisers of one lockstep group, and the learner step on a minibatch.
+
+    Parameters are stacked on a leading seed dim (`tasks.dmc.Stacked`: each seed initialised from its own "run/init"
+    stream); `forward` runs every seed's agent on its own slice with `torch.func.vmap`; the algorithm's loss is vmapped
+    over seeds with each seed's own duals; Adam is elementwise, so stacked parameters give each seed its own optimiser
+    state; the gradient norm is clipped per seed and a stopped seed's gradients are zeroed.
+    """
+
+    def __init__(self, specs: list[RunSpec], obs_shape: tuple[int, ...], num_actions: int, dev: torch.device):
+        spec0 = specs[0]
+        self.cfg: AtariOnPolicyConfig = spec0.train_config
+        cfg = self.cfg
+        method = ALGORITHMS[spec0.algo](spec0.algo_config)
+        self.needs = needs = type(method).needs_for(spec0.algo_config)
+        missing = needs.missing(PROVIDES)
+        if missing:
+            raise ConfigError(f"algorithm {spec0.algo!r} needs {', '.join(missing)}, which the Atari on-policy loop does "
+                              "not provide.")
+        if getattr(spec0.algo_config, "kl_split", "joint") == "decoupled":
+            raise ConfigError(f"{spec0.algo!r} with kl_split='decoupled' needs a Gaussian policy; Atari policies are "
+                              "categorical.")
+        S = len(specs)
+        self.method = method.to(dev)
+        self.nets = Stacked(lambda: Agent(obs_shape, num_actions, cfg), [s.seed for s in specs], dev)
+        self.duals = {k: v.detach()[None].repeat(S, *([1] * v.dim())).requires_grad_() for k, v in method.named_parameters()}
+        self.opt = torch.optim.Adam(list(self.nets.params.values()), lr=cfg.lr, eps=cfg.adam_eps)
+        self.dual_opt = torch.optim.Adam(list(self.duals.values()), lr=cfg.dual_lr) if self.duals else None
+        self.ent_coef = float(getattr(spec0.algo_config, "ent_coef", 0.0) or 0.0)
+        self.wants_ref = needs.logp_ref or needs.kl_ref
+        template = self.nets.template
+        self._forward = vmap(lambda p, o, st, fi: functional_call(template, p, (o, st, fi)))
+        self._loss = vmap(self._seed_loss)
+
+    def forward(self, obs: Tensor, state: tuple, first: Tensor) -> tuple[Tensor, Tensor, tuple]:
+        """obs [S, T, B, *obs_shape], state (each [S, B, ...]), first [S, T, B] -> logits [S, T, B, A], value [S, T, B],
+        the state after step T."""
+        return self._forward(self.nets.params, obs, state, first)
+
+    def initial_state(self, batch: int) -> tuple:
+        one = self.nets.template.core.initial_state(batch)
+        S = len(self.nets.params[next(iter(self.nets.params))])
+        return tuple(x[None].repeat(S, *([1] * x.dim())) for x in one)
+
+    def _seed_loss(self, duals: dict[str, Tensor], t: dict[str, Tensor]):
+        """One seed's algorithm loss on its minibatch tensors (vmapped over seeds)."""
+        logp = t["logp"]
+        batch = Batch(logp=logp, score=t["adv"], mask=torch.ones_like(logp), logp_old=t["logp_old"], kl_old=t["kl_old"],
+                      value=t["value"], value_old=t["value_old"], value_target=t["target"])
+        if self.wants_ref:
+            batch.logp_ref, batch.kl_ref = t["logp_old"], t["kl_old"]
+        if self.ent_coef > 0:
+            batch.entropy = t["entropy"]
+        return functional_call(self.method, duals, (batch,)) if duals else self.method(batch)
+
+    def step(self, mb: dict[str, Tensor], start: tuple, alive: Tensor):
+        """One learner step of every seed on its minibatch `mb` (each [S, T, b, ...]) from its stored states `start`.
+
+        Returns (loss [S], KL(π_old‖π_θ) [S], gradient norm [S], metrics {name: [S]}); the caller stops seeds whose loss
+        or KL is bad before this step's update counts (their gradients are zeroed here)."""
+        S = alive.shape[0]
+        logits, value, _ = self.forward(mb["obs"], start, mb["first"])
+        logp_all = logits.log_softmax(-1)
+        act = mb["act"][..., None]
+        kl_old = kl_categorical(mb["logits"], logits).reshape(S, -1)
+        t = {"logp": logp_all.gather(-1, act).reshape(S, -1, 1),
+             "logp_old": mb["logits"].log_softmax(-1).gather(-1, act).reshape(S, -1, 1),
+             "adv": mb["adv"].reshape(S, -1, 1), "kl_old": kl_old, "value": value.reshape(S, -1, 1),
+             "value_old": mb["value"].reshape(S, -1, 1), "target": mb["target"].reshape(S, -1, 1)}
+        if self.ent_coef > 0:
+            t["entropy"] = -(logp_all.exp() * logp_all).sum(-1).reshape(S, -1, 1)
+        loss, metrics = self._loss(self.duals, t)
+        if not self.needs.values:
+            v_loss = 0.5 * (value - mb["target"]).pow(2).mean((1, 2))
+            loss = loss + self.cfg.vf_coef * v_loss
+            metrics = {**metrics, "loss/value": v_loss.detach()}
+        kl_now = kl_old.detach().mean(1)
+        ok = torch.isfinite(loss) & (kl_now <= self.cfg.kl_limit) & alive
+        self.opt.zero_grad(set_to_none=True)
+        if self.dual_opt:
+            self.dual_opt.zero_grad(set_to_none=True)
+        torch.where(ok, loss, torch.zeros_like(loss)).sum().backward()
+        grad_norm = clip_grad_norm_per_seed(list(self.nets.params.values()), self.cfg.max_grad_norm, ok)
+        if self.duals:
+            clip_grad_norm_per_seed(list(self.duals.values()), None, ok & torch.isfinite(grad_norm))
+        return loss.detach(), kl_now, grad_norm, metrics
+
+    def update(self) -> None:
+        self.opt.step()
+        if self.dual_opt:
+            self.dual_opt.step()
+
+
+def _train_group(specs: list[RunSpec]) -> list[RunResult]:
+    """The seeds of one grid cell trained in lockstep.
+
+    The S seeds' environments live in one `AtariVecEnv` (S × num_envs, each seeded from its own seed's "instance"
+    stream), their agents in one `_Learner`. Each seed draws its actions and minibatch orders from its own "run"
+    generator, so its numbers do not depend on which seeds share its group (up to floating-point reassociation in
+    batched matrix products). A seed that diverges stops learning from that step and its rows end there; the others
+    go on.
+    """
+    spec0 = specs[0]
+    cfg: AtariOnPolicyConfig = spec0.train_config
+    task_cfg: AtariTaskConfig = spec0.task_config
+    seeds = [s.seed for s in specs]
+    S, N, T, U = len(seeds), cfg.num_envs, cfg.unroll, cfg.unrolls
     dev = torch.device(cfg.device)
-    method.to(dev)
-    env = AtariVecEnv(spec.task, [stream_seed(spec.seed, f"instance/{i}") for i in range(N)], task_cfg)
-    gen = generator(spec.seed, "run", dev)
-    with torch.random.fork_rng(devices=[]):  # initialised on the CPU, then moved: the same weights on every device
-        torch.manual_seed(stream_seed(spec.seed, "run/init"))
-        agent = Agent(env.obs_shape, env.num_actions, cfg).to(dev)
-    opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    duals = list(method.parameters())
-    dual_opt = torch.optim.Adam(duals, lr=cfg.dual_lr) if duals else None
-    ent_coef = float(getattr(spec.algo_config, "ent_coef", 0.0) or 0.0)
-    wants_ref = needs.logp_ref or needs.kl_ref
+    env = AtariVecEnv(spec0.task, [stream_seed(sd, f"instance/{i}") for sd in seeds for i in range(N)], task_cfg)
+    learner = _Learner(specs, env.obs_shape, env.num_actions, dev)
+    gens = seed_generators(seeds, "run", dev)
+    status = SeedStatus(S, dev)
+    watches = [CollapseWatch(cfg.collapse_learned, cfg.collapse_to, cfg.collapse_window)
+               if cfg.collapse_learned is not None else None for _ in seeds]
+    rows: list[list[tuple[int, str, float]]] = [[] for _ in seeds]
+    seed_rows = torch.arange(S, device=dev)[:, None]
 
     R = T * U
-    obs_buf = torch.zeros(R, N, *env.obs_shape, device=dev)
-    act_buf = torch.zeros(R, N, dtype=torch.long, device=dev)
-    logits_buf = torch.zeros(R, N, env.num_actions, device=dev)
-    value_buf, rew_buf, term_buf, trunc_buf, final_v = (torch.zeros(R, N, device=dev) for _ in range(5))
-    first_buf = torch.zeros(R, N, dtype=torch.bool, device=dev)
+    obs_buf = torch.zeros(R, S, N, *env.obs_shape, device=dev)
+    act_buf = torch.zeros(R, S, N, dtype=torch.long, device=dev)
+    logits_buf = torch.zeros(R, S, N, env.num_actions, device=dev)
+    first_buf = torch.zeros(R, S, N, dtype=torch.bool, device=dev)
+    value_buf, rew_buf, term_buf, trunc_buf, final_v = (torch.zeros(R, S * N, device=dev) for _ in range(5))
 
-    rows: list[tuple[int, str, float]] = []
-    state = agent.core.initial_state(N)
-    first = torch.ones(N, dtype=torch.bool, device=dev)
+    state = learner.initial_state(N)
+    first = torch.ones(S, N, dtype=torch.bool, device=dev)
     obs = env.obs
     iterations = cfg.total_steps // cfg.rollout
-    env_steps, learner_steps, next_eval = 0, 0, cfg.eval_every
-    watch = CollapseWatch(cfg.collapse_learned, cfg.collapse_to, cfg.collapse_window) \
-        if cfg.collapse_learned is not None else None
+    env_steps, next_eval = 0, cfg.eval_every
 
-    def diverged(reason: str) -> RunResult:
-        return RunResult("diverged", rows, diverged={"step": env_steps, "reason": reason})
+    def view(x: np.ndarray) -> Tensor:  # [S·N, ...] from the env -> [S, N, ...] on the device
+        return torch.from_numpy(x).to(dev).view(S, N, *x.shape[1:])
 
     for it in range(iterations):
+        if not status.alive.any():
+            break
         if cfg.anneal_lr:
-            for g in opt.param_groups:
+            for g in learner.opt.param_groups:
                 g["lr"] = cfg.lr * (1.0 - it / iterations)
         # ------------------------------------------------------------------------ rollout: U unrolls of T steps
-        starts, ended_returns = [], []
+        starts, ended_returns = [], [[] for _ in seeds]
         with torch.no_grad():
             for t in range(R):
                 if t % T == 0:
                     starts.append(_detach(state))
-                o = torch.from_numpy(obs).to(dev)
-                logits, value, state = agent(o[None], state, first[None])
-                a = _sample(logits[0], gen)
-                obs_buf[t], act_buf[t], logits_buf[t], value_buf[t], first_buf[t] = o, a, logits[0], value[0], first
-                obs, reward, terminated, truncated, final_obs, ended_return = env.step(a.cpu().numpy())
+                o = view(obs)
+                logits, value, state = learner.forward(o[:, None], state, first[:, None])
+                a = torch.stack([_sample(logits[s, 0], gens[s]) for s in range(S)])
+                obs_buf[t], act_buf[t], logits_buf[t], first_buf[t] = o, a, logits[:, 0], first
+                value_buf[t] = value[:, 0].reshape(S * N)
+                obs, reward, terminated, truncated, final_obs, ended_return = env.step(a.reshape(S * N).cpu().numpy())
                 rew_buf[t] = torch.from_numpy(np.sign(reward) if cfg.clip_reward else reward).to(dev).float()
                 term_buf[t] = torch.from_numpy(terminated).to(dev).float()
                 trunc_buf[t] = torch.from_numpy(truncated).to(dev).float()
                 if truncated.any():  # bootstrap a time-limit cut from V(final observation) under the episode's own state
-                    _, v_final, _ = agent(torch.from_numpy(final_obs).to(dev)[None], state,
-                                          torch.zeros(1, N, dtype=torch.bool, device=dev))
-                    final_v[t] = v_final[0]
-                first = torch.from_numpy(terminated | truncated).to(dev)
-                ended_returns.extend(ended_return[~np.isnan(ended_return)].tolist())
+                    _, v_final, _ = learner.forward(view(final_obs)[:, None], state,
+                                                    torch.zeros(S, 1, N, dtype=torch.bool, device=dev))
+                    final_v[t] = v_final[:, 0].reshape(S * N)
+                first = view(terminated | truncated)
+                for i in np.flatnonzero(~np.isnan(ended_return)):
+                    ended_returns[i // N].append(float(ended_return[i]))
             env_steps += cfg.rollout
-            _, last_value, _ = agent(torch.from_numpy(obs).to(dev)[None], state, first[None])
-            nv = next_values(value_buf, last_value[0], trunc_buf, final_v)
+            _, last_value, _ = learner.forward(view(obs)[:, None], state, first[:, None])
+            nv = next_values(value_buf, last_value[:, 0].reshape(S * N), trunc_buf, final_v)
             adv, target = advantages_and_targets(rew_buf, value_buf, nv, term_buf, trunc_buf, returns=cfg.returns,
                                                  gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, unroll=T)
-        if ended_returns:
-            rows.append((env_steps, "train/episode_return", float(np.mean(ended_returns))))
-            collapse = watch.update(env_steps, rows[-1][2]) if watch else None
-            if collapse:
-                return diverged(collapse)
+        for s in range(S):
+            if ended_returns[s] and status.alive[s]:
+                rows[s].append((env_steps, "train/episode_return", float(np.mean(ended_returns[s]))))
+                collapse = watches[s].update(env_steps, rows[s][-1][2]) if watches[s] else None
+                if collapse:
+                    status.kill(torch.arange(S, device=dev) == s, collapse, env_steps)
+        if not status.alive.any():
+            break
 
         # ------------------------------------------------------------------------ learner: minibatches of whole unrolls
-        def unrolls_of(x: Tensor) -> Tensor:  # [R, N, ...] -> [U·N, T, ...] (unroll-major)
-            return x.reshape(U, T, N, *x.shape[2:]).transpose(1, 2).reshape(U * N, T, *x.shape[2:])
+        def unrolls_of(x: Tensor) -> Tensor:  # [R, S, N, ...] -> [S, U·N, T, ...] (each seed's unrolls, unroll-major)
+            x = x.reshape(U, T, S, N, *x.shape[3:])
+            return x.permute(2, 0, 3, 1, *range(4, x.dim())).reshape(S, U * N, T, *x.shape[4:])
 
-        data = {k: unrolls_of(v) for k, v in (("obs", obs_buf), ("act", act_buf), ("logits", logits_buf), ("value", value_buf),
-                                               ("first", first_buf), ("adv", adv), ("target", target))}
-        start_state = tuple(torch.cat([s[i] for s in starts]) for i in range(len(starts[0])))  # each [U·N, ...]
+        per_seed = {"obs": obs_buf, "act": act_buf, "logits": logits_buf, "first": first_buf}
+        per_seed.update({k: v.view(R, S, N) for k, v in (("value", value_buf), ("adv", adv), ("target", target))})
+        data = {k: unrolls_of(v) for k, v in per_seed.items()}
+        start_state = tuple(torch.cat([st[i] for st in starts], 1) for i in range(len(starts[0])))  # each [S, U·N, ...]
         logged: list[Tensor] = []
         keys: list[str] = []
         for _epoch in range(cfg.epochs):
-            perm = torch.randperm(U * N, generator=gen, device=dev)
-            for idx in perm.tensor_split(cfg.minibatches):
-                mb = {k: v[idx].transpose(0, 1) for k, v in data.items()}  # [T, b, ...]
-                logits, value, _ = agent(mb["obs"], tuple(s[idx] for s in start_state), mb["first"])
-                logp_all = logits.log_softmax(-1)
-                logp_old_all = mb["logits"].log_softmax(-1)
-                logp = logp_all.gather(-1, mb["act"][..., None]).reshape(-1, 1)
-                logp_old = logp_old_all.gather(-1, mb["act"][..., None]).reshape(-1, 1)
-                kl_old = kl_categorical(mb["logits"], logits).reshape(-1)
-                batch = Batch(logp=logp, score=mb["adv"].reshape(-1, 1), mask=torch.ones_like(logp), logp_old=logp_old,
-                              kl_old=kl_old, value=value.reshape(-1, 1), value_old=mb["value"].reshape(-1, 1),
-                              value_target=mb["target"].reshape(-1, 1))
-                if wants_ref:
-                    batch.logp_ref, batch.kl_ref = logp_old, kl_old
-                if ent_coef > 0:
-                    batch.entropy = -(logp_all.exp() * logp_all).sum(-1).reshape(-1, 1)
-                loss, metrics = method(batch)
-                if not needs.values:
-                    v_loss = 0.5 * (value - mb["target"]).pow(2).mean()
-                    loss = loss + cfg.vf_coef * v_loss
-                    metrics = {**metrics, "loss/value": v_loss.detach()}
-                kl_now = float(kl_old.detach().mean())
-                if not torch.isfinite(loss):
-                    return diverged("non-finite loss")
-                if kl_now > cfg.kl_limit:
-                    return diverged(f"KL(π_old‖π_θ) = {kl_now:.3g} > {cfg.kl_limit:g}")
-                opt.zero_grad(set_to_none=True)
-                if dual_opt:
-                    dual_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm or float("inf"))
-                if not torch.isfinite(grad_norm):
-                    return diverged("non-finite gradient")
-                opt.step()
-                if dual_opt:
-                    dual_opt.step()
-                learner_steps += 1
+            perms = torch.stack([torch.randperm(U * N, generator=g, device=dev) for g in gens])  # [S, U·N]
+            for idx in perms.tensor_split(cfg.minibatches, dim=1):
+                mb = {k: v[seed_rows, idx].transpose(1, 2) for k, v in data.items()}  # [S, T, b, ...]
+                loss, kl_now, grad_norm, metrics = learner.step(mb, tuple(x[seed_rows, idx] for x in start_state),
+                                                                status.alive)
+                bad_loss, bad_kl = ~torch.isfinite(loss), kl_now > cfg.kl_limit
+                status.kill(bad_loss, "non-finite loss", env_steps)
+                status.kill(bad_kl, [f"KL(π_old‖π_θ) = {k:.3g} > {cfg.kl_limit:g}" for k in kl_now.tolist()], env_steps)
+                status.kill(~torch.isfinite(grad_norm), "non-finite gradient", env_steps)
+                if not status.alive.any():
+                    return status.results(rows)
+                learner.update()
                 if not keys:
                     keys = [*metrics, "update/grad_norm"]
-                logged.append(torch.stack([*(m.detach().float().reshape(()) for m in metrics.values()), grad_norm]))
+                logged.append(torch.stack([*(m.detach().float().reshape(S) for m in metrics.values()), grad_norm]))
         # ------------------------------------------------------------------------ per-iteration logging, evaluation
         with torch.no_grad():
-            if not all(torch.isfinite(p).all() for p in agent.parameters()):
-                return diverged("non-finite parameters")
-            update_kl = float(kl_categorical(data["logits"].reshape(-1, env.num_actions),
-                                             agent(data["obs"].transpose(0, 1), start_state, data["first"].transpose(0, 1))[0]
-                                             .transpose(0, 1).reshape(-1, env.num_actions)).mean())
-        rows.extend((env_steps, k, float(m)) for k, m in zip(keys, torch.stack(logged).mean(0).tolist()))
-        rows.append((env_steps, "update/kl", update_kl))
-        rows.append((env_steps, "update/lr", float(opt.param_groups[0]["lr"])))
-        if env_steps >= next_eval or it == iterations - 1:
+            finite = torch.stack([torch.isfinite(p.reshape(S, -1)).all(1) for p in learner.nets.params.values()]).all(0)
+            status.kill(~finite, "non-finite parameters", env_steps)
+            new_logits = learner.forward(data["obs"].transpose(1, 2), start_state, data["first"].transpose(1, 2))[0]
+            update_kl = kl_categorical(data["logits"].transpose(1, 2), new_logits).reshape(S, -1).mean(1)
+        means = torch.stack(logged).mean(0)  # [K, S]
+        evaluating = env_steps >= next_eval or it == iterations - 1
+        if evaluating:
             while next_eval <= env_steps:
                 next_eval += cfg.eval_every
-            agent.eval()
-            rows.append((env_steps, "eval/return", evaluate(agent, spec.task, task_cfg, cfg.eval_episodes, spec.seed,
-                                                            cfg.eval_max_steps)))
-            agent.train()
-    return RunResult("ok", rows)
+        for s in range(S):
+            if not status.alive[s]:
+                continue
+            rows[s].extend((env_steps, k, float(m)) for k, m in zip(keys, means[:, s].tolist()))
+            rows[s].append((env_steps, "update/kl", float(update_kl[s])))
+            rows[s].append((env_steps, "update/lr", float(learner.opt.param_groups[0]["lr"])))
+            if evaluating:
+                agent = learner.nets.module_of(s).eval()
+                rows[s].append((env_steps, "eval/return", evaluate(agent, spec0.task, task_cfg, cfg.eval_episodes,
+                                                                   seeds[s], cfg.eval_max_steps)))
+    return status.results(rows)
 
 
 def _register() -> None:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from algorithms.config import ConfigError, check_choices, check_positive, field
@@ -127,9 +128,15 @@ class LSTMCore(Core):
     def forward(self, x: Tensor, state: State, first: Tensor) -> tuple[Tensor, State]:
         h, c = state
         keep = (~first.bool()).to(x.dtype)[..., None]  # [T, B, 1]
+        cell = self.cell
+        pre = F.linear(x, cell.weight_ih, cell.bias_ih)  # the input's share of the gates, every step at once
         ys = []
         for t in range(x.shape[0]):
-            h, c = self.cell(x[t], (h * keep[t], c * keep[t]))
+            # nn.LSTMCell's equations written out (gates i, f, g, o), so the core runs under torch.func.vmap, which has no
+            # batching rule for aten::lstm_cell
+            i, f, g, o = (pre[t] + F.linear(h * keep[t], cell.weight_hh, cell.bias_hh)).chunk(4, -1)
+            c = torch.sigmoid(f) * (c * keep[t]) + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
             ys.append(h)
         return torch.stack(ys), (h, c)
 

@@ -289,3 +289,35 @@ def test_a2_lists_each_diverged_run_with_its_step_and_reason():
     title, table = q.analyse(runs, rows, np.random.default_rng(0)).tables[0]
     assert title == "Diverged runs" and table.to_dict("records") == [
         {"core and learning rate": "GTrXL lr=0.01", "seed": 1, "step": "1,024", "reason": "return collapse: …"}]
+
+
+@pytest.mark.parametrize("algo,cfg,core,exact", [("ppo", PPOConfig(), "ff", True), ("vmpo", VMPOConfig(), "lstm", True),
+                                                 ("vmpo", VMPOConfig(), "gtrxl", False)])
+def test_a_seed_trained_in_a_group_gets_the_numbers_it_gets_alone(algo, cfg, core, exact):
+    """Seeds train in lockstep (stacked agents under vmap); each draws from its own streams, so its rows equal its rows
+    alone — exactly for the feed-forward and LSTM cores here, to float rounding where batched attention reassociates."""
+    loop = dataclasses.replace(TINY, core=core, total_steps=8 * TINY.rollout)
+    family = tasks.TASKS["tmaze-memory"].family
+    group = family.train([RunSpec("tmaze-memory", TMAZE, algo, cfg, loop, s) for s in (0, 1, 2)])
+    for s, together in enumerate(group):
+        alone = family.train([RunSpec("tmaze-memory", TMAZE, algo, cfg, loop, s)])[0]
+        assert [r[:2] for r in together.rows] == [r[:2] for r in alone.rows]
+        if exact:
+            assert together.rows == alone.rows
+        else:
+            assert np.allclose([r[2] for r in together.rows], [r[2] for r in alone.rows], rtol=1e-4, atol=1e-5)
+
+
+def test_in_a_group_a_seed_that_collapses_stops_at_its_own_step_and_the_others_go_on():
+    loop = dataclasses.replace(TINY, total_steps=40 * TINY.rollout)
+    watched = dataclasses.replace(loop, collapse_learned=0.5, collapse_to=-0.5, collapse_window=1)
+    family = tasks.TASKS["tmaze-memory"].family
+    group = family.train([RunSpec("tmaze-memory", TMAZE, "ppo", PPOConfig(), watched, s) for s in range(4)])
+    ends = []
+    for s, r in enumerate(group):
+        curve = [(st, v) for st, m, v in run("ppo", PPOConfig(), loop, seed=s).rows if m == "train/episode_return"]
+        learned = next((st for st, v in curve if v >= 0.5), None)
+        collapsed = next((st for st, v in curve if learned is not None and st > learned and v <= -0.5), None)
+        assert (r.status, r.diverged and r.diverged["step"]) == (("diverged", collapsed) if collapsed else ("ok", None))
+        ends.append(r.rows[-1][0])
+    assert len(set(ends)) > 1  # seeds end at their own steps: one that stopped did not stop the others

@@ -13,8 +13,9 @@ nature; it is reported, not asserted.
 the iteration cannot avoid, timed bare on the same shapes: acting (one batched forward per rollout step) and learning
 (epochs × minibatches of forward, backward and an Adam step). The target, asserted: the bare network work is ≥ 0.6 of the
 loop's time, i.e. environments, sampling, advantages, losses, divergence checks and logging add at most two thirds on top.
-What remains is the network itself on small batches (dispatch-bound at width 64), which only batching seeds into one
-network call would shrink further.
+What remains is the network itself on small batches (dispatch-bound at width 64): hence
+3. a grid cell's 5 seeds trained in lockstep (stacked agents under vmap, one call per step) against the same 5 seeds one
+after another; the speed-up is reported, and lockstep must not be slower.
 """
 
 import dataclasses
@@ -141,3 +142,27 @@ def test_bench_where_an_iteration_goes(benchmark):
         print(f"\n{name}: loop {b['loop_s']:.3f} s per iteration; bare network {b['acting_s']:.3f} s acting + "
               f"{b['learning_s']:.3f} s learning = {b['ratio']:.2f} of it")
     assert all(b["ratio"] >= 0.6 for b in best.values()), best
+
+
+def test_bench_seeds_in_lockstep_against_one_after_another(benchmark):
+    """A grid cell's 5 seeds trained in lockstep (one `train` call) against the same 5 trained one after another, per
+    case, at steady state (1 + R iterations minus 1). Reports the speed-up; asserts lockstep is not slower."""
+    seeds = range(5)
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for name, (task, task_cfg, algo, cfg, loop) in CASES.items():
+            def run(iterations, group):
+                train = dataclasses.replace(loop, total_steps=iterations * loop.rollout)
+                specs = [RunSpec(task, task_cfg, algo, cfg, train, s) for s in seeds]
+                t0 = time.perf_counter()
+                for batch in ([specs] if group else [[s] for s in specs]):
+                    assert all(r.status == "ok" for r in tasks.TASKS[task].family.train(batch))
+                return time.perf_counter() - t0
+            lockstep = (run(1 + EXTRA, True) - run(1, True)) / EXTRA
+            alone = (run(1 + EXTRA, False) - run(1, False)) / EXTRA
+            best[name] = max(best.get(name, 0.0), alone / lockstep)
+    benchmark.extra_info.update({f"{name} speed-up": v for name, v in best.items()})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    for name, v in best.items():
+        print(f"\n{name}: 5 seeds in lockstep {v:.2f}x faster than one after another")
+    assert all(v >= 1.0 for v in best.values()), best
