@@ -224,11 +224,6 @@ def train(specs: list[RunSpec]) -> list[RunResult]:
     return results
 
 
-def train_one(spec: RunSpec) -> RunResult:
-    """One run alone (a group of one seed)."""
-    return train([spec])[0]
-
-
 def _first(x):
     """Seed 0's slice of a dict, tuple or tensor stacked on a leading seed dim."""
     if isinstance(x, dict):
