@@ -8,6 +8,9 @@ registry packages, so nothing is downloaded at run time:
   editions in modern spelling (42 works, about 905,000 words), or the First Folio spellings (`folio=True`, 35 works); each is the
   play's text as the package ships it (no Gutenberg licence header), keyed by the package's id (e.g. "hamlet_gut").
   `titles()` gives each id's title from the package's metadata.
+- `build_bpe_tokenizer(texts, vocab_size)`: a byte-level BPE tokenizer trained with `tokenizers` on the given texts
+  (GPT-2's scheme: every byte is in the base alphabet, so any string encodes and decodes losslessly), with the LM
+  family's special tokens, as a `PreTrainedTokenizerFast`.
 - `gold_sentiment(texts)`: VADER's compound score in [−1, 1] for each text (Hutto & Gilbert 2014, "VADER: A
   Parsimonious Rule-based Model for Sentiment Analysis of Social Media Text", ICWSM; `vaderSentiment` 3.3.2): a
   human-rated valence lexicon with rules for negation, intensifiers, "but" and punctuation. The analyser is
@@ -43,6 +46,31 @@ def titles() -> dict[str, str]:
     meta = configparser.ConfigParser(interpolation=None)
     meta.read(corpus_dir() / "metadata.txt", encoding="utf-8")
     return {section: meta[section].get("title", section) for section in meta.sections()}
+
+
+SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
+"""The LM family's special tokens (`tasks.lm_language`), ids 0–3 here too."""
+
+
+def build_bpe_tokenizer(texts: list[str], vocab_size: int = 4096):
+    """A byte-level BPE tokenizer trained on `texts` (deterministic for the same texts and size): ids 0–3 are
+    `SPECIALS`, then the 256 byte symbols, then merges up to `vocab_size`; no special tokens added on encode (callers
+    put [BOS]/[EOS] themselves), right padding. Survives save_pretrained + AutoTokenizer.from_pretrained."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < len(SPECIALS) + 256:
+        raise ValueError(f"vocab_size = {vocab_size} is too small: needs at least {len(SPECIALS) + 256} (the specials "
+                         "and the 256 bytes).")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    pad, bos, eos, unk = SPECIALS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+                                   padding_side="right", clean_up_tokenization_spaces=False)
 
 
 @lru_cache(maxsize=1)

@@ -36,3 +36,19 @@ def test_the_gold_reward_is_vaders_compound_score(no_network):
     got = lm_english.gold_sentiment(sentences)
     assert got.dtype == np.float64 and got.tolist() == own
     assert got[0] > 0.5 and got[1] < -0.5 and got[2] == 0.0 and got[3] < 0  # the lexicon's negation rule
+
+
+def test_the_bpe_tokenizer_round_trips_text_and_save_pretrained(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = list(lm_english.works().values())[:3]
+    tok = lm_english.build_bpe_tokenizer(texts, vocab_size=600)
+    assert len(tok) == 600 and [tok.convert_tokens_to_ids(s) for s in lm_english.SPECIALS] == [0, 1, 2, 3]
+    line = "To be, or not to be: that is the question — naïve café?"  # bytes outside the corpus decode too
+    ids = tok(line)["input_ids"]
+    assert tok.decode(ids) == line and len(ids) < len(line.encode())  # merges compress
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(line)["input_ids"] == ids and loaded.decode(ids) == line and loaded.pad_token_id == 0
+    again = lm_english.build_bpe_tokenizer(texts, vocab_size=600)
+    assert again.get_vocab() == tok.get_vocab()  # deterministic
