@@ -16,9 +16,11 @@ The seeds of a grid cell train in lockstep (`_train_group`): their environments 
 stacked on a seed dim and run with `torch.func.vmap` (the cores keep batch-first states, and the LSTM writes its cell
 out, since vmap has no rule for aten::lstm_cell), the algorithm's loss vmapped with each seed's own duals, as in
 the control family. A seed's numbers equal its numbers alone up to float rounding in batched matrix products
-(tested); a group of one runs without vmap, whose per-op overhead about doubles a lone seed's time. A run that produces a non-finite loss, gradient or parameter,
-a minibatch KL(π_old‖π_θ) above `kl_limit`, or (where `collapse_learned` is set) a collapse of its training return
-after it learned (`CollapseWatch`), stops and is recorded `diverged` with the step and reason; the other seeds go on.
+(tested); a group of one runs without vmap, whose per-op overhead about doubles a lone seed's time.
+
+A run that produces a non-finite loss, gradient or parameter, a minibatch KL(π_old‖π_θ) above `kl_limit`, or (where
+`collapse_learned` is set) a collapse of its training return after it learned (`CollapseWatch`), stops and is recorded
+`diverged` with the step and reason; the other seeds go on.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ class _Learner:
         if getattr(spec0.algo_config, "kl_split", "joint") == "decoupled":
             raise ConfigError(f"{spec0.algo!r} with kl_split='decoupled' needs a Gaussian policy; Atari policies are "
                               "categorical.")
-        S = len(specs)
+        self.S = S = len(specs)
         self.method = method.to(dev)
         self.nets = Stacked(lambda: Agent(obs_shape, num_actions, cfg), [s.seed for s in specs], dev)
         self.duals = {k: v.detach()[None].repeat(S, *([1] * v.dim())).requires_grad_() for k, v in method.named_parameters()}
@@ -283,8 +285,7 @@ class _Learner:
 
     def initial_state(self, batch: int) -> tuple:
         one = self.nets.template.core.initial_state(batch)
-        S = len(self.nets.params[next(iter(self.nets.params))])
-        return tuple(x[None].repeat(S, *([1] * x.dim())) for x in one)
+        return tuple(x[None].repeat(self.S, *([1] * x.dim())) for x in one)
 
     def _seed_loss(self, duals: dict[str, Tensor], t: dict[str, Tensor]):
         """One seed's algorithm loss on its minibatch tensors (vmapped over seeds)."""
