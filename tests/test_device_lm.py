@@ -12,10 +12,11 @@ from device_leaks import device_leaks
 
 from algorithms import REGISTRY
 from algorithms.config import ConfigError
-from tasks import RunSpec, lm_language, lm_models, lm_rlhf, lm_sft_check, lm_tokens
-from tasks.lm_models import artifact_key, read_metadata
-from tasks.lm_rlhf import TINY_STAGES, LMRLHFConfig, LMTaskConfig, train
-from tasks.lm_sft_check import LMSFTCheckConfig
+from tasks import RunSpec
+from tasks.lm import language as lm_language, models as lm_models, rlhf as lm_rlhf, sft_check as lm_sft_check, tokens as lm_tokens
+from tasks.lm.models import artifact_key, read_metadata
+from tasks.lm.rlhf import TINY_STAGES, LMRLHFConfig, LMTaskConfig, train
+from tasks.lm.sft_check import LMSFTCheckConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

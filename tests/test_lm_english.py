@@ -1,4 +1,4 @@
-"""The real-English sources of the LM family (`tasks/lm_english.py`): the Shakespeare corpus loads without network, and
+"""The real-English sources of the LM family (`tasks/lm/english.py`): the Shakespeare corpus loads without network, and
 the gold reward is VADER's own compound score."""
 
 import socket
@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from tasks import lm_english
+from tasks.lm import english as lm_english
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The LM family's synthetic language (`tasks/lm_language.py`): the grammar's samples parse and non-sentences do not,
+"""The LM family's synthetic language (`tasks/lm/language.py`): the grammar's samples parse and non-sentences do not,
 the gold reward's arithmetic on hand-written responses, the prompt splits, the corpora's determinism and topic
 statistics, config validation and the tokenizer's round trips (incl. save_pretrained / from_pretrained)."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from algorithms.config import ConfigError
-from tasks import lm_language as lang
-from tasks.lm_language import (EOS, MAX_GOLD_REWARD, MAX_SENTENCE_WORDS, NOUNS, TOPIC_BONUS, UNGRAMMATICAL, VOCAB,
+from tasks.lm import language as lang
+from tasks.lm.language import (EOS, MAX_GOLD_REWARD, MAX_SENTENCE_WORDS, NOUNS, TOPIC_BONUS, UNGRAMMATICAL, VOCAB,
                                LanguageConfig, build_tokenizer, documents, gold_reward, gold_rewards, parse, prompts,
                                sample_sentence, sft_pairs, subject_of)
 

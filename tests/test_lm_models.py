@@ -1,4 +1,4 @@
-"""The LM family's model artifacts (`tasks/lm_models.py`) at tiny sizes: every stage saves and loads with the same
+"""The LM family's model artifacts (`tasks/lm/models.py`) at tiny sizes: every stage saves and loads with the same
 logits, the same config gives the same weights and is read from the cache the second time, an interrupted build
 leaves nothing that counts as an artifact, dropout overrides reach the config, the SFT labels mask the prompt,
 right-packing, the learning-rate schedule and the Bradley–Terry loss by hand, and config validation."""
@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from algorithms.config import ConfigError
-from tasks import lm_language as lang
-from tasks import lm_models
-from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, artifact_key,
+from tasks.lm import language as lang
+from tasks.lm import models as lm_models
+from tasks.lm.models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, artifact_key,
                              artifacts_root, bradley_terry_loss, collate, load_causal_lm, load_reward_model,
                              lr_factor, pack_right, pretrain_example, pretrained, read_metadata, reward_model,
                              reward_scores, sft_example, sft_model)
-from tasks.lm_tokens import encode_prompts
+from tasks.lm.tokens import encode_prompts
 
 TINY_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=40)
 # ~1 s per stage on one thread; the tiny SFT model's samples are ~80% grammatical, so gold ties are rare enough

@@ -2,7 +2,7 @@
 the fixed score set (the same prompts and sampling noise for every seed and method), and the LM questions' verdict rules
 on synthetic stored runs (premises, diverged runs, the knob's groups).
 
-Artifacts are the tiny stages (`tasks.lm_rlhf.TINY_STAGES`), built once per session in a temporary directory.
+Artifacts are the tiny stages (`tasks.lm.rlhf.TINY_STAGES`), built once per session in a temporary directory.
 """
 
 import dataclasses
@@ -21,9 +21,9 @@ from algorithms.ppo import PPOConfig
 from algorithms.sft import SFTConfig
 from algorithms.vmpo import VMPOConfig
 from tasks.base import RunSpec
-from tasks import lm_rlhf
-from tasks.lm_rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, final_scores, score_sets, train_one
-from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
+from tasks.lm import rlhf as lm_rlhf
+from tasks.lm.rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, final_scores, score_sets, train_one
+from tasks.lm.tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
 from tasks.seeding import generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

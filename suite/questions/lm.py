@@ -1,9 +1,9 @@
-"""The small-LM RLHF family (`tasks/lm_rlhf.py`): claims L1, L2, L3, L4, L5, L8 and L9.
+"""The small-LM RLHF family (`tasks/lm/rlhf.py`): claims L1, L2, L3, L4, L5, L8 and L9.
 
 Every RLHF run starts from the suite's SFT model (a `transformers` GPT-2 pretrained and SFT'd on the synthetic language of
-`tasks/lm_language.py`). **Scores** come from one fixed score set: 4 samples for each of the same 256 held-out prompts, for
+`tasks/lm/language.py`). **Scores** come from one fixed score set: 4 samples for each of the same 256 held-out prompts, for
 every seed and method, drawn with one generator fixed by the task rather than the run, so that the differences between
-runs are paired (`tasks.lm_rlhf`, rows `final/…`). A run's **gold improvement** is the mean gold reward on that set at the
+runs are paired (`tasks.lm.rlhf`, rows `final/…`). A run's **gold improvement** is the mean gold reward on that set at the
 end of training minus the same at the start (the SFT model: one number for every run of a task). Where a rule says so, a
 diverged run scores `UNGRAMMATICAL` − start (its policy is no longer usable); it feeds no other number. The cheap curve
 evaluation (64 prompts × 1 sample every `eval_every` updates) is plotted and never scored, except where a rule reads a
@@ -34,16 +34,16 @@ from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.bandits import eta_label
 from suite.questions.base import Analysis, Budget, Question, Variant
 from tasks.base import get_task
-from tasks.lm_language import UNGRAMMATICAL
-from tasks.lm_rlhf import LMRLHFConfig, stages
-from tasks.lm_sft_check import LMSFTCheckConfig
+from tasks.lm.language import UNGRAMMATICAL
+from tasks.lm.rlhf import LMRLHFConfig, stages
+from tasks.lm.sft_check import LMSFTCheckConfig
 
 LM, SMALL, PROXY = "lm-grammar", "lm-grammar-small", "lm-grammar-proxy"
 SMALL_PROMPTS = get_task(SMALL).config.train_prompts
 PROXY_PAIRS = get_task(PROXY).config.rm_pairs
 FINAL_PROMPTS, FINAL_SAMPLES = get_task(LM).config.final_prompts, get_task(LM).config.final_samples
 BASE_DROPOUT = stages(get_task(LM).config)[0].pretrain.model.dropout
-"""The dropout p the base model was pretrained and SFT'd with (`tasks.lm_models.ModelConfig.dropout`)."""
+"""The dropout p the base model was pretrained and SFT'd with (`tasks.lm.models.ModelConfig.dropout`)."""
 
 # ---------------------------------------------------------------------------------------------------- rules (constants)
 MATCH_FRACTION = 0.2

@@ -6,7 +6,7 @@ the artifact cache), interleaved rounds time:
           response tokens (`labels=`), and an Adam step: the physical limit of a learner on these tokens;
   emrl  — `Learner.update` with one epoch of one minibatch on the same rollout: the per-token log-probs, the closed-form
           KL to the reference and to π_old, the method's loss (V-MPO and token-level PPO), backward, clipping, Adam;
-  generation — `tasks.lm_tokens.sample` of the same 64 responses (tokens/s of generated tokens).
+  generation — `tasks.lm.tokens.sample` of the same 64 responses (tokens/s of generated tokens).
 Tokens are the real (unpadded) prompt + response tokens of the rollout. The machine is noisy, so each throughput is the
 best of the rounds. Target (issue #5): emrl's update ≥ 0.7× the plain pass.
 """
@@ -20,9 +20,9 @@ import torch
 from algorithms.ppo import PPOConfig
 from suite.questions.lm import PPO_LOOP, VALUE_LOOP, VMPO
 from tasks.base import RunSpec
-from tasks.lm_language import prompts
-from tasks.lm_rlhf import Learner, LMTaskConfig, Rewards, language_of
-from tasks.lm_tokens import sample
+from tasks.lm.language import prompts
+from tasks.lm.rlhf import Learner, LMTaskConfig, Rewards, language_of
+from tasks.lm.tokens import sample
 from tasks.seeding import generator
 
 pytestmark = [pytest.mark.bench, pytest.mark.usefixtures("one_torch_thread")]

@@ -72,7 +72,7 @@ def speeches(text: str) -> list[str]:
 
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
-"""The LM family's special tokens (`tasks.lm_language`), ids 0–3 here too."""
+"""The LM family's special tokens (`tasks.lm.language`), ids 0–3 here too."""
 
 
 def build_bpe_tokenizer(texts: list[str], vocab_size: int = 4096):

@@ -1,7 +1,7 @@
 """Claim L8's run: SFT as the generic EM M-step with a delta target against `transformers`' cross-entropy, step for step.
 
-Two copies of the suite's pretrained GPT-2 (`tasks.lm_models.pretrained`) are fine-tuned on the same SFT demonstrations
-(`tasks.lm_language.sft_pairs`), in the same batches, with the same optimiser and the same dropout masks (the global torch
+Two copies of the suite's pretrained GPT-2 (`tasks.lm.models.pretrained`) are fine-tuned on the same SFT demonstrations
+(`tasks.lm.language.sft_pairs`), in the same batches, with the same optimiser and the same dropout masks (the global torch
 generator is re-seeded identically before each copy's forward pass, so both draw the same masks):
 - copy A minimises the model's own causal-LM loss, `model(input_ids, labels=labels).loss` (token-mean cross-entropy over
   the response tokens);
@@ -28,8 +28,8 @@ from algorithms import REGISTRY as ALGORITHMS
 from algorithms.base import Batch
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from tasks.base import Device, RunResult, RunSpec
-from tasks.lm_language import sft_pairs
-from tasks.lm_models import collate, load_causal_lm, pretrained, sft_example
+from tasks.lm.language import sft_pairs
+from tasks.lm.models import collate, load_causal_lm, pretrained, sft_example
 from tasks.seeding import generator, stream_seed
 
 

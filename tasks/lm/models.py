@@ -1,6 +1,6 @@
 """The model artifacts of the LM family: a GPT-2 pretrained and SFT'd by the suite, and a Bradley–Terry reward model.
 
-Three stages, each a cached artifact built from a frozen config (`tasks.lm_language` for the language):
+Three stages, each a cached artifact built from a frozen config (`tasks.lm.language` for the language):
   1. `pretrained(PretrainConfig)`: a `transformers` GPT2LMHeadModel built from `ModelConfig` (random init), trained
      with the causal-LM loss on "[BOS] doc [EOS]" for `documents` pretraining documents (1-4 sentences each).
   2. `sft_model(SFTStageConfig)`: stage 1 fine-tuned on "[BOS] prompt response [EOS]" demonstrations, the loss on
@@ -57,9 +57,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
-from tasks import lm_language as lang
+from tasks.lm import language as lang
 from tasks.base import Device
-from tasks.lm_language import LanguageConfig
+from tasks.lm.language import LanguageConfig
 from tasks.seeding import generator, stream_seed
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class PretrainConfig:
     """Stage 1: causal-LM pretraining of a fresh GPT-2 on the language's documents ("[BOS] doc [EOS]", truncated to
     n_positions tokens: ~3% of default documents are longer and lose their tail and [EOS])."""
 
-    language: LanguageConfig = field(LanguageConfig(), "the synthetic language (tasks.lm_language)")
+    language: LanguageConfig = field(LanguageConfig(), "the synthetic language (tasks.lm.language)")
     model: ModelConfig = field(ModelConfig(), "the GPT-2's size")
     documents: int = field(20_000, "pretraining documents (1-4 sentences each)")
     steps: int = field(500, "optimiser steps")
@@ -265,7 +265,7 @@ def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 def pack_right(prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
                pad_id: int) -> tuple[Tensor, Tensor]:
     """"[BOS] prompt response" as one RIGHT-padded sequence from a left-padded prompt and a right-padded response
-    (`tasks.lm_tokens` layout): the real tokens of each row in order, then pad_id. The reward model's input.
+    (`tasks.lm.tokens` layout): the real tokens of each row in order, then pad_id. The reward model's input.
 
     Returns: ids LongTensor [B, P + T], mask long [B, P + T]."""
     ids = torch.cat([prompt_ids, response_ids], dim=1)
@@ -515,7 +515,7 @@ def _sample_ids(model, tokenizer, prompts: Sequence[str], *, temperature: float,
                 gen: torch.Generator, chunk: int = 512) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Samples for `prompts` in chunks: [(prompt_ids, prompt_mask, response_ids, response_mask)] per chunk, on the
     model's device."""
-    from tasks.lm_tokens import encode_prompts, sample
+    from tasks.lm.tokens import encode_prompts, sample
 
     out = []
     for i in range(0, len(prompts), chunk):

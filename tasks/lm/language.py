@@ -49,7 +49,7 @@ The maximum is 6 + 1 = 7 (all six positives across three NPs, on topic). UNGRAMM
 grammatical response with enough negative adjectives scores -2 or less (down to -6), so a reward of -2 alone does
 not identify an ungrammatical response (`is_grammatical` does). Repeating a positive adjective across NPs does
 not raise the gold reward; a learned reward model may think it does (the reward-hacking question).
-A sample of the SFT policy scores about 0.5-1 on average (see `tasks.lm_models` for measured values).
+A sample of the SFT policy scores about 0.5-1 on average (see `tasks.lm.models` for measured values).
 """
 
 from __future__ import annotations

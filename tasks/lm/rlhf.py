@@ -2,9 +2,9 @@
 
 One update (`[EM-SFT] §6`, `[EM-LLM] §4, §7`):
 1. draw `prompts_per_update` training prompts and sample K = `samples_per_prompt` responses each at `temperature`
-   from the current policy in eval mode (`tasks.lm_tokens.sample`, the rollout of `[EM-SFT] §9`);
+   from the current policy in eval mode (`tasks.lm.tokens.sample`, the rollout of `[EM-SFT] §9`);
 2. score them with the task's reward: the programmatic gold reward, or the learned Bradley–Terry proxy
-   (`tasks.lm_models.reward_model`); both are always logged;
+   (`tasks.lm.models.reward_model`); both are always logged;
 3. teacher-forced passes under the sampling policy (eval mode, no gradient) and the frozen reference (the SFT
    model) give per-token log-probs and full log-softmaxes, hence closed-form per-token KLs;
 4. the method's loss on a `Batch` with sequence-level fields ([B, K]: summed log-probs, scores, labels, closed-form
@@ -69,11 +69,11 @@ from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from algorithms.reinforce_pp import last_token
 from tasks.base import Device, Family, RunResult, RunSpec, register_task
-from tasks.lm_language import LanguageConfig, gold_rewards, is_grammatical, prompts
-from tasks.lm_models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
+from tasks.lm.language import LanguageConfig, gold_rewards, is_grammatical, prompts
+from tasks.lm.models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
                              load_reward_model, reward_model, reward_scores, sft_model)
-from tasks.lm_sft_check import LMSFTCheckConfig, sft_check
-from tasks.lm_tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
+from tasks.lm.sft_check import LMSFTCheckConfig, sft_check
+from tasks.lm.tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
 from tasks.seeding import generator, stream_seed
 
 hf_logging.set_verbosity_error()  # the suite builds its models from configs: no "newly initialized" notices or
@@ -84,7 +84,7 @@ hf_logging.disable_progress_bar()  # weight-loading progress bars in the CLI's o
 class LMTaskConfig:
     """An LM task: which policy to start from, which reward it optimises, and its prompt sets."""
 
-    policy: str = field("", "starting policy: '' builds the suite's SFT model (tasks.lm_models); else a local "
+    policy: str = field("", "starting policy: '' builds the suite's SFT model (tasks.lm.models); else a local "
                             "directory or hub id of a causal LM (loaded with from_pretrained)")
     reward: Literal["gold", "proxy"] = field("gold", "what the policy optimises: the gold reward or the learned "
                                                      "Bradley–Terry proxy (both are logged)")
@@ -99,7 +99,7 @@ class LMTaskConfig:
     temperature: float = field(1.0, "sampling temperature of rollouts and evaluation")
     rm_pairs: int = field(0, "gold-labelled comparisons the proxy reward model is trained on (0: the "
                              "RewardModelConfig default)")
-    stages: Literal["default", "tiny"] = field("default", "artifact stages: the defaults of tasks.lm_models, or "
+    stages: Literal["default", "tiny"] = field("default", "artifact stages: the defaults of tasks.lm.models, or "
                                                           "`TINY_STAGES` (seconds to build; smoke profile and tests)")
     prompt_seed: int = field(0, "seed of the prompt pools (the task instance; the same for every run seed)")
 
