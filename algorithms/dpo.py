@@ -6,7 +6,9 @@ Source: Rafailov et al. 2023 eq. 7; `[EM-LLM] §5`; as a baseline in
     L = −E log σ( β [ (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)) ] )
 
 `log π` is the summed sequence log-probability (TRL convention); the token-averaged IPO variant lives
-in its own file.
+in its own file. A context whose best and worst scores tie states no preference: it contributes no pair (the mean
+runs over untied pairs; with every pair tied the loss is 0). Deviation: none on untied data; the papers do not say
+what to do with ties.
 """
 
 from __future__ import annotations
@@ -29,16 +31,21 @@ class DPOConfig:
         check_positive(self, "beta")
 
 
-def dpo_loss(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Tensor, *, beta: float) -> tuple[Tensor, Metrics]:
-    """−log σ(β(Δ_w − Δ_l)), Δ = log π_θ − log π_ref, averaged over pairs.
+def dpo_loss(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Tensor, *, beta: float,
+             valid: Tensor | None = None) -> tuple[Tensor, Metrics]:
+    """−log σ(β(Δ_w − Δ_l)), Δ = log π_θ − log π_ref, averaged over pairs (over the `valid` ones if given).
 
-    Args: all [P] per pair (chosen w, rejected l); `logp_*` differentiable, `logp_ref_*` detached.
+    Args: all [P] per pair (chosen w, rejected l); `logp_*` differentiable, `logp_ref_*` detached; `valid` [P]
+    bool, False for a pair without a preference (a tie).
     Returns: loss, metrics `policy/margin` (mean β(Δ_w − Δ_l)), `policy/accuracy` (fraction with margin > 0).
     Deviations: none.
     """
     margin = beta * ((logp_w - logp_ref_w.detach()) - (logp_l - logp_ref_l.detach()))
-    loss = F.softplus(-margin).mean()  # = −log σ(margin), and several times faster than logsigmoid on CPU
-    return loss, {"policy/margin": margin.detach().mean(), "policy/accuracy": (margin.detach() > 0).float().mean()}
+    weight = torch.ones_like(margin) if valid is None else valid.to(margin.dtype)
+    n = weight.sum().clamp_min(1.0)
+    loss = (F.softplus(-margin) * weight).sum() / n  # softplus(−m) = −log σ(m), several times faster on CPU
+    return loss, {"policy/margin": (margin.detach() * weight).sum() / n,
+                  "policy/accuracy": ((margin.detach() > 0).to(margin.dtype) * weight).sum() / n}
 
 
 def best_worst(score: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -57,4 +64,7 @@ class DPO(Method):
     def loss(self, batch: Batch) -> tuple[Tensor, Metrics]:
         w, l = best_worst(batch.score, batch.mask)
         pick = lambda x, i: x.gather(-1, i[:, None])[:, 0]  # noqa: E731
-        return dpo_loss(pick(batch.logp, w), pick(batch.logp, l), pick(batch.logp_ref, w), pick(batch.logp_ref, l), beta=self.cfg.beta)
+        untied = pick(batch.score, w) > pick(batch.score, l)
+        loss, metrics = dpo_loss(pick(batch.logp, w), pick(batch.logp, l), pick(batch.logp_ref, w),
+                                 pick(batch.logp_ref, l), beta=self.cfg.beta, valid=untied)
+        return loss, {**metrics, "pairs/tied": 1.0 - untied.float().mean()}

@@ -126,3 +126,15 @@ def assert_readable_figures(figures: dict) -> None:
             labels = [h for h in ax.get_legend_handles_labels()[1] if not h.startswith("_")]
             assert len(labels) <= plotting.MAX_SERIES, f"{name}: {len(labels)} series on one axes"
         plt.close(fig)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse every socket connection inside the test (the corpus, the lexicon and the models load offline)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -1,21 +1,10 @@
 """The real-English sources of the LM family (`tasks/lm/english.py`): the Shakespeare corpus loads without network, and
 the gold reward is VADER's own compound score."""
 
-import socket
-
 import numpy as np
 import pytest
 
 from tasks.lm import english as lm_english
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_the_corpus_loads_without_network(no_network):

@@ -317,3 +317,13 @@ def test_reward_model_round_trip_scores_and_metrics(store):
     assert a.shape == (6,) and a.dtype == torch.float32
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_artifacts_default_to_the_repository_results_folder(monkeypatch):
+    """Without $EMRL_ARTIFACTS, artifacts live in <repo root>/results/artifacts (beside the runs), wherever the module
+    sits in the package."""
+    import pathlib
+
+    monkeypatch.delenv("EMRL_ARTIFACTS", raising=False)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert artifacts_root() == root / "results" / "artifacts"

@@ -145,7 +145,7 @@ def test_every_method_runs_end_to_end_at_smoke_scale(name):
     assert result.status == "ok", result.diverged
     metrics = {m for _, m, _ in result.rows}
     for key in ("reward/gold", "reward/proxy", "kl/ref_seq", "eval/gold", "eval/kl_ref", "eval/proxy", "final/gold",
-                "final/kl_ref", "final/proxy", "final/grammatical", "update/grad_norm", "labels/boundary_ties"):
+                "final/kl_ref", "final/proxy", "final/well_formed", "update/grad_norm", "labels/boundary_ties"):
         assert key in metrics, key
     assert all(math.isfinite(v) for _, _, v in result.rows)
     assert max(s for s, m, _ in result.rows if m == "eval/gold") == LOOP.updates
@@ -191,7 +191,7 @@ def test_the_score_set_is_the_same_prompts_and_sampling_noise_for_every_seed_and
     b = train_one(_spec("awr", None, seed=3))
     start_a = {m: v for (s, m), v in _finals(a.rows).items() if s == 0}
     start_b = {m: v for (s, m), v in _finals(b.rows).items() if s == 0}
-    assert start_a == start_b and set(start_a) == {"final/gold", "final/proxy", "final/kl_ref", "final/grammatical"}
+    assert start_a == start_b and set(start_a) == {"final/gold", "final/proxy", "final/kl_ref", "final/well_formed"}
     assert start_a["final/kl_ref"] == 0.0  # the start is the reference itself
     l0, l1 = Learner(_spec(seed=0)), Learner(_spec(seed=5))
     rewards = Rewards(TASK, l0.tokenizer)
@@ -269,31 +269,52 @@ def test_l3_without_the_reference_refresh_is_never_not_supported():
     assert any("the data alone say not supported" in c.statistic for c in v.checks)
 
 
-def test_l2_reads_the_verdict_per_dropout_p_and_names_the_missing_base_model_premise():
+def test_l2_reads_the_verdict_per_dropout_p_that_ran_with_the_base_model_premise_met():
     import numpy as np
-    from suite.questions.lm import BASE_DROPOUT, LEVELS, LM, SMALL, SWEEP, LMDropout
+    from suite.questions.lm import BASE_DROPOUT, CLEAN_KL, LEVELS, LM, SMALL, SWEEP, LMDropout
 
+    assert BASE_DROPOUT == 0.1  # the base model is pretrained and SFT'd with GPT-2's dropout: the premise holds
     g = np.random.default_rng(1)
     mu = {"PPO": 1.0, "V-MPO": 1.2, "AWR": 1.1, "DAR": 1.0}
-    cells = {}
-    for m, base in mu.items():
-        for p in (SWEEP if m in ("PPO", "V-MPO") else (0.0, 0.1)):
-            cells[(LM, f"{m} p={p:g}")] = [_gold(0.0, base - (3 * p if m == "V-MPO" else p) + 0.01 * g.standard_normal(),
-                                                 {(1, "first/ratio_std"): p, (1, "first/clipfrac"): p / 2})
-                                           for _ in range(5)]
-    for m in ("V-MPO", "AWR", "DAR"):
-        for p in (0.0, 0.1):
-            cells[(SMALL, f"{m} p={p:g}")] = [_gold(0.0, 1.0 + 0.01 * g.standard_normal(),
-                                                    {(0, "final_train/gold"): 0.0, (40, "final_train/gold"): 1.0})
-                                              for _ in range(5)]
+    for sweep in (SWEEP, (0.0, 0.1)):  # `paper` runs every level; `quick` only 0 and 0.1
+        cells = {}
+        for m, base in mu.items():
+            for p in (sweep if m in ("PPO", "V-MPO") else (0.0, 0.1)):
+                cells[(LM, f"{m} p={p:g}")] = [_gold(0.0, base - (3 * p if m == "V-MPO" else p) + 0.01 * g.standard_normal(),
+                                                     {(1, "first/ratio_std"): p, (1, "first/clipfrac"): p / 2})
+                                               for _ in range(5)]
+        cells[(LM, CLEAN_KL)] = [_gold(0.0, 1.2 + 0.01 * g.standard_normal()) for _ in range(5)]
+        for m in ("V-MPO", "AWR", "DAR"):
+            for p in (0.0, 0.1):
+                cells[(SMALL, f"{m} p={p:g}")] = [_gold(0.0, 1.0 + 0.01 * g.standard_normal(),
+                                                        {(0, "final_train/gold"): 0.0, (40, "final_train/gold"): 1.0})
+                                                  for _ in range(5)]
+        runs, rows = _synthetic(cells)
+        v = LMDropout().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+        groups = {c.group for c in v.checks if c.kind == "verdict"}
+        ran = [p for p in LEVELS if p in sweep]
+        assert groups == {f"dropout p={p:g}" for p in ran} and v.by == "dropout p"
+        assert v.outcome == "not supported"  # dropout costs V-MPO three times what it costs PPO, premise met
+        assert any(c.name.startswith(CLEAN_KL) for c in v.checks)
+        assert ("planned at `paper`" in v.sensitivity) == (len(ran) < len(LEVELS))
+        small = [c for c in v.checks if c.kind == "verdict" and c.name.startswith("(3)")]
+        assert len(small) == 1 and small[0].outcome == "inconclusive" and "overfits" in small[0].decide
+
+
+def test_l3_with_the_reference_refresh_can_read_not_supported():
+    import numpy as np
+    from suite.questions.lm import LM, PMPO_VARIANTS, LMPMPO
+
+    ar, acc, rej, rej_low = (label for label, _ in PMPO_VARIANTS)
+    g = np.random.default_rng(0)
+    refreshed = {(10, "ref/refreshed"): 1.0, (20, "ref/refreshed"): 1.0}
+    cells = {(LM, v): [_gold(0.0, mu + 0.01 * g.standard_normal(), refreshed) for _ in range(5)]
+             for v, mu in ((ar, 0.1), (acc, 1.0), (rej, 1.0), (rej_low, 0.5), ("DPO", 2.0))}  # AR loses everywhere
     runs, rows = _synthetic(cells)
-    v = LMDropout().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
-    groups = {c.group for c in v.checks if c.kind == "verdict"}
-    assert groups == {f"dropout p={p:g}" for p in LEVELS} and v.by == "dropout p"
-    assert BASE_DROPOUT == 0.0  # the default base model: the premise is missing, so nothing reads as not supported
-    assert v.outcome == "inconclusive" and "base model" in v.decide
-    small = [c for c in v.checks if c.kind == "verdict" and c.name.startswith("(3)")]
-    assert len(small) == 1 and small[0].outcome == "inconclusive" and "train/held-out gap" in small[0].decide
+    analysis = LMPMPO().analyse(runs, rows, np.random.default_rng(0))
+    v = analysis.verdicts[0]
+    assert v.outcome == "not supported" and v.checks[0].outcome == "supported"
+    assert "frontier.png" in analysis.figures
 
 
 def test_l4_diverged_runs_feed_no_number_and_the_first_to_over_optimise_is_read_off_the_plotted_curve():

@@ -1,11 +1,13 @@
 """The model artifacts of the LM family: a GPT-2 pretrained and SFT'd by the suite, and a Bradley–Terry reward model.
 
-Three stages, each a cached artifact built from a frozen config (`tasks.lm.language` for the language):
+Three stages, each a cached artifact built from a frozen config (`tasks.lm.corpora` for the text: the synthetic grammar
+or real English):
   1. `pretrained(PretrainConfig)`: a `transformers` GPT2LMHeadModel built from `ModelConfig` (random init), trained
-     with the causal-LM loss on "[BOS] doc [EOS]" for `documents` pretraining documents (1-4 sentences each).
+     with the causal-LM loss on "[BOS] doc [EOS]" for `documents` pretraining documents (the grammar: 1-4
+     sentences; English: a speech), with the model's dropout; its metrics hold the held-out perplexity.
   2. `sft_model(SFTStageConfig)`: stage 1 fine-tuned on "[BOS] prompt response [EOS]" demonstrations, the loss on
      the response tokens and the final [EOS] only. Its metrics hold the quality of its samples at temperature 1 on
-     held-out prompts: the fraction that is one grammatical sentence ended by [EOS], and the mean gold reward.
+     held-out prompts (`corpora.quality`: the well-formed share, the mean gold reward, and the corpus's extras).
   3. `reward_model(RewardModelConfig)`: a GPT2ForSequenceClassification (one logit read at the last non-pad
      token) trained with the Bradley–Terry loss −log σ(r_w − r_l) on pairs of SFT samples for train prompts,
      labelled by the gold reward (ties redrawn); its held-out pairwise accuracy and Pearson correlation with gold
@@ -29,10 +31,17 @@ processes racing on one key, the loser discards its copy. The key hashes the con
 type appended off the CPU (a CUDA-trained model differs in its numbers): delete the cache after changing the training
 code.
 
-Defaults, measured on an idle 2-core CPU (torch 2.13 CPU, transformers 5.23; numbers as recorded in the artifacts'
-`emrl.json`): pretrain 500 steps ~27 s; SFT 2000 steps ~65 s, its samples at temperature 1 on held-out prompts 96%
-grammatical, 84% on topic, mean gold reward 0.69; reward model (2000 comparisons) ~31 s, held-out accuracy 0.90,
-Pearson correlation with gold 0.77; the 300-comparison proxy of L4 ~26 s, held-out accuracy 0.87 (train loss ~0).
+Measured on the 2-core CPU (torch 2.13 CPU, transformers 5.23; numbers as recorded in the artifacts' `emrl.json`):
+- real English (`tasks.lm.rlhf.ENGLISH_STAGES`, the L claims' task; a GPT-2 of 2 layers, width 64, dropout 0.1 in every
+  stage, BPE of 1,024 tokens): pretraining 1,000 steps × 32 speeches ~100 s, held-out perplexity 77.9 per token on
+  2,000 speeches of the five held-out plays; SFT 600 steps ~58 s, its samples at temperature 1 on 512 held-out prompts:
+  mean gold (VADER compound) 0.024, 78% scored 0 (neutral), 66% end with [EOS] within 16 tokens, 5.9 words on
+  average; the reward model (2,000 comparisons) ~52 s, held-out pair accuracy 0.76 (train 0.95), Pearson correlation
+  with gold 0.56; the 300-comparison proxy of L4 ~35 s, held-out accuracy 0.78 on 60 pairs (train loss ~0);
+- the synthetic grammar (the defaults of the configs here, the tests' fast task): pretrain 500 steps ~27 s; SFT 2000
+  steps ~65 s, its samples at temperature 1 on held-out prompts 96% grammatical, 84% on topic, mean gold reward 0.69;
+  reward model (2000 comparisons) ~31 s, held-out accuracy 0.90, Pearson correlation with gold 0.77; the
+  300-comparison proxy ~26 s, held-out accuracy 0.87 (train loss ~0).
 """
 
 from __future__ import annotations
@@ -57,8 +66,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
-from tasks.lm import language as lang
 from tasks.base import Device
+from tasks.lm import corpora
+from tasks.lm import language as lang
+from tasks.lm.corpora import Corpus
 from tasks.lm.language import LanguageConfig
 from tasks.seeding import generator, stream_seed
 
@@ -130,7 +141,8 @@ class PretrainConfig:
     """Stage 1: causal-LM pretraining of a fresh GPT-2 on the language's documents ("[BOS] doc [EOS]", truncated to
     n_positions tokens: ~3% of default documents are longer and lose their tail and [EOS])."""
 
-    language: LanguageConfig = field(LanguageConfig(), "the synthetic language (tasks.lm.language)")
+    language: Corpus = field(LanguageConfig(), "the corpus: the synthetic grammar (tasks.lm.language) or real English "
+                                               "(tasks.lm.english.EnglishConfig)")
     model: ModelConfig = field(ModelConfig(), "the GPT-2's size")
     documents: int = field(20_000, "pretraining documents (1-4 sentences each)")
     steps: int = field(500, "optimiser steps")
@@ -141,7 +153,7 @@ class PretrainConfig:
     seed: int = field(0, "seed of the documents, the init and the batch order (tasks.seeding streams)")
 
     def __post_init__(self):
-        _check_type(self, "language", LanguageConfig)
+        corpora.check(self.language)
         _check_type(self, "model", ModelConfig)
         _check_ints(self, "documents")
         check_positive(self, "documents")
@@ -167,7 +179,7 @@ class SFTStageConfig:
         _check_ints(self, "pairs", "eval_prompts")
         check_positive(self, "pairs", "eval_prompts")
         _check_lr_fields(self)
-        need = PROMPT_TOKENS + RESPONSE_TOKENS
+        need = sum(corpora.limits(self.pretrain.language))
         if self.pretrain.model.n_positions < need:
             raise ConfigError(f"SFTStageConfig.pretrain.model.n_positions = {self.pretrain.model.n_positions!r} is "
                               f"invalid: must be >= {need} ([BOS] prompt response [EOS] of the longest sentences).")
@@ -204,12 +216,13 @@ class RewardModelConfig:
         if self.init == "sft" and self.model != self.sft.pretrain.model:
             raise ConfigError(f"RewardModelConfig.model = {self.model!r} is invalid with init='sft': must equal the "
                               f"SFT model's {self.sft.pretrain.model!r} (or use init='scratch').")
-        if self.model.n_positions < PROMPT_TOKENS + self.max_new_tokens:
+        prompt_tokens = corpora.limits(self.sft.pretrain.language)[0]
+        if self.model.n_positions < prompt_tokens + self.max_new_tokens:
             raise ConfigError(f"RewardModelConfig.max_new_tokens = {self.max_new_tokens!r} is invalid: must be <= "
-                              f"model.n_positions - {PROMPT_TOKENS} = {self.model.n_positions - PROMPT_TOKENS}.")
-        if self.sft.pretrain.model.n_positions < PROMPT_TOKENS + self.max_new_tokens:
+                              f"model.n_positions - {prompt_tokens} = {self.model.n_positions - prompt_tokens}.")
+        if self.sft.pretrain.model.n_positions < prompt_tokens + self.max_new_tokens:
             raise ConfigError(f"RewardModelConfig.max_new_tokens = {self.max_new_tokens!r} is invalid: must be <= "
-                              f"the SFT model's n_positions - {PROMPT_TOKENS}.")
+                              f"the SFT model's n_positions - {prompt_tokens}.")
 
     @property
     def heldout_pairs(self) -> int:
@@ -239,11 +252,16 @@ def pretrain_example(tokenizer: "PreTrainedTokenizerBase", doc: str, max_len: in
     return ids, list(ids)
 
 
-def sft_example(tokenizer: "PreTrainedTokenizerBase", prompt: str, response: str) -> tuple[list[int], list[int]]:
+def sft_example(tokenizer: "PreTrainedTokenizerBase", prompt: str, response: str,
+                max_response_tokens: int | None = None) -> tuple[list[int], list[int]]:
     """(input ids, labels) of "[BOS] prompt response [EOS]": labels −100 on [BOS] and the prompt, the ids on the
-    response and the final [EOS] (HF shifts labels inside the loss)."""
+    response and the final [EOS] (HF shifts labels inside the loss). A response longer than `max_response_tokens`
+    (with its [EOS]) is cut to fit, the [EOS] kept: the policy's own responses have that cap."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if max_response_tokens is not None:
+        r = r[:max_response_tokens - 1]
+    r = [*r, tokenizer.eos_token_id]
     ids = [tokenizer.bos_token_id, *p, *r]
     return ids, [-100] * (1 + len(p)) + r
 
@@ -357,7 +375,7 @@ def _final_loss(losses: list[float]) -> float:
 def artifacts_root() -> Path:
     """Where artifacts live: $EMRL_ARTIFACTS if set, else <repo root>/results/artifacts."""
     env = os.environ.get("EMRL_ARTIFACTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "results" / "artifacts"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "results" / "artifacts"
 
 
 def artifact_key(cfg: PretrainConfig | SFTStageConfig | RewardModelConfig, device: Device = "cpu") -> str:
@@ -453,8 +471,8 @@ def _build_pretrained(cfg: PretrainConfig, out: Path, device: Device) -> dict:
     from transformers import GPT2LMHeadModel
 
     dev = torch.device(device)
-    tokenizer = lang.build_tokenizer()
-    docs = lang.documents(cfg.language, cfg.documents, stream_seed(cfg.seed, "pretrain-data"))
+    tokenizer = corpora.tokenizer(cfg.language)
+    docs = corpora.documents(cfg.language, cfg.documents, stream_seed(cfg.seed, "pretrain-data"))
     data = collate([pretrain_example(tokenizer, d, cfg.model.n_positions) for d in docs], tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "pretrain-init"))
@@ -463,8 +481,34 @@ def _build_pretrained(cfg: PretrainConfig, out: Path, device: Device) -> dict:
                         generator(cfg.seed, "pretrain", dev))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    heldout = corpora.documents(cfg.language, HELDOUT_DOCUMENTS, stream_seed(cfg.seed, "pretrain-heldout"), "heldout")
+    nll = heldout_nll(model, collate([pretrain_example(tokenizer, d, cfg.model.n_positions) for d in heldout],
+                                     tokenizer.pad_token_id))
     return {"train/loss": _final_loss(losses), "train/loss_first": losses[0],
-            "data/truncated": float(np.mean([len(d.split()) + 2 > cfg.model.n_positions for d in docs]))}
+            "heldout/nll": nll, "heldout/perplexity": math.exp(nll), "heldout/documents": float(len(heldout)),
+            "data/truncated": float(np.mean([len(ids) + 2 > cfg.model.n_positions
+                                             for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]]))}
+
+
+HELDOUT_DOCUMENTS = 2000
+"""Held-out documents of the base model's perplexity (for English, speeches of the held-out plays)."""
+
+
+@torch.no_grad()
+def heldout_nll(model, data: dict[str, Tensor], chunk: int = 256) -> float:
+    """Mean negative log-likelihood per predicted token (nats) of collated documents, in eval mode: its exp is the
+    perplexity (per token of the corpus's tokenizer)."""
+    model.eval()
+    total = count = 0.0
+    for i in range(0, len(data["input_ids"]), chunk):
+        batch = _to({k: v[i:i + chunk] for k, v in data.items()}, model.device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                              reduction="sum")
+        total += float(nll)
+        count += float((labels != -100).sum())
+    return total / max(count, 1.0)
 
 
 def sft_model(cfg: SFTStageConfig, device: Device = "cpu") -> Path:
@@ -478,9 +522,10 @@ def _build_sft(cfg: SFTStageConfig, base: Path, out: Path, device: Device) -> di
 
     dev = torch.device(device)
     language = cfg.pretrain.language
-    tokenizer = lang.build_tokenizer()
-    pairs = lang.sft_pairs(language, cfg.pairs, stream_seed(cfg.seed, "sft-data"))
-    data = collate([sft_example(tokenizer, p, r) for p, r in pairs], tokenizer.pad_token_id)
+    tokenizer = corpora.tokenizer(language)
+    pairs = corpora.sft_pairs(language, cfg.pairs, stream_seed(cfg.seed, "sft-data"))
+    cap = corpora.limits(language)[1]
+    data = collate([sft_example(tokenizer, p, r, cap) for p, r in pairs], tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "sft-init"))
         model = GPT2LMHeadModel.from_pretrained(base).to(dev)
@@ -489,26 +534,12 @@ def _build_sft(cfg: SFTStageConfig, base: Path, out: Path, device: Device) -> di
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     metrics = {"train/loss": _final_loss(losses), "train/loss_first": losses[0]}
-    heldout = lang.prompts(language, "heldout", cfg.eval_prompts, stream_seed(cfg.seed, "sft-eval-prompts"))
+    heldout = corpora.prompts(language, "heldout", cfg.eval_prompts, stream_seed(cfg.seed, "sft-eval-prompts"))
     gen = generator(cfg.seed, "sft-eval", dev)
-    responses = _sample_texts(model, tokenizer, heldout, temperature=1.0, max_new_tokens=RESPONSE_TOKENS, gen=gen)
-    metrics.update(quality_metrics(language, heldout, responses))
+    responses = _sample_texts(model, tokenizer, heldout, temperature=1.0, max_new_tokens=corpora.limits(language)[1],
+                              gen=gen)
+    metrics.update(corpora.quality(language, heldout, responses))
     return metrics
-
-
-def quality_metrics(language: LanguageConfig, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
-    """eval/grammatical (fraction of one grammatical sentence + [EOS]), eval/eos (fraction with an [EOS]),
-    eval/gold_mean, eval/gold_grammatical_mean (mean gold reward of the grammatical ones), eval/topic (fraction of
-    grammatical responses that mention the prompt's subject)."""
-    gold = lang.gold_rewards(prompts, responses)
-    grammatical = np.array([lang.is_grammatical(r) for r in responses])
-    eos = np.array([lang.response_words(r) is not None for r in responses])
-    topic = [lang.subject_of(p.split()) in lang.parse(lang.response_words(r)).nouns
-             for p, r, g in zip(prompts, responses, grammatical) if g]
-    return {"eval/grammatical": float(grammatical.mean()), "eval/eos": float(eos.mean()),
-            "eval/gold_mean": float(gold.mean()),
-            "eval/gold_grammatical_mean": float(gold[grammatical].mean()) if grammatical.any() else float("nan"),
-            "eval/topic": float(np.mean(topic)) if topic else float("nan"), "eval/n": float(len(prompts))}
 
 
 def _sample_ids(model, tokenizer, prompts: Sequence[str], *, temperature: float, max_new_tokens: int,
@@ -572,7 +603,7 @@ def _right_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[Tensor, Tenso
 
 
 def comparisons(policy, tokenizer, prompts: Sequence[str], *, temperature: float, max_new_tokens: int,
-                gen: torch.Generator, max_redraws: int) -> Comparisons:
+                gen: torch.Generator, max_redraws: int, language: Corpus = LanguageConfig()) -> Comparisons:
     """One untied comparison per prompt, in prompt order: two samples of `policy` labelled by `gold_reward`; a tied
     pair (equal gold) is drawn again, at most `max_redraws` times per prompt (then ConfigError)."""
     pad = tokenizer.pad_token_id
@@ -589,9 +620,9 @@ def comparisons(policy, tokenizer, prompts: Sequence[str], *, temperature: float
             ids, mask = pack_right(pids, pmask, rids, rmask, pad)
             seqs += [row[m > 0].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
             texts += decode_responses(tokenizer, rids)
-        gold = lang.gold_rewards(twice, texts)
+        gold = corpora.gold_rewards(language, twice, texts)
         drawn += len(texts)
-        grammatical += sum(lang.is_grammatical(t) for t in texts)
+        grammatical += sum(corpora.well_formed(language, t) for t in texts)
         still = []
         for j, i in enumerate(pending):
             a, b = 2 * j, 2 * j + 1
@@ -663,11 +694,12 @@ def _build_reward_model(cfg: RewardModelConfig, policy_dir: Path, out: Path, dev
 
     dev = torch.device(device)
     language = cfg.sft.pretrain.language
-    tokenizer = lang.build_tokenizer()
+    tokenizer = corpora.tokenizer(language)
     policy = GPT2LMHeadModel.from_pretrained(policy_dir).to(dev).eval()
-    train_prompts = lang.prompts(language, "train", cfg.pairs, stream_seed(cfg.seed, "rm-train-prompts"))
-    test_prompts = lang.prompts(language, "heldout", cfg.heldout_pairs, stream_seed(cfg.seed, "rm-heldout-prompts"))
-    kwargs = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_redraws=cfg.max_redraws)
+    train_prompts = corpora.prompts(language, "train", cfg.pairs, stream_seed(cfg.seed, "rm-train-prompts"))
+    test_prompts = corpora.prompts(language, "heldout", cfg.heldout_pairs, stream_seed(cfg.seed, "rm-heldout-prompts"))
+    kwargs = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, max_redraws=cfg.max_redraws,
+                  language=language)
     train = comparisons(policy, tokenizer, train_prompts, gen=generator(cfg.seed, "rm-train-samples", dev), **kwargs).to(dev)
     test = comparisons(policy, tokenizer, test_prompts, gen=generator(cfg.seed, "rm-heldout-samples", dev), **kwargs).to(dev)
     del policy

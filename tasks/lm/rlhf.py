@@ -3,14 +3,22 @@
 One update (`[EM-SFT] §6`, `[EM-LLM] §4, §7`):
 1. draw `prompts_per_update` training prompts and sample K = `samples_per_prompt` responses each at `temperature`
    from the current policy in eval mode (`tasks.lm.tokens.sample`, the rollout of `[EM-SFT] §9`);
-2. score them with the task's reward: the programmatic gold reward, or the learned Bradley–Terry proxy
+2. score them with the task's reward: the gold reward of its corpus (`tasks.lm.corpora`: VADER's sentiment of the
+   continuation for English, the grammar's programmatic reward), or the learned Bradley–Terry proxy
    (`tasks.lm.models.reward_model`); both are always logged;
-3. teacher-forced passes under the sampling policy (eval mode, no gradient) and the frozen reference (the SFT
-   model) give per-token log-probs and full log-softmaxes, hence closed-form per-token KLs;
+3. teacher-forced passes of the bodies of the sampling policy (eval mode, no gradient) and of π_ref keep their last
+   hidden states [N, T + 1, H] and a frozen copy of π_old's output head; per-token log-probs and closed-form
+   per-token KLs come from them in chunks of the vocabulary-sized logits (`tasks.lm.tokens`), never stored at
+   [N, T, V];
 4. the method's loss on a `Batch` with sequence-level fields ([B, K]: summed log-probs, scores, labels, closed-form
    KL(π_ref‖π_θ) and KL(π_old‖π_θ) per context) and token-level fields ([B, K, T]); `epochs` passes over
    `minibatches` minibatches of prompts (each with its K samples), in train mode: with `dropout` > 0 every
-   training forward pass draws its own dropout mask, while the old log-probs were computed without dropout.
+   training forward pass draws its own dropout mask, while the old log-probs were computed without dropout. The
+   closed-form KL terms read that training pass (`kl_pass="dropout"`) or a second pass of π_θ without dropout
+   (`"clean"`); log-probs and ratios always read the training pass;
+5. every `ref_refresh` updates (if set) π_ref becomes a copy of π_θ (`[PMPO] §5`: "the reference policy for all
+   baselines is updated every N steps"), logged as `ref/refreshed`. The loss's KL and the reward's KL penalty then
+   look at the latest reference, while every evaluation KL stays to the starting model (the frontier's axis).
 
 What `score` holds depends on what the method is (decided from its declared `Needs`, never its name):
 - a method with its own critic term (PPO, `needs.values`): advantages from the value head on the policy's last
@@ -22,7 +30,8 @@ What `score` holds depends on what the method is (decided from its declared `Nee
 A method that regularises towards π_ref inside its loss (needs logp_ref or kl_ref: DPO, PMPO, DAR, RLOO, GRPO,
 REINFORCE++) sees the raw reward; every other method sees the KL-shaped reward r − β·Σ_t (log π_old − log π_ref)
 with β = `reward_kl`, the usual RLHF objective (`[EM-SFT] §6` "E-step / M-step for RL Fine-Tuning"). Labels: the top
-half of each prompt's K samples by score are accepted (+1), the rest rejected (−1) (PMPO's 2 of 4, `[PMPO] §5`).
+half of each prompt's K samples by score are accepted (+1), the rest rejected (−1) (PMPO's 2 of 4, `[PMPO] §5`);
+samples tied at the boundary get neither label (`label_ties`, `accept_reject`).
 ReMax's baseline is the reward of each prompt's greedy response.
 
 Logged every update (step = updates done): `reward/gold`, `reward/proxy` (mean over the rollout), `kl/ref_seq` (mean
@@ -30,28 +39,29 @@ over sequences of Σ_t KL(π_old(·|s_t) ‖ π_ref(·|s_t)), closed form at the
 of the sequence-level KL), `length`, the method's metrics averaged over minibatches, `first/ratio_std` and
 `first/clipfrac` (the first minibatch, at θ = θ_old: pure dropout noise for a ratio method), `update/early_stop`
 (PPO's KL early stopping, `target_kl`), `labels/boundary_ties` (the fraction of prompts whose K/2-th and
-(K/2 + 1)-th scores tie, where the accept/reject labels fall to the lower sample index).
+(K/2 + 1)-th scores tie), `ref/refreshed`.
 
 Two evaluations, both with the policy in eval mode (no dropout) and sampling at `temperature`:
 - **curves** (cheap): every `eval_every` updates and at the start and end, one sample for each of `eval_prompts`
-  held-out prompts: `eval/gold`, `eval/proxy`, `eval/kl_ref`, `eval/grammatical` (and, with `final_train`,
+  held-out prompts: `eval/gold`, `eval/proxy`, `eval/kl_ref`, `eval/well_formed` (and, with `final_train`,
   `eval_train/gold` on as many training prompts); the generator is the run's own (`eval/<step>` of its seed);
 - **the fixed score set** (low noise, what every L claim's score reads): at the start and the end (and every
   `final_every` updates if set), `final_samples` samples for each of the first `final_prompts` held-out prompts —
   the same prompts for every seed and method — drawn with one generator fixed by the task (`prompt_seed`), not by the
   run, so that every run, method and evaluation point sees the same sampling noise (common random numbers: the
-  differences between runs are paired). Rows `final/gold`, `final/proxy`, `final/kl_ref`, `final/grammatical`
+  differences between runs are paired). Rows `final/gold`, `final/proxy`, `final/kl_ref`, `final/well_formed`
   (means over every sample); with `final_train`, `final_train/gold` and `final_train/kl_ref` on the training pool's
   first prompts (as many samples as the held-out set has prompts). The start is the same model for every run of a
   task, so its evaluation is computed once per process and reused (same numbers). Its cost, measured on one core of the
-  2-core machine with the default model: 1.6 s per evaluation of 256 × 4 samples, against 0.22 s per update of
-  16 × 4 samples (a quick run of 40 updates: ~10 s).
+  2-core machine with the English model: 2.7 s per evaluation of 256 × 4 samples, against 0.3 s per update of
+  16 × 4 samples (a quick run of 40 updates: ~16 s).
 A non-finite loss, gradient or parameter, or a KL to the reference above `kl_limit`, stops the run as
 `diverged` with the update and the reason (its rows stop there: a diverged run has no end-of-training evaluation).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -69,11 +79,14 @@ from algorithms.common import top_k_mask
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from algorithms.reinforce_pp import last_token
 from tasks.base import Device, Family, RunResult, RunSpec, register_task
-from tasks.lm.language import LanguageConfig, gold_rewards, is_grammatical, prompts
+from tasks.lm import corpora
+from tasks.lm.corpora import Corpus
+from tasks.lm.english import EnglishConfig
 from tasks.lm.models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
                              load_reward_model, reward_model, reward_scores, sft_model)
 from tasks.lm.sft_check import LMSFTCheckConfig, sft_check
-from tasks.lm.tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
+from tasks.lm.tokens import (encode_prompts, frozen_head, hidden_response, output_head, sample, token_kl_hidden,
+                             token_logprobs)
 from tasks.seeding import generator, stream_seed
 
 hf_logging.set_verbosity_error()  # the suite builds its models from configs: no "newly initialized" notices or
@@ -84,6 +97,11 @@ hf_logging.disable_progress_bar()  # weight-loading progress bars in the CLI's o
 class LMTaskConfig:
     """An LM task: which policy to start from, which reward it optimises, and its prompt sets."""
 
+    corpus: Literal["grammar", "english"] = field(
+        "grammar", "the text: the synthetic grammar (fast; tests) or real English (Shakespeare's speeches, VADER gold)")
+    gold: Literal["sentiment", "match"] = field(
+        "sentiment", "English gold reward: the continuation's sentiment, or its sentiment times the sign of the "
+                     "prompt's own (`match`: a prompt-dependent reward, prompts with a clear sentiment only)")
     policy: str = field("", "starting policy: '' builds the suite's SFT model (tasks.lm.models); else a local "
                             "directory or hub id of a causal LM (loaded with from_pretrained)")
     reward: Literal["gold", "proxy"] = field("gold", "what the policy optimises: the gold reward or the learned "
@@ -95,7 +113,8 @@ class LMTaskConfig:
     final_train: bool = field(False, "also score the training pool's first n = min(train_prompts, final_prompts) prompts, "
                                      "ceil(final_prompts / n) samples each (the train/held-out gap), and log the cheap "
                                      "curve on as many training prompts")
-    max_new_tokens: int = field(16, "cap on generated tokens (the longest sentence plus EOS is 15)")
+    max_new_tokens: int = field(16, "cap on generated tokens (grammar: the longest sentence plus EOS is 15; English: "
+                                    "about 8 words)")
     temperature: float = field(1.0, "sampling temperature of rollouts and evaluation")
     rm_pairs: int = field(0, "gold-labelled comparisons the proxy reward model is trained on (0: the "
                              "RewardModelConfig default)")
@@ -108,6 +127,12 @@ class LMTaskConfig:
         check_positive(self, "train_prompts", "eval_prompts", "final_prompts", "final_samples", "max_new_tokens",
                        "temperature")
         check_positive(self, "rm_pairs", strict=False)
+        if self.gold != "sentiment" and self.corpus != "english":
+            raise ConfigError(f"LMTaskConfig.gold = {self.gold!r} is invalid with corpus = {self.corpus!r}: the "
+                              "grammar has the sentiment reward only.")
+        if self.gold != "sentiment" and self.reward == "proxy":
+            raise ConfigError(f"LMTaskConfig.gold = {self.gold!r} is invalid with reward = 'proxy': the reward model "
+                              "is trained on the sentiment reward's labels.")
 
 
 @dataclass(frozen=True)
@@ -135,6 +160,16 @@ class LMRLHFConfig:
     eval_every: int = field(10, "updates between curve evaluations (also at the start and the end)")
     final_every: int = field(0, "updates between evaluations on the fixed score set; 0: at the start and the end only")
     kl_limit: float = field(50.0, "a mean sequence KL to the reference above this (nats) marks the run diverged")
+    ref_refresh: int = field(0, "updates between copies of the policy into π_ref, the reference of the loss and of "
+                                "the KL penalty ([PMPO] §5: every N steps, for every method); 0: π_ref stays the "
+                                "starting model. Evaluation KLs are always to the starting model")
+    kl_pass: Literal["dropout", "clean"] = field(
+        "dropout", "which forward pass of π_θ the loss's closed-form KL terms (to π_old and to π_ref) read when "
+                   "dropout > 0: the training pass with its dropout mask, or a second pass without dropout (log-probs "
+                   "and ratios always come from the training pass)")
+    label_ties: Literal["neither", "index"] = field(
+        "neither", "accept/reject labels when scores tie across the top-half boundary: the tied samples get neither "
+                   "label, or the lower sample index wins (the old rule)")
     device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses: 'cpu' or 'cuda' (the "
                                   "runner picks which GPU); the SFT and reward models are trained there too")
 
@@ -142,7 +177,7 @@ class LMRLHFConfig:
         check_choices(self)
         check_positive(self, "updates", "prompts_per_update", "samples_per_prompt", "epochs", "minibatches", "lr",
                        "dual_lr", "max_grad_norm", "eval_every", "kl_limit", "target_kl")
-        check_positive(self, "reward_kl", "vf_coef", "final_every", strict=False)
+        check_positive(self, "reward_kl", "vf_coef", "final_every", "ref_refresh", strict=False)
         check_range(self, "gae_lambda", 0.0, 1.0)
         check_range(self, "dropout", 0.0, 1.0, hi_open=True)
         if self.minibatches > self.prompts_per_update:
@@ -167,40 +202,111 @@ TINY_STAGES = (_TINY_SFT, RewardModelConfig(sft=_TINY_SFT, model=_TINY_MODEL, pa
 """Stages that build in seconds: plumbing only (the smoke profile and the tests), never a learning result."""
 
 
+_ENGLISH = EnglishConfig()
+_ENGLISH_MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=64, n_positions=48, dropout=0.1)
+_ENGLISH_SFT = SFTStageConfig(pretrain=PretrainConfig(language=_ENGLISH, model=_ENGLISH_MODEL, documents=40_000,
+                                                      steps=1000, batch_size=32, lr=3e-3),
+                              pairs=15_000, steps=600, batch_size=64, lr=1e-3, eval_prompts=512)
+ENGLISH_STAGES = (_ENGLISH_SFT, RewardModelConfig(sft=_ENGLISH_SFT, model=_ENGLISH_MODEL, pairs=2000, steps=300,
+                                                  max_new_tokens=16))
+"""The real-English artifacts: a GPT-2 (2 layers, width 64, GPT-2's dropout 0.1 in every stage) pretrained on the
+training plays' speeches, SFT'd on (opening, continuation) pairs, and its Bradley–Terry reward model."""
+_TINY_ENGLISH_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=48, dropout=0.1)
+_TINY_ENGLISH_SFT = SFTStageConfig(pretrain=PretrainConfig(language=EnglishConfig(vocab_size=300),
+                                                           model=_TINY_ENGLISH_MODEL, documents=2000, steps=100,
+                                                           batch_size=32), pairs=1000, steps=50, batch_size=32,
+                                   eval_prompts=16)
+TINY_ENGLISH_STAGES = (_TINY_ENGLISH_SFT, RewardModelConfig(sft=_TINY_ENGLISH_SFT, model=_TINY_ENGLISH_MODEL, pairs=60,
+                                                            steps=10, batch_size=32, max_new_tokens=16))
+"""English stages that build in seconds (vocabulary 300): plumbing only, never a learning result."""
+
+
 def stages(task: LMTaskConfig) -> tuple[SFTStageConfig, RewardModelConfig]:
     """The SFT stage the policy starts from and the proxy reward model's config."""
-    sft, rm = TINY_STAGES if task.stages == "tiny" else (SFTStageConfig(), RewardModelConfig())
+    english = task.corpus == "english"
+    if task.stages == "tiny":
+        sft, rm = TINY_ENGLISH_STAGES if english else TINY_STAGES
+    else:
+        sft, rm = ENGLISH_STAGES if english else (SFTStageConfig(), RewardModelConfig())
     if task.rm_pairs:
         rm = dataclasses.replace(rm, pairs=task.rm_pairs)
     return sft, rm
 
 
-def language_of(task: LMTaskConfig) -> LanguageConfig:
+def language_of(task: LMTaskConfig) -> Corpus:
     return stages(task)[0].pretrain.language
 
 
+def task_prompts(task: LMTaskConfig, split: str, n: int) -> list[str]:
+    """The task's first `n` prompts of `split` (the same list for every run of the task)."""
+    return corpora.prompts(language_of(task), split, n, seed=task.prompt_seed, gold=task.gold)
+
+
 class Rewards:
-    """Gold and proxy rewards of decoded responses, on the device of the responses."""
+    """Gold and proxy rewards of decoded responses, on the device of the responses.
+
+    The proxy reward model is the suite's (`tasks.lm.models.reward_model`). When the policy's tokenizer is not the
+    reward model's (a policy given by `task.policy`), the reward model reads the decoded text, encoded with its own
+    tokenizer and cut to its context."""
 
     def __init__(self, task: LMTaskConfig, tokenizer, device: Device = "cpu"):
         self.tokenizer = tokenizer
-        self.rm, _ = load_reward_model(reward_model(stages(task)[1], device))
+        self.language, self.gold = language_of(task), task.gold
+        self.rm, self.rm_tokenizer = load_reward_model(reward_model(stages(task)[1], device))
         self.rm.to(torch.device(device)).eval()
+        self.same_tokens = self.rm_tokenizer.get_vocab() == tokenizer.get_vocab()
 
     def texts(self, response_ids: Tensor, response_mask: Tensor) -> list[str]:
         return [self.tokenizer.decode(r[m > 0].tolist()) for r, m in zip(response_ids.cpu(), response_mask.cpu())]
+
+    def _rm_inputs(self, prompt_texts: list[str], texts: list[str], device) -> tuple[Tensor, ...]:
+        """The reward model's own token ids of (prompt, decoded response), cut to its context."""
+        tok, room = self.rm_tokenizer, self.rm.config.n_positions
+        p_ids, p_mask = encode_prompts(tok, prompt_texts)
+        rows = [tok(t, add_special_tokens=False)["input_ids"][: max(1, room - p_ids.shape[1])] for t in texts]
+        width = max(len(r) for r in rows)
+        r_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        r_mask = torch.zeros(len(rows), width)
+        for i, r in enumerate(rows):
+            r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            r_mask[i, :len(r)] = 1.0
+        return tuple(x.to(device) for x in (p_ids, p_mask, r_ids, r_mask))
 
     @torch.no_grad()
     def __call__(self, prompt_texts: list[str], prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
                  response_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(gold [N], proxy [N]) of each response to its prompt."""
-        gold = torch.from_numpy(gold_rewards(prompt_texts, self.texts(response_ids, response_mask)))
+        texts = self.texts(response_ids, response_mask)
+        gold = torch.from_numpy(corpora.gold_rewards(self.language, prompt_texts, texts, self.gold))
         gold = gold.float().to(response_ids.device)
-        proxy = reward_scores(self.rm, prompt_ids, prompt_mask, response_ids, response_mask, self.tokenizer.pad_token_id)
+        if self.same_tokens:
+            inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+        else:
+            inputs = self._rm_inputs(prompt_texts, texts, response_ids.device)
+        proxy = reward_scores(self.rm, *inputs, self.rm_tokenizer.pad_token_id)
         return gold, proxy
 
 
 # ------------------------------------------------------------------------------------------------ the loop
+
+
+def accept_reject(score: Tensor, ties: str = "neither") -> tuple[Tensor, Tensor]:
+    """PMPO's labels of K samples per prompt ([B, K] scores): the top half accepted (+1), the rest rejected (−1).
+
+    When the K/2-th and (K/2 + 1)-th scores tie, the top half is not defined by the scores: with `ties="neither"`
+    every sample scoring that boundary value gets label 0 (it is neither accepted nor rejected; a prompt whose K
+    scores all tie teaches nothing), with `"index"` the lower sample index is accepted. Returns (labels [B·K],
+    boundary tied [B] bool)."""
+    B, K = score.shape
+    label = 2.0 * top_k_mask(score, torch.ones_like(score), k=K // 2) - 1.0
+    if K < 2:
+        return label.reshape(-1), torch.zeros(B, dtype=torch.bool, device=score.device)
+    ordered = score.sort(-1, descending=True).values
+    boundary = ordered[:, K // 2 - 1]
+    tied = boundary == ordered[:, K // 2]
+    if ties == "neither":
+        label = torch.where(tied[:, None] & (score == boundary[:, None]), torch.zeros_like(label), label)
+    return label.reshape(-1), tied
 
 
 @dataclass
@@ -212,9 +318,10 @@ class Rollout:
     response_ids: Tensor      # [N, T]
     mask: Tensor              # [N, T]
     logp_old: Tensor          # [N, T] per-token log π_old
-    logprobs_old: Tensor      # [N, T, V]
+    hidden_old: Tensor        # [N, T + 1, H] π_old's last hidden states (eval mode), read by head_old
+    head_old: nn.Module       # π_old's output head, frozen at the rollout
     logp_ref: Tensor          # [N, T]
-    logprobs_ref: Tensor      # [N, T, V]
+    hidden_ref: Tensor        # [N, T + 1, H] π_ref's last hidden states, read by the learner's ref head
     value_old: Tensor         # [N, T + 1] value head on the sampling policy's states
     gold: Tensor              # [N]
     proxy: Tensor             # [N]
@@ -244,6 +351,7 @@ class Learner:
         for module in (self.policy, self.ref, self.value_head):
             module.to(self.dev)
         self.ref.requires_grad_(False)
+        self.start = self.ref  # the starting model: evaluation KLs are to it, also after a reference refresh
         self.policy.train()
         params = [*self.policy.parameters(), *self.value_head.parameters()]
         self.params = params
@@ -264,13 +372,34 @@ class Learner:
                                temperature=self.task.temperature, generator=gen, eos_id=self.eos, pad_id=self.pad,
                                greedy=greedy)
         self.policy.eval()
-        lp_old, states = forward_response(self.policy, p_ids, p_mask, r_ids, r_mask, hidden=True)
-        value_old = self.value_head(states)[..., 0]
+        h_old = hidden_response(self.policy, p_ids, p_mask, r_ids, r_mask)
         self.policy.train()
-        lp_ref, _ = forward_response(self.ref, p_ids, p_mask, r_ids, r_mask)
+        head_old = frozen_head(self.policy)
+        h_ref = hidden_response(self.ref, p_ids, p_mask, r_ids, r_mask)
         gold, proxy = rewards([t for t in prompt_texts for _ in range(k)], p_ids, p_mask, r_ids, r_mask)
-        return Rollout(p_ids, p_mask, r_ids, r_mask, gather_tokens(lp_old, r_ids, r_mask), lp_old,
-                       gather_tokens(lp_ref, r_ids, r_mask), lp_ref, value_old, gold, proxy)
+        return Rollout(p_ids, p_mask, r_ids, r_mask, token_logprobs(h_old, head_old, r_ids, r_mask), h_old, head_old,
+                       token_logprobs(h_ref, output_head(self.ref), r_ids, r_mask), h_ref,
+                       self.value_head(h_old)[..., 0], gold, proxy)
+
+    def kl_to_ref(self, ro: Rollout) -> Tensor:
+        """Σ_t KL(π_old(·|s_t) ‖ π_ref(·|s_t)) per sequence [N], closed form at the sampled prefixes."""
+        return token_kl_hidden(ro.hidden_old, ro.head_old, ro.hidden_ref, output_head(self.ref), ro.mask).sum(-1)
+
+    @torch.no_grad()
+    def kl_to_start(self, ro: Rollout) -> Tensor:
+        """Σ_t KL(π_old ‖ π_start) per sequence [N]: to the starting model, whatever π_ref is now."""
+        if self.start is self.ref:
+            return self.kl_to_ref(ro)
+        h = hidden_response(self.start, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.mask)
+        return token_kl_hidden(ro.hidden_old, ro.head_old, h, output_head(self.start), ro.mask).sum(-1)
+
+    @torch.no_grad()
+    def refresh_reference(self) -> None:
+        """π_ref ← π_θ ([PMPO] §5); the starting model stays as it was, for evaluation."""
+        if self.ref is self.start:
+            self.ref = copy.deepcopy(self.start)
+        self.ref.load_state_dict(self.policy.state_dict())
+        self.ref.eval()
 
     def reward_of(self, ro: Rollout) -> Tensor:
         return ro.gold if self.task.reward == "gold" else ro.proxy
@@ -303,13 +432,18 @@ class Learner:
         """The method's `Batch` for the prompts `idx` (rows idx·K .. idx·K + K − 1), with a gradient pass."""
         rows = (idx[:, None] * K + torch.arange(K, device=idx.device)).reshape(-1)
         b = len(idx)
-        lp, states = forward_response(self.policy, ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows],
-                                      ro.mask[rows], hidden=self.critic)
-        mask = ro.mask[rows]
-        tok = gather_tokens(lp, ro.response_ids[rows], mask)
+        inputs = (ro.prompt_ids[rows], ro.prompt_mask[rows], ro.response_ids[rows], ro.mask[rows])
+        states = hidden_response(self.policy, *inputs)  # the training pass (train mode: dropout if p > 0)
+        head, mask = output_head(self.policy), ro.mask[rows]
+        tok = token_logprobs(states, head, ro.response_ids[rows], mask)
+        kl_states = states
+        if self.cfg.kl_pass == "clean" and self.cfg.dropout > 0:
+            self.policy.eval()
+            kl_states = hidden_response(self.policy, *inputs)  # the same θ without dropout, with gradient
+            self.policy.train()
         shape = lambda x: x.reshape(b, K, *x.shape[1:])  # noqa: E731  [b·K, ...] -> [b, K, ...]
-        kl_ref = token_kl(ro.logprobs_ref[rows], lp, mask).sum(-1)    # KL(π_ref ‖ π_θ) per sequence
-        kl_old = token_kl(ro.logprobs_old[rows], lp, mask).sum(-1)    # KL(π_old ‖ π_θ) per sequence
+        kl_ref = token_kl_hidden(ro.hidden_ref[rows], output_head(self.ref), kl_states, head, mask).sum(-1)
+        kl_old = token_kl_hidden(ro.hidden_old[rows], ro.head_old, kl_states, head, mask).sum(-1)
         seq_mask = torch.ones(b, K, device=idx.device)
         batch = Batch(logp=shape(tok.sum(-1)), score=shape(score[rows]), mask=seq_mask,
                       logp_old=shape(ro.logp_old[rows].sum(-1)), logp_ref=shape(ro.logp_ref[rows].sum(-1)),
@@ -333,9 +467,8 @@ class Learner:
         cfg = self.cfg
         score, target = self.scores(ro)
         ranked = self.shaped_reward(ro).reshape(B, K)
-        label = (2.0 * top_k_mask(ranked, torch.ones(B, K, device=ranked.device), k=K // 2) - 1.0).reshape(-1)
-        ordered = ranked.sort(-1, descending=True).values
-        boundary_ties = float((ordered[:, K // 2 - 1] == ordered[:, K // 2]).float().mean()) if K >= 2 else 0.0
+        label, tied = accept_reject(ranked, cfg.label_ties)
+        boundary_ties = float(tied.float().mean())
         logged: list[dict[str, Tensor]] = []
         early_stop = 0.0
         for epoch in range(cfg.epochs):
@@ -382,17 +515,17 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator, k: int = 1,
                  chunk: int = 256) -> dict[str, float]:
-        """Means over `k` samples of each prompt (eval mode): gold, proxy, KL to the reference, grammatical share.
+        """Means over `k` samples of each prompt (eval mode): gold, proxy, KL to the starting model, well-formed share.
         Prompts go through in chunks of `chunk` (memory), all drawing from the one generator `gen`."""
-        gold, proxy, kl, grammatical = [], [], [], []
+        gold, proxy, kl, well_formed = [], [], [], []
         for i in range(0, len(prompt_texts), chunk):
             ro = self.rollout(prompt_texts[i:i + chunk], rewards, gen, k=k)
             gold.append(ro.gold)
             proxy.append(ro.proxy)
-            kl.append(token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1))
-            grammatical += [is_grammatical(t) for t in rewards.texts(ro.response_ids, ro.mask)]
+            kl.append(self.kl_to_start(ro))
+            well_formed += [corpora.well_formed(rewards.language, t) for t in rewards.texts(ro.response_ids, ro.mask)]
         return {"gold": float(torch.cat(gold).mean()), "proxy": float(torch.cat(proxy).mean()),
-                "kl_ref": float(torch.cat(kl).mean()), "grammatical": float(np.mean(grammatical))}
+                "kl_ref": float(torch.cat(kl).mean()), "well_formed": float(np.mean(well_formed))}
 
 
 def train(specs: list[RunSpec]) -> list[RunResult]:
@@ -411,12 +544,11 @@ _START_SCORES: dict[tuple, list[tuple[str, float]]] = {}
 
 def score_sets(task: LMTaskConfig) -> tuple[list[str], list[str], int]:
     """The fixed score set: (held-out prompts, training prompts scored beside them or [], samples per training prompt)."""
-    language = language_of(task)
-    heldout = prompts(language, "heldout", task.final_prompts, seed=task.prompt_seed)
+    heldout = task_prompts(task, "heldout", task.final_prompts)
     if not task.final_train:
         return heldout, [], 0
     n = min(task.train_prompts, task.final_prompts)
-    train = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)[:n]
+    train = task_prompts(task, "train", task.train_prompts)[:n]
     return heldout, train, math.ceil(task.final_prompts / n)
 
 
@@ -445,9 +577,8 @@ def _train_one(spec: RunSpec) -> RunResult:
     task: LMTaskConfig = spec.task_config
     learner = Learner(spec)
     rewards = Rewards(task, learner.tokenizer, cfg.device)
-    language = language_of(task)
-    pool = prompts(language, "train", task.train_prompts, seed=task.prompt_seed)
-    heldout = prompts(language, "heldout", task.eval_prompts, seed=task.prompt_seed)
+    pool = task_prompts(task, "train", task.train_prompts)
+    heldout = task_prompts(task, "heldout", task.eval_prompts)
     train_eval = pool[: task.eval_prompts]
     gen = generator(spec.seed, "run", learner.dev)
     B, K = cfg.prompts_per_update, cfg.samples_per_prompt
@@ -480,7 +611,7 @@ def _train_one(spec: RunSpec) -> RunResult:
         if learner.needs.baseline:
             greedy = learner.rollout(prompt_texts, rewards, gen, k=1, greedy=True)
             baseline = learner.shaped_reward(greedy)
-        kl_seq = token_kl(ro.logprobs_old, ro.logprobs_ref, ro.mask).sum(-1)
+        kl_seq = learner.kl_to_ref(ro)
         rows.extend([(update, "reward/gold", float(ro.gold.mean())), (update, "reward/proxy", float(ro.proxy.mean())),
                      (update, "kl/ref_seq", float(kl_seq.mean())), (update, "length", float(ro.mask.sum(-1).mean()))])
         if not math.isfinite(float(kl_seq.mean())) or float(kl_seq.mean()) > cfg.kl_limit:
@@ -494,18 +625,33 @@ def _train_one(spec: RunSpec) -> RunResult:
             evaluate(update)
         if update == cfg.updates or (cfg.final_every and update % cfg.final_every == 0):
             score(update)
+        if cfg.ref_refresh and update % cfg.ref_refresh == 0 and update < cfg.updates:
+            learner.refresh_reference()
+            rows.append((update, "ref/refreshed", 1.0))
     return RunResult("ok", rows)
 
 
 def _register() -> None:
     family = Family(name="lm", train_config=LMRLHFConfig, provides=provides, train=train,
-                    description="online RLHF of a small transformers GPT-2 on a synthetic language (gold and proxy rewards)")
-    register_task("lm-grammar", family, LMTaskConfig(), "LM family: continue a sentence of the suite's grammar; "
-                                                         "gold reward = sentiment and topic of a grammatical reply")
+                    description="online RLHF of a small transformers GPT-2 on real English or the synthetic grammar "
+                                "(gold and proxy rewards)")
+    register_task("lm-english", family, LMTaskConfig(corpus="english"),
+                  "LM family, the L claims' task: continue the opening words of a Shakespeare speech; gold reward = "
+                  "VADER's sentiment of the continuation")
+    register_task("lm-english-small", family, LMTaskConfig(corpus="english", gold="match", train_prompts=32,
+                                                           final_train=True),
+                  "LM family, small-data regime: 32 training prompts, a prompt-dependent reward (continue in the "
+                  "prompt's mood), scored on held-out prompts and on its training prompts")
+    register_task("lm-english-proxy", family, LMTaskConfig(corpus="english", reward="proxy", rm_pairs=300),
+                  "LM family optimising a Bradley–Terry proxy reward model trained on 300 VADER-labelled pairs")
+    register_task("lm-grammar", family, LMTaskConfig(), "LM family, the fast task: continue a sentence of the suite's "
+                                                         "grammar; gold reward = sentiment and topic of a grammatical reply")
     register_task("lm-grammar-small", family, LMTaskConfig(train_prompts=32, final_train=True),
-                  "LM family, small-data regime: 32 training prompts, scored on held-out prompts and on its training prompts")
+                  "LM family, small-data regime on the grammar: 32 training prompts, scored on held-out prompts and on "
+                  "its training prompts")
     register_task("lm-grammar-proxy", family, LMTaskConfig(reward="proxy", rm_pairs=300),
-                  "LM family optimising a Bradley–Terry proxy reward model trained on 300 gold-labelled pairs")
+                  "LM family on the grammar optimising a Bradley–Terry proxy reward model trained on 300 gold-labelled "
+                  "pairs")
 
 
 _register()
