@@ -1,7 +1,7 @@
 """Claim L8's run: SFT as the generic EM M-step with a delta target against `transformers`' cross-entropy, step for step.
 
 Two copies of the suite's pretrained GPT-2 (`tasks.lm.models.pretrained`) are fine-tuned on the same SFT demonstrations
-(`tasks.lm.language.sft_pairs`), in the same batches, with the same optimiser and the same dropout masks (the global torch
+(`tasks.lm.corpora.sft_pairs`), in the same batches, with the same optimiser and the same dropout masks (the global torch
 generator is re-seeded identically before each copy's forward pass, so both draw the same masks):
 - copy A minimises the model's own causal-LM loss, `model(input_ids, labels=labels).loss` (token-mean cross-entropy over
   the response tokens);
@@ -28,7 +28,7 @@ from algorithms import REGISTRY as ALGORITHMS
 from algorithms.base import Batch
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from tasks.base import Device, RunResult, RunSpec
-from tasks.lm.language import sft_pairs
+from tasks.lm import corpora
 from tasks.lm.models import collate, load_causal_lm, pretrained, sft_example
 from tasks.seeding import generator, stream_seed
 
@@ -62,13 +62,14 @@ def sft_check(spec: RunSpec, pretrain_cfg) -> RunResult:
     b.to(dev).train()
     method = ALGORITHMS["sft"](spec.algo_config).to(dev)
     opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=cfg.lr), torch.optim.SGD(b.parameters(), lr=cfg.lr)
-    pairs = sft_pairs(pretrain_cfg.language, cfg.steps * cfg.batch_size, seed=stream_seed(spec.seed, "l8/data"))
+    pairs = corpora.sft_pairs(pretrain_cfg.language, cfg.steps * cfg.batch_size, seed=stream_seed(spec.seed, "l8/data"))
+    cap = corpora.limits(pretrain_cfg.language)[1]
     gen = generator(spec.seed, "l8/order", dev)
     order = torch.randperm(len(pairs), generator=gen, device=dev).tolist()
     logged: list[torch.Tensor] = []
     for step in range(1, cfg.steps + 1):
         chosen = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
-        data = {k: v.to(dev) for k, v in collate([sft_example(tokenizer, *pairs[i]) for i in chosen],
+        data = {k: v.to(dev) for k, v in collate([sft_example(tokenizer, *pairs[i], cap) for i in chosen],
                                                  tokenizer.pad_token_id).items()}
         b.load_state_dict(a.state_dict())
         seed = stream_seed(spec.seed, f"l8/dropout/{step}")
