@@ -215,3 +215,15 @@ def test_a_local_gpt2_of_the_standard_vocabulary_trains_end_to_end(tmp_path):
     result = train_one(_spec("pmpo", loop=LMRLHFConfig(updates=2, prompts_per_update=2, eval_every=2), task=task))
     assert result.status == "ok", result.diverged
     assert {"final/gold", "final/proxy", "final/kl_ref"} <= {m for _, m, _ in result.rows}
+
+
+def test_l8_check_trains_on_the_english_corpus_demonstrations():
+    """L8's two SFT copies read the task's own corpus (English speeches here), capped at the response length."""
+    from algorithms.sft import SFTConfig
+    from tasks.lm.sft_check import LMSFTCheckConfig, sft_check
+
+    spec = RunSpec("lm-english", TASK, "sft", SFTConfig(), LMSFTCheckConfig(steps=3, batch_size=4), 0)
+    result = sft_check(spec, stages(TASK)[0].pretrain)
+    assert result.status == "ok"
+    diffs = [v for _, m, v in result.rows if m == "check/max_param_diff"]
+    assert len(diffs) == 3 and max(diffs) < 1e-5

@@ -76,7 +76,8 @@ def sft_pairs(cfg: Corpus, n: int, seed: int) -> list[tuple[str, str]]:
 def check_gold(cfg: Corpus, gold: str) -> None:
     allowed = GOLD_MODES if isinstance(cfg, EnglishConfig) else ("sentiment",)
     if gold not in allowed:
-        raise ConfigError(f"gold = {gold!r} is invalid for the {name(cfg)} corpus: must be one of {', '.join(allowed)}.")
+        raise ConfigError(f"gold = {gold!r} is invalid for the {name(cfg)} corpus: must be one of "
+                          f"{', '.join(allowed)}.")
 
 
 def gold_rewards(cfg: Corpus, prompts: Sequence[str], responses: Sequence[str], gold: str = "sentiment") -> np.ndarray:
@@ -93,8 +94,8 @@ def well_formed(cfg: Corpus, response: str) -> bool:
 
 
 def quality(cfg: Corpus, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
-    """Sample quality of an artifact: eval/well_formed, eval/eos, eval/gold_mean and the corpus's own extras
-    (the grammar: eval/topic; English: eval/words, the mean words before [EOS], and eval/neutral, the share scored 0)."""
+    """Sample quality of an artifact: eval/well_formed, eval/eos, eval/gold_mean and the corpus's own extras (the
+    grammar: eval/topic; English: eval/words, the mean words before [EOS], and eval/neutral, the share scored 0)."""
     gold = gold_rewards(cfg, prompts, responses)
     well = np.array([well_formed(cfg, r) for r in responses])
     out = {"eval/well_formed": float(well.mean()), "eval/gold_mean": float(gold.mean()), "eval/n": float(len(prompts))}

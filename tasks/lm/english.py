@@ -77,9 +77,9 @@ _DIRECTION = re.compile(r"\[[^\]]*\]")  # "[Aside.]", "[Exeunt King and Polonius
 
 
 def speeches(text: str) -> list[str]:
-    """The work's speeches in order: each block between blank lines with its speaker's tag (a first line like "Ham." or "PUCK")
-    and every bracketed stage direction removed, its lines joined by single spaces; blocks left empty (a direction
-    alone, a title, a number) are dropped."""
+    """The work's speeches in order: each block between blank lines with its speaker's tag (a first line like "Ham." or
+    "PUCK") and every bracketed stage direction removed, its lines joined by single spaces; blocks left empty (a
+    direction alone, a title, a number) are dropped."""
     out = []
     for block in re.split(r"\n\s*\n", text):
         lines = [ln.strip() for ln in block.strip().splitlines() if ln.strip() and not _NUMBER.match(ln)]

@@ -207,11 +207,11 @@ _ENGLISH_MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=64, n_positions=48, dro
 _ENGLISH_SFT = SFTStageConfig(pretrain=PretrainConfig(language=_ENGLISH, model=_ENGLISH_MODEL, documents=40_000,
                                                       steps=1000, batch_size=32, lr=3e-3),
                               pairs=15_000, steps=600, batch_size=64, lr=1e-3, eval_prompts=512)
-ENGLISH_STAGES = (_ENGLISH_SFT, RewardModelConfig(sft=_ENGLISH_SFT, model=_ENGLISH_MODEL, pairs=300, heldout_fraction=1.0,
-                                                  steps=300, max_new_tokens=16))
+ENGLISH_STAGES = (_ENGLISH_SFT, RewardModelConfig(sft=_ENGLISH_SFT, model=_ENGLISH_MODEL, pairs=300,
+                                                  heldout_fraction=1.0, steps=300, max_new_tokens=16))
 """The real-English artifacts: a GPT-2 (2 layers, width 64, GPT-2's dropout 0.1 in every stage) pretrained on the
-training plays' speeches, SFT'd on (opening, continuation) pairs, and its Bradley–Terry reward model: 300 VADER-labelled
-comparisons (few enough to be exploitable: L4's proxy, logged as `reward/proxy` by every run), measured on 300 held-out
+training plays' speeches, SFT'd on (opening, continuation) pairs, and its Bradley–Terry reward model: 300
+VADER-labelled comparisons (few enough to be exploitable: L4's proxy, logged as `reward/proxy` by every run), measured on 300 held-out
 comparisons."""
 _TINY_ENGLISH_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=48, dropout=0.1)
 _TINY_ENGLISH_SFT = SFTStageConfig(pretrain=PretrainConfig(language=EnglishConfig(vocab_size=300),
