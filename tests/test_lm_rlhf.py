@@ -315,6 +315,17 @@ def test_l3_with_the_reference_refresh_can_read_not_supported():
     v = analysis.verdicts[0]
     assert v.outcome == "not supported" and v.checks[0].outcome == "supported"
     assert "frontier.png" in analysis.figures
+    # the same gold, but accept-only and DPO end 20× further from the SFT model: the end-of-budget gap is not read
+    far = {**refreshed, (0, "final/kl_ref"): 0.0, (40, "final/kl_ref"): 60.0}
+    near = {**refreshed, (0, "final/kl_ref"): 0.0, (40, "final/kl_ref"): 3.0}
+    cells = {(LM, v): [_gold(0.0, mu + 0.01 * g.standard_normal(), far if v in (acc, "DPO") else near)
+                       for _ in range(5)]
+             for v, mu in ((ar, 0.1), (acc, 1.0), (rej, 1.0), (rej_low, 0.5), ("DPO", 2.0))}
+    runs, rows = _synthetic(cells)
+    v = LMPMPO().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    gated = [c for c in v.checks if c.kind == "verdict" and ("accept" in c.name.split("−")[-1] or "DPO" in c.name)]
+    assert gated and all(c.outcome == "inconclusive" and "comparable" in c.statistic for c in gated)
+    assert v.outcome == "not supported"  # reject β=2 ends at comparable KL and still beats accept & reject
 
 
 def test_l4_diverged_runs_feed_no_number_and_the_first_to_over_optimise_is_read_off_the_plotted_curve():

@@ -780,6 +780,30 @@ REFRESH_LOOP = dataclasses.replace(BASE_LOOP, ref_refresh=REFRESH)
 NO_REFRESH = ("π_ref stayed the SFT model for the whole run, while the paper refreshes the reference of every method every N "
               "steps ([PMPO] §5)")
 REFRESH_DECIDE = "runs with the reference refresh of [PMPO] §5 (`ref_refresh`); planned at the `paper` profile"
+KL_RATIO = 2.0
+"""L3: two variants end at *comparable* KL to the SFT model when their median final KLs differ by at most this factor.
+Otherwise an end-of-budget gold difference mixes learning speed with how far each variant was allowed to move (PMPO
+accept-only has β = 0, DPO's refreshed reference lets it drift), and the check reads inconclusive either way."""
+UNMATCHED_DECIDE = ("a comparison at matched KL on the fixed score set along training (`final_every`), or budgets that "
+                    "end at comparable KL (each variant's β at one KL); planned at the `paper` profile")
+
+
+def kl_comparable(runs, kl, task, a, b) -> tuple[bool, str]:
+    """(whether variants a and b end at comparable KL, the text that says so): median final KLs within KL_RATIO."""
+    med = [float(np.median(cell(runs, kl, task, v))) if len(cell(runs, kl, task, v)) else np.nan for v in (a, b)]
+    if not np.isfinite(med).all():
+        return True, ""
+    ratio = max(med) / max(min(med), 1e-9)
+    return ratio <= KL_RATIO, f"median final KL {med[0]:.1f} vs {med[1]:.1f} nats (×{ratio:.1f}; comparable ≤ ×{KL_RATIO:g})"
+
+
+def at_comparable_kl(c: Check, comparable: bool, text: str) -> Check:
+    """An end-of-budget check between variants whose KLs differ by more than KL_RATIO reads inconclusive, saying so."""
+    if comparable or c.outcome == "inconclusive" or not text:
+        return c
+    c.statistic += f"; not read: {text} — the end-of-budget difference mixes learning speed with how far each moved"
+    c.outcome, c.decide = "inconclusive", UNMATCHED_DECIDE
+    return c
 
 
 class LMPMPO(LMQuestion):
@@ -794,11 +818,17 @@ class LMPMPO(LMQuestion):
         "On gold improvements on the fixed score set at the budget's end ('faster' is read as higher at the end of the "
         "same budget): (a) “faster learning compared to using either signal in isolation”: the CI of IQM(AR) − IQM(A) and "
         "of IQM(AR) − IQM(R, β=2) each lie wholly above 0 (wholly below: not supported); (b) “competitive to DPO”: the CI of "
-        f"IQM(AR) − IQM(DPO) lies above −{MATCH_FRACTION:g}×|IQM(DPO)| (wholly below: not supported). Premise, “our "
+        f"IQM(AR) − IQM(DPO) lies above −{MATCH_FRACTION:g}×|IQM(DPO)| (wholly below: not supported). Each of (a)–(b) "
+        f"compares two variants that end at comparable KL to the SFT model (median final KLs within ×{KL_RATIO:g}); "
+        "otherwise the end-of-budget difference mixes learning speed with how far each variant moved, and the check "
+        "reads inconclusive either way (added after the first refreshed runs, in which accept-only and DPO ended 16–19× "
+        "further from the SFT model than accept & reject). Premise, “our "
         "approach”: PMPO as the paper runs it, with π_ref refreshed every N steps; without the refresh the premise check is "
         "inconclusive and a `not supported` of (a)–(b) is reported as inconclusive, naming it. Observations: reject-only at "
         "β = 2 against β = 0.5 (the later β > 1 − α sentence, tested on bandits by B3), the area under the cheap gold "
-        "curve, each variant's KL to the SFT model (the reward–KL frontier), and how often the accept/reject labels tie.",
+        "curve, each variant's KL to the SFT model (the reward–KL frontier), each comparison again at matched KL (the lower "
+        "of the two variants' median final KL, gold read off the cheap curve as L5 reads its paths), and how often the "
+        "accept/reject labels tie.",
         COMMON_DEVIATIONS + (Deviation("reference policy", "refreshed every N steps for every method ([PMPO] §5; N not "
                                        "given for §5.4)", f"refreshed to the current policy every {REFRESH} updates for "
                                        "every variant, DPO included; KLs in the report are to the SFT model",
@@ -832,14 +862,17 @@ class LMPMPO(LMQuestion):
                         "some completed run never refreshed π_ref" if not refresh else
                         f"every completed run refreshed π_ref ({len(mine)} runs)", words="our approach",
                         decide=REFRESH_DECIDE if not refresh else "")]
+        kl = end_value(runs, rows, "final/kl_ref")
         for other in (acc, rej):
-            checks.append(with_premise(check(f"(a) {ar} − {other}", "faster learning compared to using either signal in "
-                                             "isolation", x, rng, test="above", threshold=0.0, y=cell(runs, s, task, other),
-                                             fmt="{} (gold improvement)"), refresh, NO_REFRESH, REFRESH_DECIDE))
+            c = check(f"(a) {ar} − {other}", "faster learning compared to using either signal in isolation", x, rng,
+                      test="above", threshold=0.0, y=cell(runs, s, task, other), fmt="{} (gold improvement)")
+            c = at_comparable_kl(c, *kl_comparable(runs, kl, task, ar, other))
+            checks.append(with_premise(c, refresh, NO_REFRESH, REFRESH_DECIDE))
         dpo = cell(runs, s, task, "DPO")
-        checks.append(with_premise(check(f"(b) {ar} − DPO", "competitive to DPO", x, rng, test="above",
-                                         threshold=-MATCH_FRACTION * abs(_iqm(dpo)), y=dpo, fmt="{} (gold improvement)"),
-                                   refresh, NO_REFRESH, REFRESH_DECIDE))
+        c = check(f"(b) {ar} − DPO", "competitive to DPO", x, rng, test="above",
+                  threshold=-MATCH_FRACTION * abs(_iqm(dpo)), y=dpo, fmt="{} (gold improvement)")
+        c = at_comparable_kl(c, *kl_comparable(runs, kl, task, ar, "DPO"))
+        checks.append(with_premise(c, refresh, NO_REFRESH, REFRESH_DECIDE))
         if ((runs.task == task) & (runs.variant == rej_low)).any():
             d_beta = _diff(runs, s, task, rej, rej_low, rng)
             checks.append(observation("reject only, β = 2 − β = 0.5 (β > 1 − α: the later sentence, B3)",
@@ -848,7 +881,19 @@ class LMPMPO(LMQuestion):
         for other in (acc, rej):
             d = _diff(runs, auc, task, ar, other, rng)
             checks.append(observation(f"area under the cheap gold curve, {ar} − {other}", _trend(d), fmt_ci(d)))
-        kl = end_value(runs, rows, "final/kl_ref")
+        matched = {}
+        for other in (acc, rej, "DPO"):
+            # at matched KL: each pair compared at the lower of the two medians of the final KL to the SFT model, gold
+            # read off each run's cheap curve (eval/kl_ref, eval/gold every eval_every updates), as L5 reads its paths
+            med = [float(np.median(cell(runs, kl, task, v))) if len(cell(runs, kl, task, v)) else np.nan
+                   for v in (ar, other)]
+            kappa = float(np.nanmin(med)) if np.isfinite(med).any() else np.nan
+            if not np.isfinite(kappa):
+                continue
+            at = gold_at_kl(rows, kappa, kl="eval/kl_ref", gold="eval/gold")
+            d = matched[other] = _diff(runs, at, task, ar, other, rng)
+            checks.append(observation(f"{ar} − {other} at matched KL {kappa:.1f} nats (cheap curve; the frontier figure)",
+                                      _trend(d), f"{fmt_ci(d)} (gold at KL κ, κ = the lower median final KL of the two)"))
         names = [v for v in (*(lbl for lbl, _ in PMPO_VARIANTS), "DPO")
                  if ((runs.task == task) & (runs.variant == v)).any()]
         checks.append(observation("final KL to the SFT model (IQM, nats; the frontier figure)",
@@ -861,7 +906,10 @@ class LMPMPO(LMQuestion):
         summary = ((f"π_ref refreshed every {REFRESH} updates; " if refresh else "π_ref was not refreshed in every run, so "
                     "the verdict stays open; ") + f"gold improvement {ar} {fmt_ci(iqm_or_nan(x, rng))}, accept "
                    f"{_iqm(cell(runs, s, task, acc)):.2f}, reject β=2 {_iqm(cell(runs, s, task, rej)):.2f}, DPO "
-                   f"{_iqm(dpo):.2f}.")
+                   f"{_iqm(dpo):.2f}; final KL to the SFT model "
+                   + ", ".join(f"{v} {_iqm(cell(runs, kl, task, v)):.1f}" for v in (ar, acc, rej, "DPO"))
+                   + (" nats; at matched KL (cheap curve) " + ", ".join(f"{ar} − {o} {d[0]:+.2f}" for o, d in matched.items())
+                      if matched else "") + ".")
         verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks),
                           sensitivity=f"not run at this profile: every run refreshes π_ref every {REFRESH} updates; the "
                                       f"periods {', '.join(map(str, REFRESH_PERIODS))} are planned at `paper`.")
