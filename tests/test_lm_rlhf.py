@@ -271,7 +271,7 @@ def test_l3_without_the_reference_refresh_is_never_not_supported():
 
 def test_l2_reads_the_verdict_per_dropout_p_that_ran_with_the_base_model_premise_met():
     import numpy as np
-    from suite.questions.lm import BASE_DROPOUT, CLEAN_KL, LEVELS, LM, SMALL, SWEEP, LMDropout
+    from suite.questions.lm import BASE_DROPOUT, DROPOUT_KL, LEVELS, LM, SMALL, SWEEP, LMDropout
 
     assert BASE_DROPOUT == 0.1  # the base model is pretrained and SFT'd with GPT-2's dropout: the premise holds
     g = np.random.default_rng(1)
@@ -283,7 +283,7 @@ def test_l2_reads_the_verdict_per_dropout_p_that_ran_with_the_base_model_premise
                 cells[(LM, f"{m} p={p:g}")] = [_gold(0.0, base - (3 * p if m == "V-MPO" else p) + 0.01 * g.standard_normal(),
                                                      {(1, "first/ratio_std"): p, (1, "first/clipfrac"): p / 2})
                                                for _ in range(5)]
-        cells[(LM, CLEAN_KL)] = [_gold(0.0, 1.2 + 0.01 * g.standard_normal()) for _ in range(5)]
+        cells[(LM, DROPOUT_KL)] = [_gold(0.0, 1.2 + 0.01 * g.standard_normal()) for _ in range(5)]
         for m in ("V-MPO", "AWR", "DAR"):
             for p in (0.0, 0.1):
                 cells[(SMALL, f"{m} p={p:g}")] = [_gold(0.0, 1.0 + 0.01 * g.standard_normal(),
@@ -295,7 +295,7 @@ def test_l2_reads_the_verdict_per_dropout_p_that_ran_with_the_base_model_premise
         ran = [p for p in LEVELS if p in sweep]
         assert groups == {f"dropout p={p:g}" for p in ran} and v.by == "dropout p"
         assert v.outcome == "not supported"  # dropout costs V-MPO three times what it costs PPO, premise met
-        assert any(c.name.startswith(CLEAN_KL) for c in v.checks)
+        assert any(c.name.startswith(DROPOUT_KL) for c in v.checks)
         assert ("planned at `paper`" in v.sensitivity) == (len(ran) < len(LEVELS))
         small = [c for c in v.checks if c.kind == "verdict" and c.name.startswith("(3)")]
         assert len(small) == 1 and small[0].outcome == "inconclusive" and "overfits" in small[0].decide
