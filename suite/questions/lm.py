@@ -62,6 +62,9 @@ DROPOUT = 0.1
 SWEEP = (0.0, 0.05, DROPOUT, 0.2)
 """L2 runs PPO and V-MPO (the policy gradient and the EM method its sentence names) at every level at `paper`, and at 0 and
 DROPOUT at `quick` (the family's 25-minute budget); its verdict is read at each p > 0 that ran, against p = 0 (the knob)."""
+SMALL_LEARNS = 0.05
+"""L2's small-data regime *learns* its reward when V-MPO's gain on its own training prompts at p = 0 has a CI above this
+(VADER's neutral band: a compound score within ±0.05 reads as neutral); only then is a missing gap a budget question."""
 ETA_MOVES = 2.0
 """L1's premise: the adaptive η *adapts* when it ends at least this factor away from its start (IQM over runs)."""
 
@@ -655,12 +658,19 @@ class LMDropout(LMQuestion):
             c3.outcome = "inconclusive"
             c3.statistic += (f"; not read: at p = 0 V-MPO gains no more on its {SMALL_PROMPTS} training prompts than on held-out "
                              f"ones (gap {fmt_ci(gap_ci)}), so there is no overfitting for dropout to reduce")
-            c3.decide = ("a regime where V-MPO at p = 0 overfits its training prompts (more updates on the same prompts); "
-                         "planned at the `paper` profile")
+            train_gain = iqm_or_nan(_at(runs, improvement(runs, rows, "final_train/gold").dropna(), SMALL, "V-MPO", 0.0),
+                                    rng)
+            learned = bool(train_gain[1] > SMALL_LEARNS)
+            c3.decide = ("a regime where V-MPO at p = 0 overfits its training prompts (more updates on the same prompts)"
+                         if learned else
+                         f"a prompt-dependent reward this model learns: at p = 0 V-MPO gains {fmt_ci(train_gain)} even on "
+                         "its own training prompts (a larger model or many more updates)") + "; planned at the `paper` profile"
         else:
             c3 = with_premise(c3, premise, NO_DROPOUT_BASE, DROPOUT_BASE_DECIDE)
+        train_gain = iqm_or_nan(_at(runs, improvement(runs, rows, "final_train/gold").dropna(), SMALL, "V-MPO", 0.0), rng)
         out = [c3, observation(f"{SMALL}: V-MPO p=0 train-prompt − held-out gold improvement (the regime's premise)",
-                               "overfits" if overfits else "no train/held-out gap", fmt_ci(gap_ci), group)]
+                               "overfits" if overfits else "no train/held-out gap",
+                               f"{fmt_ci(gap_ci)}; its gain on the training prompts {fmt_ci(train_gain)}", group)]
         for m in ("AWR", "DAR"):
             if not ((runs.task == SMALL) & (runs.variant == f"{m} p=0")).any():
                 continue  # below `paper` the small-data arm runs V-MPO only
