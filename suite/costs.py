@@ -28,8 +28,10 @@ SECONDS_PER_UNIT: dict[tuple[str, str], float] = {
     ("bandit", "steps"): 2.0e-4,  # [1.6e-4, 2.3e-4] per step of a 10-seed vectorised group
     ("control", "total_steps"): 6.4e-4,  # [4.8e-4, 2.0e-3] per environment step, on-policy (PPO, V-MPO, GEMPI, DAR)
     ("control", "steps"): 4.3e-3,  # [3.8e-3, 4.9e-3] per learner step, actor-critic and offline (MPO, PMPO, AWR, VIREL)
-    ("lm", "updates"): 0.246,  # [0.175, 0.249] per RLHF update (generation, scoring and learning)
-    ("lm", "steps"): 0.216,  # per SFT step
+    # the LM family on the real-English task, from its own quick sweep of 2026-12-04 (145 runs, 2 workers, alone on the
+    # machine): run wall time, its evaluations included, over updates
+    ("lm", "updates"): 0.422,  # [0.385, 0.441] per RLHF update (generation, scoring, learning, the fixed score set)
+    ("lm", "steps"): 0.496,  # per step of L8's two SFT copies
     ("theory", "run"): 0.091,  # [0.012, 0.055] per exact-enumeration instance (a few are slow)
 }
 MEASURED_ON = "the 2-core development machine, 2026-12-03"
