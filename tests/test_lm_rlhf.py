@@ -371,3 +371,25 @@ def test_l1_an_adaptive_eta_that_does_not_move_leaves_the_verdict_open_whatever_
     runs, rows = _synthetic(cells)
     v = LMTemperature().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
     assert v.outcome == "not supported"  # η moved: the comparison tests adaptation, and it loses
+
+
+def test_l5_a_run_that_diverged_after_passing_kappa_keeps_its_gold_there():
+    """Gold at matched KL κ is read off the path; a divergence beyond κ does not count, one before κ scores the floor."""
+    import numpy as np
+    from suite.questions.lm import FLOOR, LM, LMDAR, gold_at_kl, reached_kl
+
+    def path(points, g):
+        return {**{(s, "final/kl_ref"): k for s, k, _ in points}, **{(s, "final/gold"): v + 0.01 * g for s, _, v in points}}
+
+    rng = np.random.default_rng(0)
+    far = [(0, 0.0, 0.0), (20, 4.0, 0.4)]                  # diverged at update 39, after passing κ = 2
+    short = [(0, 0.0, 0.0), (20, 1.0, 0.1)]                # diverged before reaching κ = 2
+    cells = {(LM, "DAR"): [path(far, rng.standard_normal()) for _ in range(3)]
+             + [path(short, rng.standard_normal()) for _ in range(2)],
+             (LM, "PPO"): [path([(0, 0.0, 0.0), (20, 1.0, 0.1), (40, 2.0, 0.2)], rng.standard_normal()) for _ in range(5)],
+             (LM, "DPO"): [path([(0, 0.0, 0.0), (20, 1.0, 0.1), (40, 2.0, 0.2)], rng.standard_normal()) for _ in range(5)]}
+    runs, rows = _synthetic(cells, diverged={("DAR", s) for s in range(5)})
+    at = gold_at_kl(rows, 2.0)
+    assert reached_kl(rows)[f"{LM}/DAR/0"] == 4.0 and abs(at[f"{LM}/DAR/0"] - 0.2) < 0.05
+    v = LMDAR().analyse(runs, rows, np.random.default_rng(0)).verdicts[0]
+    assert "κ" in v.summary and FLOOR == -1.0
