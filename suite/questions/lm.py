@@ -1181,6 +1181,14 @@ class LMDAR(LMQuestion):
                                     "RLHF baselines", cell(runs, m, task, "DAR"), rng, test="above", threshold=0.0,
                                     y=cell(runs, m, task, other), group=g))
         s = scores(runs, rows)
+        if np.isfinite(kappa0):  # the same comparison on the cheap curve's finer path (every eval_every updates)
+            fine = gold_at_kl(rows, kappa0, kl="eval/kl_ref", gold="eval/gold")
+            short = reached_kl(rows, "eval/kl_ref") < kappa0
+            fine[fine.index.isin(diverged) & fine.index.isin(short[short].index)] = FLOOR
+            for other in ("PPO", "DPO"):
+                d = _diff(runs, fine, task, "DAR", other, rng)
+                checks.append(observation(f"DAR − {other} at KL {kappa0:.2f} on the cheap curve (5 points per run, 64 "
+                                          "prompts × 1 sample)", _trend(d), fmt_ci(d), "κ=1×κ_0"))
         d_eq = _diff(runs, s, task, "DAR α=1e-4", "fixed-η V-MPO (η=0.05)", rng)
         clip = per_run_mean(rows, "weights/clipfrac")
         checks.append(observation("DAR α=1e-4 − fixed-η V-MPO (gold improvement)", _trend(d_eq), fmt_ci(d_eq), "every κ"))
