@@ -36,8 +36,8 @@ Measured on the 2-core CPU (torch 2.13 CPU, transformers 5.23; numbers as record
   stage, BPE of 1,024 tokens): pretraining 1,000 steps × 32 speeches ~100 s, held-out perplexity 77.9 per token on
   2,000 speeches of the five held-out plays; SFT 600 steps ~58 s, its samples at temperature 1 on 512 held-out prompts:
   mean gold (VADER compound) 0.024, 78% scored 0 (neutral), 66% end with [EOS] within 16 tokens, 5.9 words on
-  average; the reward model (2,000 comparisons) ~52 s, held-out pair accuracy 0.76 (train 0.95), Pearson correlation
-  with gold 0.56; the 300-comparison proxy of L4 ~35 s, held-out accuracy 0.78 on 60 pairs (train loss ~0);
+  average; the reward model (300 comparisons, L4's proxy) ~39 s, held-out pair accuracy 0.61 on 300 held-out
+  comparisons (train 1.0), Pearson correlation with gold 0.23 (a pilot with 2,000 comparisons: 0.76, Pearson 0.56);
 - the synthetic grammar (the defaults of the configs here, the tests' fast task): pretrain 500 steps ~27 s; SFT 2000
   steps ~65 s, its samples at temperature 1 on held-out prompts 96% grammatical, 84% on topic, mean gold reward 0.69;
   reward model (2000 comparisons) ~31 s, held-out accuracy 0.90, Pearson correlation with gold 0.77; the
