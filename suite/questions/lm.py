@@ -259,13 +259,17 @@ def frontier_panel(ax, runs, rows, task: str, variants: list[str], palette: dict
     """Reward–KL frontier (the DPO paper's Figure 2): each run's final gold reward on the fixed score set against its
     KL to the starting model on the same samples (small dots), and each variant's IQM point (large)."""
     gold, kl = end_value(runs, rows, "final/gold"), end_value(runs, rows, "final/kl_ref")
+    seen = []
     for v in variants:
         ids = runs[(runs.task == task) & (runs.variant == v)].run_id
         both = pd.DataFrame({"kl": kl.reindex(ids).to_numpy(), "gold": gold.reindex(ids).to_numpy()}).dropna()
         if both.empty:
             continue
+        seen += list(both.kl)
         ax.scatter(both.kl, both.gold, s=10, alpha=0.5, color=palette[v])
         ax.scatter([_iqm(both.kl)], [_iqm(both.gold)], s=60, color=palette[v], edgecolor="black", label=v, zorder=3)
+    if seen and min(seen) > 0 and max(seen) > 20 * min(seen):  # KLs spanning decades: a log axis keeps both ends
+        ax.set_xscale("log")
     ax.set_xlabel("KL to the SFT model (nats / sequence)")
     ax.set_ylabel("gold reward (fixed set)")
 
@@ -274,7 +278,7 @@ def frontier_figure(runs, rows, task: str, variants: list[str], title: str = "Re
     fig, axes = plotting.figure(ncols=1, width=4.6, height=3.4)
     frontier_panel(axes[0], runs, rows, task, variants, plotting.colors(variants))
     axes[0].set_title(title)
-    plotting.legend_below(fig, axes)
+    plotting.legend_below(fig, axes, ncol=2)
     return fig
 
 
