@@ -6,9 +6,9 @@ Source: Rafailov et al. 2023 eq. 7; `[EM-LLM] §5`; as a baseline in
     L = −E log σ( β [ (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)) ] )
 
 `log π` is the summed sequence log-probability (TRL convention); the token-averaged IPO variant lives
-in its own file. A context whose best and worst scores tie states no preference: it contributes no pair (the mean
-runs over untied pairs; with every pair tied the loss is 0). Deviation: none on untied data; the papers do not say
-what to do with ties.
+in its own file. A context whose best and worst scores tie states no preference: its pair contributes zero loss and
+zero gradient, and the mean still runs over every context (the gradient of GRO's DPO instance, whose tied context pairs
+a sample with itself, `[GRO]`; T11). Deviation: none on untied data; the papers do not say what to do with ties.
 """
 
 from __future__ import annotations
@@ -33,17 +33,19 @@ class DPOConfig:
 
 def dpo_loss(logp_w: Tensor, logp_l: Tensor, logp_ref_w: Tensor, logp_ref_l: Tensor, *, beta: float,
              valid: Tensor | None = None) -> tuple[Tensor, Metrics]:
-    """−log σ(β(Δ_w − Δ_l)), Δ = log π_θ − log π_ref, averaged over pairs (over the `valid` ones if given).
+    """−log σ(β(Δ_w − Δ_l)), Δ = log π_θ − log π_ref, averaged over pairs; a pair with `valid` False (a tie, no
+    preference) contributes 0.
 
     Args: all [P] per pair (chosen w, rejected l); `logp_*` differentiable, `logp_ref_*` detached; `valid` [P]
     bool, False for a pair without a preference (a tie).
-    Returns: loss, metrics `policy/margin` (mean β(Δ_w − Δ_l)), `policy/accuracy` (fraction with margin > 0).
+    Returns: loss, metrics `policy/margin` (mean β(Δ_w − Δ_l)) and `policy/accuracy` (fraction with margin > 0), both
+    over the valid pairs.
     Deviations: none.
     """
     margin = beta * ((logp_w - logp_ref_w.detach()) - (logp_l - logp_ref_l.detach()))
     weight = torch.ones_like(margin) if valid is None else valid.to(margin.dtype)
     n = weight.sum().clamp_min(1.0)
-    loss = (F.softplus(-margin) * weight).sum() / n  # softplus(−m) = −log σ(m), several times faster on CPU
+    loss = (F.softplus(-margin) * weight).mean()  # softplus(−m) = −log σ(m), several times faster on CPU
     return loss, {"policy/margin": (margin.detach() * weight).sum() / n,
                   "policy/accuracy": ((margin.detach() > 0).to(margin.dtype) * weight).sum() / n}
 

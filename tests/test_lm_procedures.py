@@ -162,7 +162,9 @@ def test_dpo_drops_pairs_whose_best_and_worst_tie():
     batch = Batch(logp=logp, score=score, mask=torch.ones(3, 4), logp_ref=torch.zeros(3, 4))
     loss, m = DPO(DPOConfig(beta=0.1)).loss(batch)
     keep = Batch(logp=logp[[0, 2]], score=score[[0, 2]], mask=torch.ones(2, 4), logp_ref=torch.zeros(2, 4))
-    torch.testing.assert_close(loss, DPO(DPOConfig(beta=0.1)).loss(keep)[0])
+    torch.testing.assert_close(loss, DPO(DPOConfig(beta=0.1)).loss(keep)[0] * 2 / 3)  # the tied prompt adds 0
+    grad = torch.autograd.grad(loss, logp)[0]
+    assert grad[1].abs().max() == 0 and grad[0].abs().max() > 0
     assert abs(float(m["pairs/tied"]) - 1 / 3) < 1e-6
 
 
