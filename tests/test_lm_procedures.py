@@ -229,3 +229,15 @@ def test_l8_check_trains_on_the_english_corpus_demonstrations():
     assert result.status == "ok"
     diffs = [v for _, m, v in result.rows if m == "check/max_param_diff"]
     assert len(diffs) == 3 and max(diffs) < 1e-5
+
+
+def test_diversity_counts_distinct_ngrams_overall_and_per_prompt():
+    """distinct-n over every response, and per prompt among its k samples (1/k when the k samples are one text)."""
+    cfg = english.EnglishConfig()
+    same = ["good night sweet prince [EOS]"] * 2
+    varied = ["good night sweet prince [EOS]", "flights of angels sing [EOS] [PAD]"]
+    d_same, d_varied = corpora.diversity(cfg, same, k=2), corpora.diversity(cfg, varied, k=2)
+    assert d_same["distinct_1"] == 0.5 and d_same["distinct_2"] == 0.5 and d_same["prompt_distinct_2"] == 0.5
+    assert d_varied["distinct_1"] == 1.0 and d_varied["distinct_2"] == 1.0 and d_varied["prompt_distinct_2"] == 1.0
+    assert "prompt_distinct_2" not in corpora.diversity(cfg, varied, k=1)
+    assert corpora.words(cfg, "good night [EOS] ignored") == ["good", "night"]

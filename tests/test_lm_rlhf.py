@@ -191,7 +191,8 @@ def test_the_score_set_is_the_same_prompts_and_sampling_noise_for_every_seed_and
     b = train_one(_spec("awr", None, seed=3))
     start_a = {m: v for (s, m), v in _finals(a.rows).items() if s == 0}
     start_b = {m: v for (s, m), v in _finals(b.rows).items() if s == 0}
-    assert start_a == start_b and set(start_a) == {"final/gold", "final/proxy", "final/kl_ref", "final/well_formed"}
+    assert start_a == start_b and set(start_a) == {"final/gold", "final/proxy", "final/kl_ref", "final/well_formed",
+                                                 "final/distinct_1", "final/distinct_2", "final/prompt_distinct_2"}
     assert start_a["final/kl_ref"] == 0.0  # the start is the reference itself
     l0, l1 = Learner(_spec(seed=0)), Learner(_spec(seed=5))
     rewards = Rewards(TASK, l0.tokenizer)

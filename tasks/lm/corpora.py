@@ -93,6 +93,39 @@ def well_formed(cfg: Corpus, response: str) -> bool:
     return english.well_formed(response) if isinstance(cfg, EnglishConfig) else language.is_grammatical(response)
 
 
+def words(cfg: Corpus, response: str) -> list[str]:
+    """The words of a decoded response before its first [EOS] (specials removed)."""
+    if isinstance(cfg, EnglishConfig):
+        return english.response_text(response)[0].split()
+    ws = language.response_words(response)
+    return ws if ws is not None else [w for w in response.split() if w not in language.SPECIALS]
+
+
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def diversity(cfg: Corpus, responses: Sequence[str], k: int = 1) -> dict[str, float]:
+    """Embedding-free sample diversity of responses given prompt-major, `k` consecutive samples per prompt:
+    `distinct_1`, `distinct_2` — distinct n-grams over all n-grams of every response (Li et al. 2016, "A
+    Diversity-Promoting Objective Function for Neural Conversation Models", arXiv:1510.03055) — and, with k ≥ 2,
+    `prompt_distinct_2`: the same ratio among one prompt's k samples, averaged over prompts (1 when a prompt's samples
+    share no bigram, 1/k when all k are the same text: the collapse of a policy onto one answer per prompt)."""
+    toks = [words(cfg, r) for r in responses]
+    out = {}
+    for n in (1, 2):
+        grams = [g for t in toks for g in _ngrams(t, n)]
+        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    if k >= 2:
+        per = []
+        for i in range(0, len(toks) - k + 1, k):
+            grams = [g for t in toks[i:i + k] for g in _ngrams(t, 2)]
+            if grams:
+                per.append(len(set(grams)) / len(grams))
+        out["prompt_distinct_2"] = float(np.mean(per)) if per else 0.0
+    return out
+
+
 def quality(cfg: Corpus, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
     """Sample quality of an artifact: eval/well_formed, eval/eos, eval/gold_mean and the corpus's own extras (the
     grammar: eval/topic; English: eval/words, the mean words before [EOS], and eval/neutral, the share scored 0)."""

@@ -517,17 +517,20 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, prompt_texts: list[str], rewards: Rewards, gen: torch.Generator, k: int = 1,
                  chunk: int = 256) -> dict[str, float]:
-        """Means over `k` samples of each prompt (eval mode): gold, proxy, KL to the starting model, well-formed share.
-        Prompts go through in chunks of `chunk` (memory), all drawing from the one generator `gen`."""
-        gold, proxy, kl, well_formed = [], [], [], []
+        """Means over `k` samples of each prompt (eval mode): gold, proxy, KL to the starting model, well-formed share,
+        and the samples' diversity (`corpora.diversity`: distinct-1/2, and per prompt with k ≥ 2). Prompts go through
+        in chunks of `chunk` (memory), all drawing from the one generator `gen`."""
+        gold, proxy, kl, texts = [], [], [], []
         for i in range(0, len(prompt_texts), chunk):
             ro = self.rollout(prompt_texts[i:i + chunk], rewards, gen, k=k)
             gold.append(ro.gold)
             proxy.append(ro.proxy)
             kl.append(self.kl_to_start(ro))
-            well_formed += [corpora.well_formed(rewards.language, t) for t in rewards.texts(ro.response_ids, ro.mask)]
+            texts += rewards.texts(ro.response_ids, ro.mask)
+        well_formed = [corpora.well_formed(rewards.language, t) for t in texts]
         return {"gold": float(torch.cat(gold).mean()), "proxy": float(torch.cat(proxy).mean()),
-                "kl_ref": float(torch.cat(kl).mean()), "well_formed": float(np.mean(well_formed))}
+                "kl_ref": float(torch.cat(kl).mean()), "well_formed": float(np.mean(well_formed)),
+                **corpora.diversity(rewards.language, texts, k)}
 
 
 def train(specs: list[RunSpec]) -> list[RunResult]:
