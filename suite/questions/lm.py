@@ -930,7 +930,9 @@ class LMPMPO(LMQuestion):
         checks.append(observation("prompts whose 2nd and 3rd samples tie (the tied samples get neither label)",
                                   "ties are labelled neither (deviation table)",
                                   f"{_iqm(cell(runs, ties, task, ar)):.0%} of prompts per update ({ar} runs, mean over updates)"))
-        summary = ((f"π_ref refreshed every {REFRESH} updates; " if refresh else "π_ref was not refreshed in every run, so "
+        first = rows[(rows.metric == "ref/refreshed") & rows.run_id.isin(mine.run_id)].groupby("run_id").step.min()
+        period = int(first.median()) if len(first) else REFRESH  # the period the runs used, read from their rows
+        summary = ((f"π_ref refreshed every {period} updates; " if refresh else "π_ref was not refreshed in every run, so "
                     "the verdict stays open; ") + f"gold improvement {ar} {fmt_ci(iqm_or_nan(x, rng))}, accept "
                    f"{_iqm(cell(runs, s, task, acc)):.2f}, reject β=2 {_iqm(cell(runs, s, task, rej)):.2f}, DPO "
                    f"{_iqm(dpo):.2f}; final KL to the SFT model "
@@ -938,7 +940,7 @@ class LMPMPO(LMQuestion):
                    + (" nats; at matched KL (cheap curve) " + ", ".join(f"{ar} − {o} {d[0]:+.2f}" for o, d in matched.items())
                       if matched else "") + ".")
         verdict = Verdict(self.claims[0], None, summary, checks=checks, decide=grouped_decide(checks),
-                          sensitivity=f"not run at this profile: every run refreshes π_ref every {REFRESH} updates; the "
+                          sensitivity=f"not run at this profile: every run refreshes π_ref every {period} updates; the "
                                       f"periods {', '.join(map(str, REFRESH_PERIODS))} are planned at `paper`.")
         labels = [v.label for v in self.variants() if ((runs.task == task) & (runs.variant == v.label)).any()]
         fig = curves_figure(runs, rows, rng, labels, (("eval/gold", "gold reward", "Held-out gold (curve)"),
