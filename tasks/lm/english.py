@@ -64,6 +64,12 @@ def works(folio: bool = False) -> dict[str, str]:
     return {p.stem: p.read_text(encoding="utf-8", errors="replace") for p in files}
 
 
+@lru_cache(maxsize=1)
+def work_ids() -> tuple[str, ...]:
+    """The ids of the modern-spelling works, sorted, without reading their texts."""
+    return tuple(sorted(p.stem for p in corpus_dir().glob("*_gut.txt")))
+
+
 def titles() -> dict[str, str]:
     """Each work's title by id, from the package's `metadata.txt`."""
     meta = configparser.ConfigParser(interpolation=None)
@@ -155,10 +161,11 @@ class EnglishConfig:
 
     def __post_init__(self):
         check_positive(self, "vocab_size", "prompt_min_words", "prompt_max_words", "response_words", "prompt_tokens")
-        unknown = sorted(set(self.heldout) - set(works()))
+        known = work_ids()
+        unknown = sorted(set(self.heldout) - set(known))
         if unknown or not self.heldout:
             raise ConfigError(f"EnglishConfig.heldout = {self.heldout!r} is invalid: must name works of the corpus "
-                              f"(unknown: {unknown}; known: {', '.join(works())}).")
+                              f"(unknown: {unknown}; known: {', '.join(known)}).")
         if self.prompt_min_words > self.prompt_max_words:
             raise ConfigError(f"EnglishConfig.prompt_min_words = {self.prompt_min_words} is invalid: must be <= "
                               f"prompt_max_words = {self.prompt_max_words}.")
