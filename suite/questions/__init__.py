@@ -11,6 +11,8 @@ from suite.questions.base import Question
 from suite.questions.control_ac import ControlDPO, ControlOffline, ControlPMPO, ControlPMPOKL, ControlVIREL
 from suite.questions.control_onpolicy import ControlGEMPIVariants, ControlTemperature, ControlVMPOvsPPO
 from suite.questions.lm import LMDAR, LMPMPO, LMSFT, LMDropout, LMDropoutCompatible, LMRewardHacking, LMTemperature
+from suite.questions.lm_gro import LMGRO
+from suite.questions.lm_groups import LMMaxMin
 from suite.questions.theory import Theory
 
 QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL(), BanditsTemperature(), Theory(),
@@ -18,7 +20,7 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (BanditsPMPO(), BanditsKL()
                                                          ControlPMPO(), ControlDPO(), ControlPMPOKL(), ControlOffline(), ControlVIREL(),
                                                          AtariVMPOvsPPO(), AtariDivergence(), AtariTrXLFails(), AtariMemory(),
                                                          LMTemperature(), LMDropout(), LMDropoutCompatible(), LMPMPO(),
-                                                         LMRewardHacking(), LMDAR(), LMSFT())}
+                                                         LMRewardHacking(), LMDAR(), LMMaxMin(), LMGRO(), LMSFT())}
 CLAIMS: dict[str, tuple[Question, Claim]] = {c.id: (q, c) for q in QUESTIONS.values() for c in q.claims}
 
 

@@ -76,10 +76,11 @@ from algorithms import REGISTRY as ALGORITHMS
 from algorithms.advantages import gae
 from algorithms.base import Batch, Needs
 from algorithms.common import top_k_mask
+from algorithms.maxmin import worst_group_weights
 from algorithms.config import ConfigError, check_choices, check_positive, check_range, field
 from algorithms.reinforce_pp import last_token
 from tasks.base import Device, Family, RunResult, RunSpec, register_task
-from tasks.lm import corpora
+from tasks.lm import corpora, groups
 from tasks.lm.corpora import Corpus
 from tasks.lm.english import EnglishConfig
 from tasks.lm.models import (ModelConfig, PretrainConfig, RewardModelConfig, SFTStageConfig, load_causal_lm,
@@ -104,8 +105,20 @@ class LMTaskConfig:
                      "prompt's own (`match`: a prompt-dependent reward, prompts with a clear sentiment only)")
     policy: str = field("", "starting policy: '' builds the suite's SFT model (tasks.lm.models); else a local "
                             "directory or hub id of a causal LM (loaded with from_pretrained)")
-    reward: Literal["gold", "proxy"] = field("gold", "what the policy optimises: the gold reward or the learned "
-                                                     "Bradley–Terry proxy (both are logged)")
+    reward: Literal["gold", "proxy", "groups"] = field(
+        "gold", "what the policy optimises: the gold reward, the learned Bradley–Terry proxy (both are logged), or the "
+                "reward models learned from the annotator groups' labels (`groups`; the loop's `group_reward` says how)")
+    groups: Literal["", "sentiment-brevity"] = field(
+        "", "annotator groups with different utilities (tasks.lm.groups; '' none): 'sentiment-brevity', a majority "
+            "preferring a positive continuation and a minority a short one; each group's utility is logged")
+    minority: float = field(0.2, "share of the annotators in the minority group")
+    annotators: int = field(20, "annotators labelling pairs of the SFT model's samples")
+    annotator_pairs: int = field(300, "training pairs each annotator labels, among those it has a preference on")
+    annotator_heldout_pairs: int = field(40, "held-out pairs each annotator labels (held-out prompts; reward models "
+                                             "are scored on them)")
+    pair_pool: int = field(4000, "pairs of SFT samples (training prompts) the annotators label from; a quarter as "
+                                 "many held-out pairs")
+    label_scale: float = field(10.0, "an annotator prefers y1 with probability σ(label_scale·(u(y1) − u(y2)))")
     train_prompts: int = field(2048, "size of the training prompt pool (small-data regime: a few dozen)")
     eval_prompts: int = field(64, "held-out prompts (and training prompts) per curve evaluation, one sample each")
     final_prompts: int = field(256, "held-out prompts of the fixed score set (the same for every seed and method)")
@@ -130,6 +143,14 @@ class LMTaskConfig:
         if self.gold != "sentiment" and self.corpus != "english":
             raise ConfigError(f"LMTaskConfig.gold = {self.gold!r} is invalid with corpus = {self.corpus!r}: the "
                               "grammar has the sentiment reward only.")
+        check_range(self, "minority", 0.0, 0.5, lo_open=True)
+        check_positive(self, "annotators", "annotator_pairs", "annotator_heldout_pairs", "pair_pool", "label_scale")
+        if self.groups and self.corpus != "english":
+            raise ConfigError(f"LMTaskConfig.groups = {self.groups!r} is invalid with corpus = {self.corpus!r}: the "
+                              "annotator groups label English continuations.")
+        if self.reward == "groups" and not self.groups:
+            raise ConfigError("LMTaskConfig.reward = 'groups' needs annotator groups: set `groups` (allowed: "
+                              "'sentiment-brevity').")
         if self.gold != "sentiment" and self.reward == "proxy":
             raise ConfigError(f"LMTaskConfig.gold = {self.gold!r} is invalid with reward = 'proxy': the reward model "
                               "is trained on the sentiment reward's labels.")
@@ -170,6 +191,15 @@ class LMRLHFConfig:
     label_ties: Literal["neither", "index"] = field(
         "neither", "accept/reject labels when scores tie across the top-half boundary: the tied samples get neither "
                    "label, or the lower sample index wins (the old rule)")
+    group_reward: Literal["pooled", "maxmin"] = field(
+        "pooled", "with task reward 'groups': one Bradley–Terry reward model on every annotator's labels (single-reward "
+                  "RLHF), or EM over a mixture of `em_clusters` reward models and, each update, the reward of the "
+                  "cluster whose utility under the current policy is lowest (MaxMin-RLHF, [EM-LLM] §8 Algorithms 1–2)")
+    em_clusters: int = field(2, "mixture components of the EM (the paper's |U|)")
+    em_assignment: Literal["hard", "soft"] = field("hard", "the EM's E-step: argmax (Algorithm 2 as the paper runs it) "
+                                                           "or the posterior; the other one is run and logged too")
+    em_iterations: int = field(20, "EM iterations (a hard EM stops early at a fixed point)")
+    em_restarts: int = field(3, "EM restarts from random annotator splits; the highest marginal likelihood wins")
     device: Device = field("cpu", "where the loop keeps networks, rollout tensors and losses: 'cpu' or 'cuda' (the "
                                   "runner picks which GPU); the SFT and reward models are trained there too")
 
@@ -178,6 +208,7 @@ class LMRLHFConfig:
         check_positive(self, "updates", "prompts_per_update", "samples_per_prompt", "epochs", "minibatches", "lr",
                        "dual_lr", "max_grad_norm", "eval_every", "kl_limit", "target_kl")
         check_positive(self, "reward_kl", "vf_coef", "final_every", "ref_refresh", strict=False)
+        check_positive(self, "em_clusters", "em_iterations", "em_restarts")
         check_range(self, "gae_lambda", 0.0, 1.0)
         check_range(self, "dropout", 0.0, 1.0, hi_open=True)
         if self.minibatches > self.prompts_per_update:
@@ -257,6 +288,8 @@ class Rewards:
         self.rm, self.rm_tokenizer = load_reward_model(reward_model(stages(task)[1], device))
         self.rm.to(torch.device(device)).eval()
         self.same_tokens = self.rm_tokenizer.get_vocab() == tokenizer.get_vocab()
+        self.population = task.groups
+        self.learned: groups.LearnedRewards | None = None  # set by the loop when the task optimises the groups' rewards
 
     def texts(self, response_ids: Tensor, response_mask: Tensor) -> list[str]:
         return [self.tokenizer.decode(r[m > 0].tolist()) for r, m in zip(response_ids.cpu(), response_mask.cpu())]
@@ -273,6 +306,18 @@ class Rewards:
             r_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             r_mask[i, :len(r)] = 1.0
         return tuple(x.to(device) for x in (p_ids, p_mask, r_ids, r_mask))
+
+    def utilities(self, texts: list[str]) -> dict[str, float]:
+        """Each annotator group's mean gold utility of `texts` (`utility_<group>`), {} without groups."""
+        if not self.population:
+            return {}
+        u = groups.utilities(self.population, texts).mean(0)
+        return {f"utility_{name}": float(v) for name, v in zip(groups.GROUPS[self.population], u)}
+
+    @torch.no_grad()
+    def scores(self, response_ids: Tensor, response_mask: Tensor) -> Tensor:
+        """[N, M] the learned group reward models' standardised rewards (`tasks.lm.groups.LearnedRewards`)."""
+        return self.learned(groups.features(response_ids, response_mask, len(self.tokenizer)))
 
     @torch.no_grad()
     def __call__(self, prompt_texts: list[str], prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
@@ -327,6 +372,7 @@ class Rollout:
     value_old: Tensor         # [N, T + 1] value head on the sampling policy's states
     gold: Tensor              # [N]
     proxy: Tensor             # [N]
+    learned: Tensor | None = None  # [N, M] the annotator groups' learned rewards (task reward 'groups')
 
 
 class Learner:
@@ -364,6 +410,7 @@ class Learner:
         self.shaped = not (self.needs.logp_ref or self.needs.kl_ref)
         self.ratio_level = getattr(spec.algo_config, "ratio_level", "sequence")
         self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.cluster = 0  # which learned group reward `reward_of` reads (MaxMin-RLHF: chosen every update)
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -379,9 +426,10 @@ class Learner:
         head_old = frozen_head(self.policy)
         h_ref = hidden_response(self.ref, p_ids, p_mask, r_ids, r_mask)
         gold, proxy = rewards([t for t in prompt_texts for _ in range(k)], p_ids, p_mask, r_ids, r_mask)
+        learned = rewards.scores(r_ids, r_mask) if rewards.learned is not None else None
         return Rollout(p_ids, p_mask, r_ids, r_mask, token_logprobs(h_old, head_old, r_ids, r_mask), h_old, head_old,
                        token_logprobs(h_ref, output_head(self.ref), r_ids, r_mask), h_ref,
-                       self.value_head(h_old)[..., 0], gold, proxy)
+                       self.value_head(h_old)[..., 0], gold, proxy, learned)
 
     def kl_to_ref(self, ro: Rollout) -> Tensor:
         """Σ_t KL(π_old(·|s_t) ‖ π_ref(·|s_t)) per sequence [N], closed form at the sampled prefixes."""
@@ -404,6 +452,8 @@ class Learner:
         self.ref.eval()
 
     def reward_of(self, ro: Rollout) -> Tensor:
+        if self.task.reward == "groups":
+            return ro.learned[:, self.cluster]  # the pooled model (M = 1), or this update's worst-off cluster
         return ro.gold if self.task.reward == "gold" else ro.proxy
 
     def shaped_reward(self, ro: Rollout) -> Tensor:
@@ -530,7 +580,7 @@ class Learner:
         well_formed = [corpora.well_formed(rewards.language, t) for t in texts]
         return {"gold": float(torch.cat(gold).mean()), "proxy": float(torch.cat(proxy).mean()),
                 "kl_ref": float(torch.cat(kl).mean()), "well_formed": float(np.mean(well_formed)),
-                **corpora.diversity(rewards.language, texts, k)}
+                **corpora.diversity(rewards.language, texts, k), **rewards.utilities(texts)}
 
 
 def train(specs: list[RunSpec]) -> list[RunResult]:
@@ -567,6 +617,49 @@ def final_scores(learner: Learner, rewards: Rewards, task: LMTaskConfig) -> list
         m = learner.evaluate(train, rewards, gen(FINAL_STREAM + "/train"), k=k_train)
         out += [("final_train/gold", m["gold"]), ("final_train/kl_ref", m["kl_ref"])]
     return out
+
+
+_PREFERENCES: dict[tuple, groups.Preferences] = {}
+"""The annotator groups' labelled pairs of each task's starting policy, drawn once per process (they depend on the task,
+never on the run's seed)."""
+
+
+def learn_group_rewards(learner: Learner, rewards: Rewards, task: LMTaskConfig, cfg: LMRLHFConfig,
+                        seed: int) -> list[tuple[str, float]]:
+    """Reward learning of `[EM-LLM] §8` from the annotator groups' labels (`tasks.lm.groups`): the pooled reward model,
+    or the EM mixture (both E-steps are run and logged; `em_assignment`'s heads become the rewards). Sets
+    `rewards.learned` and returns the step-0 rows (`groups/…`, `mixture/<assignment>/…`)."""
+    key = (learner.path, repr(task), cfg.device)
+    if key not in _PREFERENCES:
+        _PREFERENCES[key] = groups.preferences(
+            learner.start, learner.tokenizer, task_prompts(task, "train", task.train_prompts),
+            task_prompts(task, "heldout", task.final_prompts), population=task.groups, minority=task.minority,
+            annotators=task.annotators, pairs=task.annotator_pairs, heldout_pairs=task.annotator_heldout_pairs,
+            pool=task.pair_pool, label_scale=task.label_scale, max_new_tokens=task.max_new_tokens, temperature=task.temperature,
+            seed=task.prompt_seed, device=learner.dev)
+    prefs = _PREFERENCES[key]
+    pooled = groups.pooled_reward(prefs)
+    rows = [(f"groups/{k}", v) for k, v in groups.pooled_report(prefs, pooled).items()]
+    if cfg.group_reward == "pooled":
+        rewards.learned = groups.learned_rewards(pooled, prefs)
+        return rows
+    for assignment in ("hard", "soft"):
+        mix = groups.mixture_em(prefs, clusters=cfg.em_clusters, assignment=assignment, iterations=cfg.em_iterations,
+                                restarts=cfg.em_restarts, seed=seed)
+        rows += [(f"mixture/{assignment}/{k}", v) for k, v in groups.mixture_report(prefs, mix).items()]
+        if assignment == cfg.em_assignment:
+            rewards.learned = groups.learned_rewards(mix.W, prefs)
+            matched = groups.match_components(mix.resp, prefs.group)
+            rows += [(f"mixture/cluster_of_g{g}", float(m)) for g, m in enumerate(matched)]
+    return rows
+
+
+def worst_cluster(learned: Tensor) -> tuple[int, list[tuple[str, float]]]:
+    """MaxMin-RLHF's selection (`[EM-LLM] §8` Algorithm 1 (a)–(b)): each cluster's utility under the current policy, the
+    mean of its standardised reward over the rollout [N, M], and the argmin (`algorithms.maxmin.worst_group_weights`)."""
+    utility = learned.mean(0)
+    chosen = int(worst_group_weights(utility, selection="hard").argmax())
+    return chosen, [*((f"maxmin/utility_c{m}", float(u)) for m, u in enumerate(utility)), ("maxmin/cluster", float(chosen))]
 
 
 def train_one(spec: RunSpec) -> RunResult:
@@ -606,12 +699,19 @@ def _train_one(spec: RunSpec) -> RunResult:
             values = final_scores(learner, rewards, task)
         rows.extend((step, name, v) for name, v in values)
 
+    if task.reward == "groups":
+        rows.extend((0, name, v) for name, v in learn_group_rewards(learner, rewards, task, cfg, spec.seed))
     evaluate(0)
     score(0)
     for update in range(1, cfg.updates + 1):
         chosen = torch.randint(len(pool), (B,), generator=gen, device=gen.device).tolist()
         prompt_texts = [pool[i] for i in chosen]
         ro = learner.rollout(prompt_texts, rewards, gen, k=K)
+        if ro.learned is not None:
+            if cfg.group_reward == "maxmin":
+                learner.cluster, selected = worst_cluster(ro.learned)
+                rows.extend((update, name, v) for name, v in selected)
+            rows.append((update, "reward/learned", float(learner.reward_of(ro).mean())))
         baseline = None
         if learner.needs.baseline:
             greedy = learner.rollout(prompt_texts, rewards, gen, k=1, greedy=True)
@@ -649,6 +749,13 @@ def _register() -> None:
                   "prompt's mood), scored on held-out prompts and on its training prompts")
     register_task("lm-english-proxy", family, LMTaskConfig(corpus="english", reward="proxy"),
                   "LM family optimising its Bradley–Terry proxy reward model (300 VADER-labelled pairs)")
+    register_task("lm-english-groups", family, LMTaskConfig(corpus="english", groups="sentiment-brevity", reward="groups"),
+                  "LM family with two annotator groups (80% prefer a positive continuation, 20% a short one): RLHF on "
+                  "reward models learned from their pooled labels (L6)")
+    for share in (0.1, 0.3):
+        register_task(f"lm-english-groups-{round(share * 100)}", family,
+                      LMTaskConfig(corpus="english", groups="sentiment-brevity", reward="groups", minority=share),
+                      f"as lm-english-groups with a minority of {share:.0%} of the annotators (L6's knob)")
     register_task("lm-grammar", family, LMTaskConfig(), "LM family, the fast task: continue a sentence of the suite's "
                                                          "grammar; gold reward = sentiment and topic of a grammatical reply")
     register_task("lm-grammar-small", family, LMTaskConfig(train_prompts=32, final_train=True),
