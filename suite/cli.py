@@ -175,7 +175,7 @@ def _plan(args, question_name: str):
 
     question = get_question(entry["name"])
     points = question.grid(profile, seeds=args.seeds)
-    points = overrides.apply(points, args.overrides)
+    points = question.adjust(overrides.apply(points, args.overrides))
     if device is not None:  # a question of one family must be able to use it; a sweep of all of them moves what can
         from suite import devices
 

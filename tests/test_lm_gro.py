@@ -77,3 +77,13 @@ def test_l7_report_states_the_passes_and_steps_the_runs_took(tmp_path):
     # the same samples for every method: one-step methods run ONE_STEP_SPLIT× the updates on batches as much smaller
     assert {c.updates * c.prompts_per_update for c in one + many} == {one[0].updates * one[0].prompts_per_update}
     assert one[0].updates == ONE_STEP_SPLIT * many[0].updates
+
+
+def test_an_updates_override_keeps_the_same_samples_for_every_method():
+    from suite import cli
+
+    args = cli.build_parser().parse_args(["run", "L7", "--set", "train.updates=80"])
+    _, _, points = cli._plan(args, "L7")
+    samples = {p.variant: p.spec.train_config.updates * p.spec.train_config.prompts_per_update for p in points}
+    assert set(samples.values()) == {80 * 16}
+    assert {p.spec.train_config.updates for p in points if p.variant == "RLOO"} == {80 * ONE_STEP_SPLIT}

@@ -71,6 +71,12 @@ class Question:
         """Fields of a variant's training-loop config that `profile` replaces on `task` (default: the budget's)."""
         return self.budgets[profile].train
 
+    def adjust(self, points: list[GridPoint]) -> list[GridPoint]:
+        """The grid after the command line's `--set` overrides (default: unchanged). A question whose variants' budgets
+        derive from one another (L7: the one-step methods' updates from the others') re-derives them here, so that an
+        override keeps the relation."""
+        return points
+
     def task_changes(self, profile: str, task: str, train_config) -> dict:
         """Fields of the task's config that `profile` replaces for a variant with this training config (default: none)."""
         return {}

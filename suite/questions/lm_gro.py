@@ -20,6 +20,8 @@ candidate responses of one prompt, so the verdict reads the first.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -124,19 +126,26 @@ class LMGRO(LMQuestion):
                 Variant("RLOO", "rloo", RLOO, train_config=STEP_LOOP),
                 Variant("GRPO", "grpo", GRPO, train_config=PASS_LOOP), Variant("DPO", "dpo", DPO, train_config=PASS_LOOP)]
 
-    def train_changes(self, profile, task, train_config):
-        """The budget in samples: a one-step method's batches are ONE_STEP_SPLIT× smaller and its updates (and evaluation
-        periods) ONE_STEP_SPLIT× more."""
-        changes = dict(self.budgets[profile].train)
-        if train_config.epochs * train_config.minibatches > 1:
-            return changes
-        prompts = changes.get("prompts_per_update", LMRLHFConfig().prompts_per_update)
-        split = ONE_STEP_SPLIT if prompts % ONE_STEP_SPLIT == 0 else 1
-        changes["prompts_per_update"] = prompts // split
-        for key in ("updates", "eval_every", "final_every"):
-            if changes.get(key):
-                changes[key] = changes[key] * split
-        return changes
+    def grid(self, profile, seeds=None):
+        return self.adjust(super().grid(profile, seeds))
+
+    def adjust(self, points):
+        """After `--set` overrides: each one-step method's batch, updates and evaluation periods are re-derived from the
+        multi-pass methods' (the same samples for every method, whatever the override)."""
+        base = next((p.spec.train_config for p in points if p.spec.train_config.epochs * p.spec.train_config.minibatches > 1),
+                    None)
+        if base is None:
+            return points
+        split = ONE_STEP_SPLIT if base.prompts_per_update % ONE_STEP_SPLIT == 0 else 1
+        derived = dict(prompts_per_update=base.prompts_per_update // split, updates=base.updates * split,
+                       eval_every=base.eval_every * split, final_every=base.final_every * split)
+        out = []
+        for p in points:
+            cfg = p.spec.train_config
+            if cfg.epochs * cfg.minibatches == 1:
+                p = dataclasses.replace(p, spec=dataclasses.replace(p.spec, train_config=dataclasses.replace(cfg, **derived)))
+            out.append(p)
+        return out
 
     def analyse(self, runs, rows, rng):
         kl = end_value(runs, rows, "final/kl_ref")
