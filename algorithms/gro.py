@@ -1,7 +1,7 @@
 """GRO: generalised REINFORCE optimisation — one weighted score-function loss for RL-based and RL-free methods.
 
-Source: `[GRO] §5` eq. 35–37 and Table 1 (the equations were lost in the
-text; the GRO equations restated in algorithms/gro.py restates them):
+Source: `[GRO] §5` eq. 35–37 and Table 1 (the paper's equations were lost in its text extraction; this docstring
+restates them):
 
     ∇θ L = − E[ f(A(x,y)) · w( sg[s_θ(x,y)] − a(x,y) ) · ∇θ log π_θ(y|x) ]
 
@@ -18,7 +18,7 @@ Every choice is a named argument:
        log π_old (the ratio of PPO-style methods), or c·z_ref (KTO's reference point)
     w  "one"; "sigmoid" c·σ(−sgn(A)·u); "sigmoid_prime" c·σ'(u); "clip_ratio" e^u · 1[not clipped]
 
-Deviation from the GRO equations restated in algorithms/gro.py's w(sg[s] − a): the weight may also read sgn(A). DPO and CPL weigh the chosen
+Deviation from the stated w(sg[s] − a): the weight may also read sgn(A). DPO and CPL weigh the chosen
 sample by σ(s_l − s_w) and the rejected one by the same number, i.e. σ(−sgn(A)·u) with u = s − a, and
 PPO's clip region is one-sided in the advantage's direction; neither is a function of u alone.
 Methods that add a KL to the LOSS (GRPO's k3) keep it as a second, explicit term (`loss_kl`); a KL in

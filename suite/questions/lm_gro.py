@@ -12,7 +12,7 @@ GRPO (clipped per-token ratio) and DPO (a preference loss, valid off-policy) tak
 each 16 × 4 batch. Every method thus sees the same samples and takes the same number of gradient steps; the table of
 the report gives the counts read from each run's rows.
 
-**Diversity** is embedding-free (`tasks.lm.corpora.diversity`, Li et al. 2016's distinct-n): `prompt_distinct_2`, the
+**Diversity** is embedding-free (`tasks.lm.corpora.diversity`, `[Distinct-n]`): `prompt_distinct_2`, the
 share of distinct word bigrams among one prompt's 4 samples of the fixed score set (1: no bigram repeated; 1/4: four
 copies of one answer), and `distinct_2` over the whole set. The paper's hypothesis is about separation among the
 candidate responses of one prompt, so the verdict reads the first.
