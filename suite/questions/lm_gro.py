@@ -80,6 +80,12 @@ def _median_kl(runs, kl, v) -> float:
     return float(np.median(x)) if len(x) else np.nan
 
 
+def _lower(a: float, b: float) -> float:
+    """The lower of two medians that exist (NaN when neither does: no run of either completed)."""
+    both = [v for v in (a, b) if np.isfinite(v)]
+    return min(both) if both else float("nan")
+
+
 class LMGRO(LMQuestion):
     name = "lm-gro"
     title = "GRO with anchor separation against RLOO, GRPO and online DPO: reward, KL and sample diversity"
@@ -156,7 +162,7 @@ class LMGRO(LMQuestion):
         at = {}
         for c in scales:
             g, name = f"c={c:g}", gro_label(c)
-            kappa = np.nanmin([_median_kl(runs, kl, name), _median_kl(runs, kl, "RLOO")])
+            kappa = _lower(_median_kl(runs, kl, name), _median_kl(runs, kl, "RLOO"))
             div = diversity_at_kl(rows, kappa) if np.isfinite(kappa) else pd.Series(dtype=float)
             gold = gold_at_kl(rows, kappa) if np.isfinite(kappa) else pd.Series(dtype=float)
             at[c] = (kappa, div, gold)
@@ -187,7 +193,7 @@ class LMGRO(LMQuestion):
             for other in ("GRPO", "DPO"):
                 if other not in labels:
                     continue
-                kappa = np.nanmin([_median_kl(runs, kl, ref), _median_kl(runs, kl, other)])
+                kappa = _lower(_median_kl(runs, kl, ref), _median_kl(runs, kl, other))
                 if not np.isfinite(kappa):
                     continue
                 d_div = _diff(runs, diversity_at_kl(rows, kappa), LM, ref, other, rng)
@@ -247,7 +253,7 @@ class LMGRO(LMQuestion):
                   ("final/distinct_2", "distinct-2 (set)", "Set diversity vs KL"))
         for v in labels:
             ids = runs[(runs.task == LM) & (runs.variant == v)].run_id
-            path = rows[rows.run_id.isin(ids) & rows.metric.str.startswith("final/")]
+            path = rows[rows.run_id.isin(ids) & rows.metric.astype(str).str.startswith("final/")]
             piv = path.pivot_table(index=["run_id", "step"], columns="metric", values="value").reset_index()
             if piv.empty or "final/kl_ref" not in piv:
                 continue
