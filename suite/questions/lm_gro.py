@@ -30,7 +30,7 @@ from algorithms.gro import GROConfig
 from algorithms.grpo import GRPOConfig
 from algorithms.rloo import RLOOConfig
 from suite import plotting
-from suite.analysis import cell, check, fmt_ci, iqm_or_nan, observation
+from suite.analysis import cell, check, fmt_ci, iqm_or_nan, n_diverged, observation
 from suite.claims import Check, Claim, Deviation, Knob, Verdict
 from suite.questions.base import Analysis, Variant
 from suite.questions.lm import (COMMON_DEVIATIONS, LM, LOOP, PAPER, QUICK, SMOKE, LMQuestion, _budgets, _diff, _iqm,
@@ -105,10 +105,12 @@ class LMGRO(LMQuestion):
         "anchor separation is the only difference between them (GRO's weight set to 1 is RLOO); GRPO and DPO differ in "
         "advantage, ratio, KL and passes, so their comparisons are observations. Premise: GRO learns (gold improvement "
         "CI above 0), else a `not supported` reads inconclusive; and where neither GRO nor RLOO lost diversity at κ "
-        f"(both IQMs ≥ {COLLAPSE:g}) there is no collapse to counteract and the check reads inconclusive. Observations: "
-        "gold at κ (GRO − RLOO), GRO against GRPO and DPO at their own matched KL (diversity and gold), end-of-budget "
-        "gold, KL and diversity of every method (the frontier figure), and each method's passes and gradient steps from "
-        "its rows.",
+        f"(both IQMs ≥ {COLLAPSE:g}) there is no collapse to counteract and the check reads inconclusive (this gate was "
+        "set before the `quick` sweep, after a one-seed pilot in which RLOO and GRO kept 0.999–1.000 while GRPO and DPO "
+        "fell to 0.69–0.87 at 27–44 nats). Observations: "
+        "gold and distinct-2 over the set at κ (GRO − RLOO), the share of samples that end with [EOS], GRO against GRPO "
+        "and DPO at their own matched KL (diversity and gold), end-of-budget gold, KL and diversity of every method (the "
+        "figure's paths), and each method's passes and gradient steps.",
         COMMON_DEVIATIONS + (
             Deviation("validation", "none: the paper proposes GRO and asks the community to validate it", "the family's "
                       "English task at laptop scale", "the first test of GRO the suite knows of; read it as such"),
@@ -188,6 +190,13 @@ class LMGRO(LMQuestion):
                 d_set = _diff(runs, gold_at_kl(rows, kappa, gold="final/distinct_2"), LM, name, "RLOO", rng)
                 checks.append(observation(f"{name} − RLOO, distinct-2 over the set at KL {kappa:.2f}", _trend(d_set),
                                           fmt_ci(d_set, 3), g))
+        well = end_value(runs, rows, "final/well_formed")
+        for c in scales:
+            d = _diff(runs, well, LM, gro_label(c), "RLOO", rng)
+            checks.append(observation(f"{gro_label(c)} − RLOO, share of samples ending with [EOS] at the end",
+                                      _trend(d) + (" (s sums log-probs over tokens: a long sample sits below its siblings' "
+                                                   "anchor, so its weight grows where A > 0 and shrinks where A < 0)"
+                                                   if d[2] < 0 else ""), fmt_ci(d), f"c={c:g}"))
         ref = gro_label(PAPER_SCALE) if PAPER_SCALE in scales else (gro_label(scales[0]) if scales else None)
         if ref:
             for other in ("GRPO", "DPO"):
@@ -202,8 +211,8 @@ class LMGRO(LMQuestion):
                                           f"distinct-2 {_trend(d_div)}, gold {_trend(d_gold)}",
                                           f"within-prompt distinct-2 {fmt_ci(d_div, 3)}; gold {fmt_ci(d_gold)}"))
         passes = self._passes(runs, rows)
-        checks.append(observation("gradient steps per run and passes over each sample (from the rows)",
-                                  "the same samples and steps for every method",
+        checks.append(observation("gradient steps per run (median; a diverged run stops early) and passes over each sample "
+                                  "(from the rows and configs)", "the same samples and steps for every method",
                                   "; ".join(f"{v} {p['steps']:.0f} steps, {p['passes']:g} pass(es)" for v, p in passes.items())))
         summary = "; ".join(
             f"c = {c:g}: κ = {at[c][0]:.2f} nats, within-prompt distinct-2 GRO {_iqm(cell(runs, at[c][1], LM, gro_label(c))):.3f} "
@@ -237,20 +246,21 @@ class LMGRO(LMQuestion):
                 row[name] = fmt_ci(iqm_or_nan(cell(runs, end_value(runs, rows, metric), LM, v), rng),
                                    3 if "distinct" in metric else 2)
             p = passes.get(v, {})
+            row["diverged"] = f"{n_diverged(runs, LM, v)}/{int(((runs.task == LM) & (runs.variant == v)).sum())}"
             row["gradient steps"] = f"{p.get('steps', float('nan')):.0f}"
             row["passes per sample"] = f"{p.get('passes', float('nan')):g}"
             out.append(row)
         return pd.DataFrame(out)
 
     def _figure(self, runs, rows, rng, labels):
-        """Each method's median path on the fixed score set against its KL to the SFT model: gold, within-prompt
+        """Each method's median path on the fixed score set (one point per scoring) against its KL to the SFT model: gold, within-prompt
         distinct-2 and distinct-2 over the set (the x-axis puts every method at the same distance, whatever its
         updates)."""
         fig, axes = plotting.figure(ncols=3, width=3.4)
         palette = plotting.colors(labels)
-        panels = (("final/gold", "gold reward", "Gold vs KL"),
-                  ("final/prompt_distinct_2", "within-prompt distinct-2", "Within-prompt diversity vs KL"),
-                  ("final/distinct_2", "distinct-2 (set)", "Set diversity vs KL"))
+        panels = (("final/gold", "gold reward", "Gold"), ("final/prompt_distinct_2", "within-prompt distinct-2",
+                                                            "Within-prompt diversity"),
+                  ("final/distinct_2", "distinct-2 (set)", "Diversity over the set"))
         for v in labels:
             ids = runs[(runs.task == LM) & (runs.variant == v)].run_id
             path = rows[rows.run_id.isin(ids) & rows.metric.astype(str).str.startswith("final/")]
@@ -264,6 +274,6 @@ class LMGRO(LMQuestion):
         for ax, (_, ylabel, title) in zip(axes, panels):
             ax.set_xlabel("KL to the SFT model (nats)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{title} (fixed set, median path)")
+            ax.set_title(f"{title} vs KL")
         plotting.legend_below(fig, axes)
         return fig
