@@ -50,11 +50,12 @@ GRO_KL = 0.05
 RLOO = RLOOConfig(beta=GRO_KL)
 GRPO = GRPOConfig()
 DPO = DPOConfig(beta=0.1)
-GRO_QUICK = dict(QUICK, final_every=10)
+GRO_QUICK = dict(QUICK, final_every=20)
 GRO_PAPER = dict(PAPER, final_every=50)
 GRO_SMOKE = dict(SMOKE, final_every=1)
-"""L7 scores the fixed set every 10 updates of 16 prompts (every 40 of 4 for RLOO and GRO): the (KL, diversity, gold) path
-the matched-KL comparison reads."""
+"""L7 scores the fixed set every 20 updates of 16 prompts at `quick` (every 80 of 4 for RLOO and GRO; three points, as L5):
+the (KL, diversity, gold) path the matched-KL comparison reads. Each scoring costs about 2.7 s, so 10 instead of 20 would
+add about 75 s to the question's sweep; the two questions share 12 minutes."""
 COLLAPSE = 0.99
 """A method *lost* within-prompt diversity at κ when its IQM prompt-distinct-2 there is below this (the SFT model: 1.00)."""
 

@@ -59,6 +59,13 @@ def gains(runs: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.Series]:
     return out
 
 
+def share_of(runs: pd.DataFrame, task: str, default: float = float("nan")) -> float:
+    """The minority share the runs of `task` used (their task config), or `default`."""
+    col = "task_config.minority"
+    sel = runs[runs.task == task]
+    return float(sel[col].median()) if col in sel and len(sel) else default
+
+
 def step0(rows: pd.DataFrame, runs: pd.DataFrame, metric: str) -> pd.Series:
     return first_value(rows, metric).reindex(runs.run_id)
 
@@ -113,12 +120,12 @@ class LMMaxMin(LMQuestion):
               "selects the worst-performing sub-population under the current policy and (2) updates the policy using a "
               "standard RL fine-tuner (e.g. PPO) toward improving that subgroup's objective.",
         knob=Knob("minority share of the annotators", tuple(SHARE_TASKS), "not given (Tulu2-7B: 10:1)",
-                  run_at=("paper",)),
+                  run_at=("quick", "paper")),
         decides="paper"),)
 
     def grid(self, profile, seeds=None):
-        # the minority shares 0.1 and 0.3 (the knob) run at `paper`; `quick` and `smoke` run the 80/20 population
-        return [p for p in super().grid(profile, seeds) if profile == "paper" or p.spec.task == GROUPS_TASK]
+        # every minority share (the knob) runs at `quick` and `paper`; `smoke` runs the 80/20 population only
+        return [p for p in super().grid(profile, seeds) if profile != "smoke" or p.spec.task == GROUPS_TASK]
 
     def variants(self):
         return [Variant(SINGLE, "vmpo", VMPO, train_config=_loop("pooled")),
@@ -133,6 +140,7 @@ class LMMaxMin(LMQuestion):
         shares = [s for s, t in SHARE_TASKS.items() if ((runs.task == t)).any()]
         for share in shares:
             task = SHARE_TASKS[share]
+            share = share_of(runs, task, share)  # what the runs used (a `--set task.minority` override moves it)
             group = f"minority {share:.0%}" if len(shares) > 1 else ""
             maj, mino = cell(runs, g[MAJORITY], task, SINGLE), cell(runs, g[MINORITY], task, SINGLE)
             served = iqm_or_nan(maj, rng)
@@ -180,26 +188,32 @@ class LMMaxMin(LMQuestion):
                 checks.append(observation("updates on which the max-min step chose the minority's component",
                                           "both groups' rewards were optimised" if 0.1 < share_minor < 0.9 else "mostly one",
                                           f"{share_minor:.0%} of {len(chosen)} updates", group))
+            n_div = {arm: n_diverged(runs, task, arm) for arm in (SINGLE, MAXMIN)}
+            if any(n_div.values()):
+                n_arm = {arm: int(((runs.task == task) & (runs.variant == arm)).sum()) for arm in (SINGLE, MAXMIN)}
+                checks.append(observation("runs that diverged (KL to the reference above the limit: they feed no gain)",
+                                          "the single reward was exploited" if n_div[SINGLE] > n_div[MAXMIN] else "both arms",
+                                          "; ".join(f"{arm} {n_div[arm]}/{n_arm[arm]}" for arm in (SINGLE, MAXMIN)), group))
             dis = _iqm(cell(runs, step0(rows, runs, "groups/disagreement"), task, SINGLE))
             checks.append(observation("labelled pairs the two groups' utilities order oppositely", "the groups' "
                                       "preferences differ" if dis > 0.2 else "the groups mostly agree", f"{dis:.0%}", group))
             tables.append((f"Every arm (fixed score set{', minority ' + f'{share:.0%}' if len(shares) > 1 else ''})",
                            self._table(runs, rows, rng, task, g, worst)))
-        verdict_summary = self._summary(runs, rows, rng, g, worst, purity)
+        verdict_summary = "; ".join(self._summary(runs, rng, g, worst, purity, SHARE_TASKS[s]) for s in shares) + "."
         verdict = Verdict(self.claims[0], None, verdict_summary, checks=checks, decide=grouped_decide(checks),
                           by="minority share" if len(shares) > 1 else "",
-                          sensitivity=("run at every value" if len(shares) > 1 else
-                                       "not run at this profile: the minority shares 0.1 and 0.3 run at `paper` (tasks "
-                                       f"{SHARE_TASKS[0.1]}, {SHARE_TASKS[0.3]})."))
+                          sensitivity=("run at every value (tasks " + ", ".join(SHARE_TASKS[s] for s in shares) + ")"
+                                       if len(shares) > 1 else f"not run at this profile: only {GROUPS_TASK} ran; the "
+                                       f"minority shares 0.1 and 0.3 run at `quick` and `paper` ({SHARE_TASKS[0.1]}, "
+                                       f"{SHARE_TASKS[0.3]})."))
         return Analysis([verdict], {"utilities.png": self._figure(runs, rows, rng, g)}, tables=tables)
 
-    def _summary(self, runs, rows, rng, g, worst, purity) -> str:
-        task = GROUPS_TASK
+    def _summary(self, runs, rng, g, worst, purity, task) -> str:
         d = _diff(runs, worst, task, MAXMIN, SINGLE, rng)
-        return (f"at a 20% minority: single reward gains majority {_iqm(cell(runs, g[MAJORITY], task, SINGLE)):.2f} / minority "
-                f"{_iqm(cell(runs, g[MINORITY], task, SINGLE)):.2f} SD; MaxMin {_iqm(cell(runs, g[MAJORITY], task, MAXMIN)):.2f} / "
-                f"{_iqm(cell(runs, g[MINORITY], task, MAXMIN)):.2f}; hard EM purity {_iqm(cell(runs, purity, task, MAXMIN)):.2f}; "
-                f"worst-off group's gain, MaxMin − single {fmt_ci(d)}.")
+        return (f"minority {share_of(runs, task):.0%}: single reward gains majority "
+                f"{_iqm(cell(runs, g[MAJORITY], task, SINGLE)):.2f} / minority {_iqm(cell(runs, g[MINORITY], task, SINGLE)):.2f} SD, "
+                f"MaxMin {_iqm(cell(runs, g[MAJORITY], task, MAXMIN)):.2f} / {_iqm(cell(runs, g[MINORITY], task, MAXMIN)):.2f}, "
+                f"hard EM purity {_iqm(cell(runs, purity, task, MAXMIN)):.2f}, worst-off gain MaxMin − single {fmt_ci(d)}")
 
     def _table(self, runs, rows, rng, task, g, worst) -> pd.DataFrame:
         kl = end_value(runs, rows, "final/kl_ref")
