@@ -5,7 +5,10 @@ One update (`[EM-SFT] §6`, `[EM-LLM] §4, §7`):
    from the current policy in eval mode (`tasks.lm.tokens.sample`, the rollout of `[EM-SFT] §9`);
 2. score them with the task's reward: the gold reward of its corpus (`tasks.lm.corpora`: VADER's sentiment of the
    continuation for English, the grammar's programmatic reward), or the learned Bradley–Terry proxy
-   (`tasks.lm.models.reward_model`); both are always logged;
+   (`tasks.lm.models.reward_model`); both are always logged. A task with annotator groups (`reward="groups"`, L6) learns
+   its reward models from the groups' labels before the first update (`learn_group_rewards`, `tasks.lm.groups`) and
+   optimises the pooled model, or (`group_reward="maxmin"`) each update the mixture component whose mean reward on the
+   rollout is lowest (`worst_cluster`, rows `maxmin/…`);
 3. teacher-forced passes of the bodies of the sampling policy (eval mode, no gradient) and of π_ref keep their last
    hidden states [N, T + 1, H] and a frozen copy of π_old's output head; per-token log-probs and closed-form
    per-token KLs come from them in chunks of the vocabulary-sized logits (`tasks.lm.tokens`), never stored at
