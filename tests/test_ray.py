@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +38,9 @@ from tasks.base import TASKS, Family, RunResult, RunSpec, register_task
 # A driver joining a token-authenticated cluster by its address says so (README, "Running on a cluster"); Ray reads
 # this when it is first imported, which is here.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# Ray ≥ 2.60's `ray start` refuses to start a token-authenticated head without a token, where earlier versions wrote one
+# to ~/.ray: the tests bring their own (driver and head read the same variable), and nothing is written under ~/.ray.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
