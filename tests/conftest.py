@@ -101,6 +101,16 @@ def run_cli_subprocess(dirs: Dirs, *args: str, timeout: float = 300, cwd: Path |
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(scope="module")
+def module_artifacts(tmp_path_factory):
+    """`EMRL_ARTIFACTS` pointed at a folder of the test module's own while it runs: the LM family's tiny stages build
+    there once per module, never in the repository's results/. Use with `pytest.mark.usefixtures("module_artifacts")`."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMRL_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Torch on one CPU thread for the test, as the runner pins each worker (and tiny ops are faster there than on a

@@ -13,17 +13,9 @@ from tasks.base import RunSpec
 from tasks.lm.rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, accept_reject, task_prompts
 from tasks.seeding import generator
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_artifacts")
 
 TASK = LMTaskConfig(corpus="english", stages="tiny", eval_prompts=4, train_prompts=64, final_prompts=6, final_samples=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def artifacts(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EMRL_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-    yield
-    mp.undo()
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0])

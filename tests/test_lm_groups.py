@@ -13,7 +13,7 @@ from tasks.base import RunSpec
 from tasks.lm import groups
 from tasks.lm.rlhf import LMRLHFConfig, LMTaskConfig, train_one, worst_cluster
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_artifacts")
 
 
 def planted(seed=0, annotators=30, minority=0.2, pairs=60, dim=12, separation=3.0, heldout=20):
@@ -95,14 +95,6 @@ def test_worst_cluster_picks_the_lowest_mean_utility():
 TASK = LMTaskConfig(corpus="english", stages="tiny", groups="sentiment-brevity", reward="groups", eval_prompts=4,
                     train_prompts=64, final_prompts=6, final_samples=2, annotators=5, annotator_pairs=20,
                     annotator_heldout_pairs=5, pair_pool=120)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def artifacts(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EMRL_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-    yield
-    mp.undo()
 
 
 def test_maxmin_run_optimises_the_worst_cluster_at_every_update():

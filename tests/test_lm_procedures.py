@@ -21,18 +21,10 @@ from tasks.lm.rlhf import Learner, LMRLHFConfig, LMTaskConfig, accept_reject, st
 from tasks.lm.tokens import (forward_response, gather_tokens, hidden_response, output_head, token_kl, token_kl_hidden,
                              token_logprobs)
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_artifacts")
 
 TASK = LMTaskConfig(corpus="english", stages="tiny", eval_prompts=4, train_prompts=64, final_prompts=6, final_samples=2)
 LOOP = LMRLHFConfig(updates=4, prompts_per_update=4, eval_every=2, epochs=2, minibatches=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def artifacts(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EMRL_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-    yield
-    mp.undo()
 
 
 def _spec(algo="ppo", loop=LOOP, task=TASK, seed=0):

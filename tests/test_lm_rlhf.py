@@ -26,18 +26,10 @@ from tasks.lm.rlhf import Learner, LMRLHFConfig, LMTaskConfig, Rewards, final_sc
 from tasks.lm.tokens import encode_prompts, forward_response, gather_tokens, sample, token_kl
 from tasks.seeding import generator
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "module_artifacts")
 
 TASK = LMTaskConfig(stages="tiny", eval_prompts=4, train_prompts=64, final_prompts=6, final_samples=2)
 LOOP = LMRLHFConfig(updates=2, prompts_per_update=4, eval_every=2, epochs=2, minibatches=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def artifacts(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EMRL_ARTIFACTS", str(tmp_path_factory.mktemp("artifacts")))
-    yield
-    mp.undo()
 
 
 def _spec(algo="ppo", cfg=None, loop=LOOP, seed=0, task=TASK):

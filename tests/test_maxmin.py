@@ -17,6 +17,7 @@ from algorithms.maxmin import (
     mixture_mstep_loss,
     responsibilities,
     user_log_likelihood,
+    weighted_bt_nll,
     worst_group_weights,
 )
 
@@ -352,3 +353,18 @@ def test_em_recovers_opposite_groups(assignment, seed):
     corr = lambda x: torch.corrcoef(torch.stack([x, u]))[0, 1].item()  # noqa: E731
     assert corr(theta[c_major]) > 0.9
     assert corr(theta[1 - c_major]) < -0.9
+
+
+def test_weighted_bt_nll_equals_the_per_cluster_mstep_loss_in_value_and_gradient():
+    torch.manual_seed(0)
+    U, P, M = 6, 5, 3
+    margin, mask = torch.randn(U, P, M, dtype=torch.float64), (torch.rand(U, P) > 0.3).double()
+    resp = torch.softmax(torch.randn(U, M, dtype=torch.float64), -1)
+    resp[:, 2] = 0.0  # a cluster without weight is left out of both means
+    a, b = margin.clone().requires_grad_(True), margin.clone().requires_grad_(True)
+    core = mixture_mstep_loss(a, mask, resp, reduction="per_cluster")[0]
+    fast = weighted_bt_nll(b.reshape(-1, M), (resp[:, None, :] * mask[..., None]).reshape(-1, M))
+    core.backward()
+    fast.backward()
+    torch.testing.assert_close(fast, core)
+    torch.testing.assert_close(b.grad, a.grad)

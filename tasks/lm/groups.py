@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from algorithms.maxmin import cluster_purity, mixing_log_weights, responsibilities, user_log_likelihood
+from algorithms.maxmin import (cluster_purity, mixing_log_weights, responsibilities, user_log_likelihood,
+                               weighted_bt_nll)
 from tasks.lm import english
 from tasks.lm.tokens import encode_prompts, hidden_response, sample
 from tasks.seeding import generator, stream_seed
@@ -172,15 +173,9 @@ L2 = 1e-2
 
 
 def mstep_objective(diff: Tensor, weight: Tensor, W: Tensor) -> Tensor:
-    """The M-step's loss, `algorithms.maxmin.mixture_mstep_loss` with reduction 'per_cluster' (tested equal in value and
-    gradient), in three dense ops for the L-BFGS inner loop: Σ_m [Σ_n weight_nm · softplus(−diff_n·W_m) / Σ_n
-    weight_nm] / M over the clusters with weight, plus L2·‖W‖².
-
-    Args: diff [N, D] ψ(y_w) − ψ(y_l) per pair; weight [N, M] γ of the pair's annotator times its mask; W [M, D]."""
-    mass = weight.sum(0)
-    has = (mass > 0).to(W.dtype)
-    per = (torch.nn.functional.softplus(-(diff @ W.T)) * weight).sum(0) / mass.clamp_min(1e-30)
-    return (per * has).sum() / has.sum().clamp_min(1.0) + L2 * W.pow(2).sum()
+    """The M-step's objective for linear heads: `algorithms.maxmin.weighted_bt_nll` of the margins diff·W_mᵀ, plus
+    L2·‖W‖². diff [N, D] ψ(y_w) − ψ(y_l) per pair; weight [N, M] γ of the pair's annotator times its mask; W [M, D]."""
+    return weighted_bt_nll(diff @ W.T, weight) + L2 * W.pow(2).sum()
 
 
 def _fit(diff: Tensor, mask: Tensor, resp: Tensor, init: Tensor, *, iters: int = 30) -> Tensor:
