@@ -46,6 +46,7 @@ ONE_STEP_SPLIT = 4
 STEP_LOOP = LMRLHFConfig(epochs=1, minibatches=1)
 """RLOO and GRO: one gradient step per rollout batch (their k1 KL, β = 0.05, is in their own reward)."""
 PASS_LOOP = LMRLHFConfig(**LOOP)
+_B, _K = PASS_LOOP.prompts_per_update, PASS_LOOP.samples_per_prompt
 GRO_KL = 0.05
 RLOO = RLOOConfig(beta=GRO_KL)
 GRPO = GRPOConfig()
@@ -115,8 +116,9 @@ class LMGRO(LMQuestion):
         COMMON_DEVIATIONS + (
             Deviation("validation", "none: the paper proposes GRO and asks the community to validate it", "the family's "
                       "English task at laptop scale", "the first test of GRO the suite knows of; read it as such"),
-            Deviation("passes", "not discussed", f"RLOO and GRO one gradient step per batch of 4 prompts × 4 samples, "
-                      f"{ONE_STEP_SPLIT}× the updates; GRPO and DPO 2 epochs × 2 minibatches of 16 × 4", "the same "
+            Deviation("passes", "not discussed", f"RLOO and GRO one gradient step per batch of {_B // ONE_STEP_SPLIT} "
+                      f"prompts × {_K} samples, {ONE_STEP_SPLIT}× the updates; GRPO and DPO {PASS_LOOP.epochs} epochs × "
+                      f"{PASS_LOOP.minibatches} minibatches of {_B} × {_K}", "the same "
                       "samples and gradient steps for every method; no ratio corrects a second pass for RLOO or GRO"),
             Deviation("GRO's score scale", "s = log π_θ(y|x) (c = 1)", f"c ∈ {{{', '.join(f'{c:g}' for c in SCALES)}}}",
                       "the paper leaves the metric open (its footnote on sentence-level log-probabilities)"),
